@@ -1,0 +1,94 @@
+"""Training-time augmentation: albumentations with bounding-box bookkeeping.
+
+Only photometric changes and a horizontal flip live here. Resizing does not: the model resizes the
+shorter side and pads the batch itself (like torchvision's ``GeneralizedRCNNTransform``), so that
+training and inference see the same geometry and predictions can be mapped back to ``orig_size``.
+
+The returned :class:`albumentations.Compose` is what :class:`detector.data.coco.CocoDetection` calls
+as ``transforms(image=uint8 [H, W, 3], bboxes=float [N, 4] xyxy, labels=int [N])``. It keeps its own
+random state (albumentations >= 2 does not use the global ``numpy``/``random`` state);
+:func:`detector.data.collate.build_detection_loader` reseeds it per epoch and per worker.
+
+Shape shorthand:
+    H, W: height and width of one image in pixels.
+    N: number of boxes of that image.
+"""
+
+from __future__ import annotations
+
+import os
+
+# albumentations asks PyPI for a newer version on import (up to 2 s, and a warning when offline), in
+# every process that imports it, DataLoader workers included. A training run should not phone home;
+# setdefault keeps an explicit choice of the user.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+
+from detector.errors import ConfigError  # noqa: E402
+
+__all__ = ["build_train_augmentation"]
+
+# A box must keep 30% of its area to stay a target. Flips never cut a box; this matters once a crop
+# is added: a sliver of an object teaches the box regressor a wrong extent.
+_MIN_VISIBILITY = 0.3
+# Same rule as the loader: a box under 1 px wide or high has no meaningful regression target.
+_MIN_BOX_SIDE = 1.0
+# Probability of applying the colour jitter when enabled: as in SSD/YOLO pipelines, some images are
+# left untouched so the network also sees the true colour statistics.
+_COLOR_JITTER_PROB = 0.8
+
+
+def build_train_augmentation(
+    *,
+    hflip_prob: float = 0.5,
+    color_jitter: float = 0.0,
+    seed: int | None = None,
+) -> A.Compose:
+    """Build the training augmentation.
+
+    Args:
+        hflip_prob: Probability of a horizontal flip (the augmentation of the Faster R-CNN paper).
+        color_jitter: Strength of the brightness, contrast and saturation jitter: each factor is drawn
+            from ``[1 - color_jitter, 1 + color_jitter]``. ``0`` disables it. Hue is never jittered:
+            hue is part of what identifies a class in the synthetic dataset (and in real ones: a red
+            and a green traffic light).
+        seed: Seed of the augmentation's own random state; None draws one from the OS.
+            :func:`~detector.data.collate.build_detection_loader` reseeds it anyway.
+
+    Returns:
+        An ``albumentations.Compose`` over ``image``, ``bboxes`` (``pascal_voc``, i.e. xyxy pixels)
+        and ``labels``.
+
+    Raises:
+        ConfigError: A probability or strength is out of range.
+    """
+    if not 0.0 <= hflip_prob <= 1.0:
+        raise ConfigError(f"augmentation: hflip_prob must be in [0, 1], got {hflip_prob}")
+    if color_jitter < 0.0:
+        raise ConfigError(f"augmentation: color_jitter must be >= 0, got {color_jitter}")
+
+    transforms: list[A.BasicTransform] = []
+    if hflip_prob > 0.0:
+        transforms.append(A.HorizontalFlip(p=hflip_prob))
+    if color_jitter > 0.0:
+        transforms.append(
+            A.ColorJitter(
+                brightness=color_jitter,
+                contrast=color_jitter,
+                saturation=color_jitter,
+                hue=0.0,
+                p=_COLOR_JITTER_PROB,
+            )
+        )
+    bbox_params = A.BboxParams(
+        format="pascal_voc",
+        label_fields=["labels"],
+        min_visibility=_MIN_VISIBILITY,
+        min_width=_MIN_BOX_SIDE,
+        min_height=_MIN_BOX_SIDE,
+        # albumentations normalises boxes by the image size and back; a box touching the right edge
+        # can come back a hair past it and then fail its range check. Clipping absorbs that.
+        clip=True,
+    )
+    return A.Compose(transforms, bbox_params=bbox_params, seed=seed)

@@ -1,0 +1,3 @@
+from detector.modeling.backbone.vgg16 import VGG16Backbone
+
+__all__ = ["VGG16Backbone"]

@@ -1,0 +1,105 @@
+"""Fast R-CNN predictor, losses and inference (Girshick, Fast R-CNN, ICCV 2015, sections 2.2-2.3, 3.1).
+
+Shape shorthand:
+    R: RoIs in the batch, D: box-head representation size
+    K: object classes; the classifier has K + 1 outputs, index 0 = background
+    Nd: detections kept in one image
+
+Two sibling layers on the box-head feature: a (K+1)-way softmax classifier and class-specific box
+deltas, 4 per class ((K+1) * 4 outputs; the background slot is never trained, which keeps indexing
+simple). The multi-task loss is cross-entropy plus smooth L1 on the deltas of the true class for
+foreground RoIs only, the latter divided by the number of *sampled* RoIs (not foreground RoIs) so that
+an image with few objects does not up-weight its box loss (detectron2's fast_rcnn.py explains this).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.ops import batched_nms, clip_boxes_to_image
+
+from detector.modeling.box_coder import BoxCoder
+
+
+class FastRCNNPredictor(nn.Module):
+    """Class scores [R, K+1] and class-specific box deltas [R, 4(K+1)] from features [R, D]."""
+
+    def __init__(self, *, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.cls_score = nn.Linear(in_features, self.num_classes + 1)
+        self.bbox_pred = nn.Linear(in_features, 4 * (self.num_classes + 1))
+        # Paper 2.3 / 3.1: zero-mean Gaussians with std 0.01 (scores) and 0.001 (deltas).
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        return self.cls_score(features), self.bbox_pred(features)
+
+
+def fast_rcnn_losses(
+    class_logits: Tensor,
+    box_deltas: Tensor,
+    gt_classes: Tensor,
+    regression_targets: Tensor,
+    *,
+    smooth_l1_beta: float = 1.0,
+) -> dict[str, Tensor]:
+    """Fast R-CNN multi-task loss.
+
+    Args:
+        class_logits: [R, K+1]; box_deltas: [R, 4(K+1)].
+        gt_classes: int64 [R], 0 = background.
+        regression_targets: [R, 4] encoded w.r.t. each RoI (ignored for background).
+        smooth_l1_beta: 1.0 is the paper's smooth L1 (equation 3).
+
+    Returns:
+        ``loss_cls`` and ``loss_box_reg``.
+    """
+    loss_cls = F.cross_entropy(class_logits, gt_classes)
+    fg = torch.nonzero(gt_classes > 0).squeeze(1)
+    deltas = box_deltas.view(box_deltas.shape[0], -1, 4)[fg, gt_classes[fg]]  # [F, 4]
+    loss_box = F.smooth_l1_loss(
+        deltas, regression_targets[fg], beta=smooth_l1_beta, reduction="sum"
+    ) / max(gt_classes.numel(), 1)
+    return {"loss_cls": loss_cls, "loss_box_reg": loss_box}
+
+
+def fast_rcnn_inference(
+    class_logits: Tensor,
+    box_deltas: Tensor,
+    proposals: list[Tensor],
+    image_sizes: list[tuple[int, int]],
+    *,
+    box_coder: BoxCoder,
+    score_thresh: float,
+    nms_thresh: float,
+    detections_per_img: int,
+) -> list[dict[str, Tensor]]:
+    """Turn per-RoI predictions into detections: per class decode, threshold, NMS, keep the top.
+
+    Returns:
+        per image dict(boxes [Nd, 4], scores [Nd], labels int64 [Nd] in 1..K).
+    """
+    num_per_image = [len(p) for p in proposals]
+    scores_all = F.softmax(class_logits, dim=-1).split(num_per_image)
+    boxes_all = box_coder.decode(box_deltas, torch.cat(proposals)).split(num_per_image)
+
+    results = []
+    for scores, boxes, image_size in zip(scores_all, boxes_all, image_sizes):
+        num_classes = scores.shape[1] - 1
+        boxes = clip_boxes_to_image(boxes.view(-1, num_classes + 1, 4), image_size)
+        # Drop the background column; every (RoI, class) pair is a candidate detection.
+        boxes = boxes[:, 1:].reshape(-1, 4)
+        scores = scores[:, 1:].reshape(-1)
+        num_rois = boxes.shape[0] // max(num_classes, 1)
+        labels = torch.arange(1, num_classes + 1, device=scores.device).expand(num_rois, -1).reshape(-1)
+        keep = (scores > score_thresh) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        # Per-class NMS (each class suppresses only its own boxes), then the best detections overall.
+        keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_img]
+        results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+    return results

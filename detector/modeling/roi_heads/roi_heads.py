@@ -1,0 +1,130 @@
+"""RoI heads: proposal sampling, RoI pooling, box head, predictor (the "Fast R-CNN" part).
+
+Shape shorthand:
+    N: images in the batch
+    P: proposals of one image (plus its G ground-truth boxes in training)
+    R: sampled RoIs in the batch (N * batch_size_per_image at most)
+    K: object classes (labels 1..K, 0 = background)
+
+Training (Fast R-CNN 2.3): the ground-truth boxes are added to the proposals (so early in training,
+when the RPN proposes nothing useful, the head still sees positives), each proposal is matched to the
+ground truth (IoU >= 0.5 foreground, < 0.5 background), and ``batch_size_per_image`` RoIs are sampled
+at up to ``positive_fraction`` foreground. The pooler (RoIPool or RoIAlign, chosen by config) turns
+each RoI into a fixed k x k feature, which is the heart of the seed's comparison.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import box_iou
+
+from detector.modeling.box_coder import BoxCoder
+from detector.modeling.matcher import Matcher
+from detector.modeling.roi_heads.fast_rcnn import (
+    FastRCNNPredictor,
+    fast_rcnn_inference,
+    fast_rcnn_losses,
+)
+from detector.modeling.sampler import BalancedPositiveNegativeSampler
+
+
+class RoIHeads(nn.Module):
+    """Classifies and refines proposals; returns detections (eval) or losses (training)."""
+
+    def __init__(
+        self,
+        *,
+        pooler: nn.Module,
+        box_head: nn.Module,
+        predictor: FastRCNNPredictor,
+        box_coder: BoxCoder,
+        matcher: Matcher,
+        sampler: BalancedPositiveNegativeSampler,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+        proposal_append_gt: bool = True,
+        smooth_l1_beta: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.pooler = pooler
+        self.box_head = box_head
+        self.predictor = predictor
+        self.box_coder = box_coder
+        self.matcher = matcher
+        self.sampler = sampler
+        self.score_thresh = float(score_thresh)
+        self.nms_thresh = float(nms_thresh)
+        self.detections_per_img = int(detections_per_img)
+        self.proposal_append_gt = bool(proposal_append_gt)
+        self.smooth_l1_beta = float(smooth_l1_beta)
+
+    @torch.no_grad()
+    def label_and_sample_proposals(
+        self, proposals: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Sample RoIs for training.
+
+        Returns:
+            sampled proposals (list of N [Ri, 4]), gt_classes int64 [R] (0 = background) and
+            regression_targets [R, 4].
+        """
+        sampled_proposals, gt_classes, regression_targets = [], [], []
+        for proposals_i, target in zip(proposals, targets):
+            gt_boxes, gt_labels = target["boxes"], target["labels"]
+            if self.proposal_append_gt:
+                proposals_i = torch.cat([proposals_i, gt_boxes.to(proposals_i.dtype)])
+            matched_idxs = self.matcher(box_iou(gt_boxes, proposals_i))
+            if gt_boxes.numel() > 0:
+                classes = gt_labels[matched_idxs.clamp(min=0)].clone()
+                matched_boxes = gt_boxes[matched_idxs.clamp(min=0)]
+            else:
+                classes = torch.zeros_like(matched_idxs)
+                matched_boxes = torch.zeros_like(proposals_i)
+            classes[matched_idxs == Matcher.BELOW_LOW_THRESHOLD] = 0
+            classes[matched_idxs == Matcher.BETWEEN_THRESHOLDS] = -1
+            pos_mask, neg_mask = self.sampler(classes)
+            keep = torch.nonzero(pos_mask | neg_mask).squeeze(1)
+            sampled_proposals.append(proposals_i[keep])
+            gt_classes.append(classes[keep].clamp(min=0))
+            regression_targets.append(self.box_coder.encode(proposals_i[keep], matched_boxes[keep]))
+        return sampled_proposals, torch.cat(gt_classes), torch.cat(regression_targets)
+
+    def forward(
+        self,
+        features: Tensor,
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """Run the head.
+
+        Args:
+            features: [N, C, Hf, Wf]; proposals: N tensors [P, 4] in resized-image pixels.
+
+        Returns:
+            (detections, losses): detections per image in eval mode (empty list in training),
+            the loss dict in training (empty in eval).
+        """
+        if self.training:
+            if targets is None:
+                raise ValueError("RoIHeads needs targets in training mode")
+            proposals, gt_classes, regression_targets = self.label_and_sample_proposals(
+                proposals, targets
+            )
+        pooled = self.pooler(features, proposals)  # [R, C, k, k]
+        class_logits, box_deltas = self.predictor(self.box_head(pooled))
+
+        if self.training:
+            losses = fast_rcnn_losses(
+                class_logits, box_deltas, gt_classes, regression_targets,
+                smooth_l1_beta=self.smooth_l1_beta,
+            )
+            return [], losses
+        detections = fast_rcnn_inference(
+            class_logits, box_deltas, proposals, image_sizes,
+            box_coder=self.box_coder, score_thresh=self.score_thresh,
+            nms_thresh=self.nms_thresh, detections_per_img=self.detections_per_img,
+        )
+        return detections, {}

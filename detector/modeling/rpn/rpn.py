@@ -1,0 +1,181 @@
+"""Region Proposal Network (Ren et al., Faster R-CNN, NeurIPS 2015, section 3.1).
+
+Shape shorthand:
+    N: images in the batch
+    A: anchors per location;  M = Hf * Wf * A anchors per image
+    G: ground-truth boxes in one image
+    P: proposals kept per image (post-NMS top-k)
+
+Training: every anchor is labelled by IoU with the ground truth (>= 0.7 positive, < 0.3 negative,
+plus each object's best anchor), 256 anchors per image are sampled at up to 1:1, and the losses are
+binary cross-entropy on objectness and smooth L1 on the deltas of positive anchors, both averaged over
+the sampled anchors (equation 1 with lambda chosen so the two terms weigh alike).
+
+Proposals: decode all deltas, keep the ``pre_nms_topk`` highest-scoring anchors per image, clip to the
+image, drop boxes smaller than ``min_size``, non-maximum suppression at ``nms_thresh``
+(torchvision.ops.nms), keep the ``post_nms_topk`` best. Train and test use separate top-k values
+(12000/2000 and 6000/300 in the paper). Proposals are detached: the RoI heads do not back-propagate
+into box coordinates (the "approximate joint training" of section 3.2).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.ops import box_iou, clip_boxes_to_image, nms, remove_small_boxes
+
+from detector.modeling.box_coder import BoxCoder
+from detector.modeling.matcher import Matcher
+from detector.modeling.rpn.anchor_generator import AnchorGenerator
+from detector.modeling.rpn.rpn_head import RPNHead
+from detector.modeling.sampler import BalancedPositiveNegativeSampler
+
+
+class RPN(nn.Module):
+    """Proposes boxes from a single feature map; returns proposals and (in training) losses."""
+
+    def __init__(
+        self,
+        *,
+        head: RPNHead,
+        anchor_generator: AnchorGenerator,
+        box_coder: BoxCoder,
+        matcher: Matcher,
+        sampler: BalancedPositiveNegativeSampler,
+        pre_nms_topk_train: int = 12000,
+        post_nms_topk_train: int = 2000,
+        pre_nms_topk_test: int = 6000,
+        post_nms_topk_test: int = 300,
+        nms_thresh: float = 0.7,
+        min_size: float = 0.0,
+        smooth_l1_beta: float = 1.0 / 9,
+        boundary_thresh: float = -1.0,
+        loss_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.box_coder = box_coder
+        self.matcher = matcher
+        self.sampler = sampler
+        self.pre_nms_topk = {True: int(pre_nms_topk_train), False: int(pre_nms_topk_test)}
+        self.post_nms_topk = {True: int(post_nms_topk_train), False: int(post_nms_topk_test)}
+        self.nms_thresh = float(nms_thresh)
+        self.min_size = float(min_size)
+        # beta = 1/9 is py-faster-rcnn's rpn sigma = 3 (beta = 1 / sigma**2).
+        self.smooth_l1_beta = float(smooth_l1_beta)
+        self.boundary_thresh = float(boundary_thresh)
+        self.loss_weight = float(loss_weight)
+
+    def forward(
+        self,
+        features: Tensor,
+        image_sizes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """Propose boxes.
+
+        Args:
+            features: [N, C, Hf, Wf] backbone output.
+            image_sizes: (h, w) of each image inside the padded batch (after resizing).
+            targets: per image dict with ``boxes`` [G, 4] in the same (resized) coordinates.
+
+        Returns:
+            proposals: list of N tensors [P, 4] (detached), and a loss dict (empty in eval mode).
+        """
+        num_images = features.shape[0]
+        logits, deltas = self.head(features)
+        anchors = self.anchor_generator(features.shape[-2:])  # [M, 4]
+
+        # [N, A, Hf, Wf] -> [N, Hf, Wf, A] -> [N, M];  [N, 4A, Hf, Wf] -> [N, Hf, Wf, A, 4] -> [N, M, 4]
+        a = self.anchor_generator.num_anchors_per_location
+        hf, wf = logits.shape[-2:]
+        logits = logits.permute(0, 2, 3, 1).reshape(num_images, -1)
+        deltas = deltas.view(num_images, a, 4, hf, wf).permute(0, 3, 4, 1, 2).reshape(num_images, -1, 4)
+
+        proposals = self._find_proposals(anchors, logits.detach(), deltas.detach(), image_sizes)
+
+        losses: dict[str, Tensor] = {}
+        if self.training:
+            if targets is None:
+                raise ValueError("RPN needs targets in training mode")
+            losses = self._losses(anchors, logits, deltas, image_sizes, targets)
+        return proposals, losses
+
+    @torch.no_grad()
+    def _find_proposals(
+        self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: list[tuple[int, int]]
+    ) -> list[Tensor]:
+        pre_k = self.pre_nms_topk[self.training]
+        post_k = self.post_nms_topk[self.training]
+        proposals = []
+        for logits_i, deltas_i, image_size in zip(logits, deltas, image_sizes):
+            # Top-k before decoding: decoding and NMS on all anchors would be wasted work.
+            k = min(pre_k, logits_i.numel())
+            scores, idx = logits_i.topk(k)
+            boxes = self.box_coder.decode(deltas_i[idx], anchors[idx])
+            boxes = clip_boxes_to_image(boxes, image_size)
+            keep = remove_small_boxes(boxes, self.min_size) if self.min_size > 0 else None
+            if keep is not None:
+                boxes, scores = boxes[keep], scores[keep]
+            # Zero-area boxes (clipped to the image border) cannot be pooled meaningfully.
+            nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            boxes, scores = boxes[nonempty], scores[nonempty]
+            keep = nms(boxes, scores, self.nms_thresh)[:post_k]
+            proposals.append(boxes[keep])
+        return proposals
+
+    def _losses(
+        self,
+        anchors: Tensor,
+        logits: Tensor,
+        deltas: Tensor,
+        image_sizes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        labels, regression_targets = [], []
+        for target, image_size in zip(targets, image_sizes):
+            gt_boxes = target["boxes"]
+            matched_idxs = self.matcher(box_iou(gt_boxes, anchors))  # [M]
+            labels_i = (matched_idxs >= 0).to(torch.int64)  # 1 fg, 0 bg
+            labels_i[matched_idxs == Matcher.BETWEEN_THRESHOLDS] = -1
+            if self.boundary_thresh >= 0:
+                # The paper ignores anchors that cross the image boundary in training (3.3: they
+                # "introduce large, difficult to correct error terms"). Off by default (-1), as in
+                # detectron2 and torchvision: on small images at stride 32 most large anchors cross.
+                h, w = image_size
+                t = self.boundary_thresh
+                inside = (
+                    (anchors[:, 0] >= -t) & (anchors[:, 1] >= -t)
+                    & (anchors[:, 2] < w + t) & (anchors[:, 3] < h + t)
+                )
+                labels_i[~inside] = -1
+            pos_mask, neg_mask = self.sampler(labels_i)
+            sampled = torch.full_like(labels_i, -1)
+            sampled[pos_mask] = 1
+            sampled[neg_mask] = 0
+            labels.append(sampled)
+            if gt_boxes.numel() > 0:
+                matched = gt_boxes[matched_idxs.clamp(min=0)]
+            else:
+                matched = torch.zeros_like(anchors)
+            regression_targets.append(self.box_coder.encode(anchors, matched))
+
+        labels_t = torch.stack(labels)  # [N, M]
+        targets_t = torch.stack(regression_targets)  # [N, M, 4]
+        sampled_mask = labels_t >= 0
+        pos_mask = labels_t == 1
+        # Normalised by the number of sampled anchors (N * 256), not by positives, so an image with
+        # few objects does not get a louder box loss (Faster R-CNN eq. 1, N_cls ~ N_reg balance).
+        normalizer = max(int(sampled_mask.sum()), 1)
+        loss_cls = F.binary_cross_entropy_with_logits(
+            logits[sampled_mask], labels_t[sampled_mask].to(logits.dtype), reduction="sum"
+        ) / normalizer
+        loss_loc = F.smooth_l1_loss(
+            deltas[pos_mask], targets_t[pos_mask], beta=self.smooth_l1_beta, reduction="sum"
+        ) / normalizer
+        return {
+            "loss_rpn_cls": loss_cls * self.loss_weight,
+            "loss_rpn_loc": loss_loc * self.loss_weight,
+        }

@@ -1,0 +1,107 @@
+"""Image preprocessing inside the model: normalise, resize by the shorter side, pad into a batch.
+
+Shape shorthand:
+    N: images; each input image is [3, Hi, Wi] float in 0..1 (any size)
+    batch: [N, 3, Hp, Wp], Hp and Wp the largest resized sides rounded up to ``size_divisibility``
+
+Fast R-CNN (section 3.1, "single scale") resizes every image so that its shorter side is ``min_size``
+(600 in the paper) unless the longer side would exceed ``max_size`` (1000). Images of different sizes
+are zero-padded at the bottom/right into one tensor; the padding is a multiple of the stride (32) so
+that feature cells line up with image pixels exactly as the seed assumes (800 x 576 -> 25 x 18).
+Doing this in the model (as torchvision's GeneralizedRCNNTransform does) means users pass raw images
+and get boxes back in their original pixel coordinates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+@dataclass
+class ImageList:
+    """A padded batch and the (h, w) of each resized image inside it."""
+
+    tensors: Tensor  # [N, 3, Hp, Wp]
+    image_sizes: list[tuple[int, int]]
+
+
+class DetectionTransform(nn.Module):
+    """Normalise, resize and batch images (and resize their target boxes to match)."""
+
+    def __init__(
+        self,
+        *,
+        min_size: int | Sequence[int],
+        max_size: int,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        size_divisibility: int = 32,
+    ) -> None:
+        super().__init__()
+        # Several min sizes = multi-scale training (one drawn per image); the first is used at test.
+        self.min_size = (int(min_size),) if isinstance(min_size, int) else tuple(int(s) for s in min_size)
+        self.max_size = int(max_size)
+        self.size_divisibility = int(size_divisibility)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+
+    def _target_size(self, h: int, w: int) -> tuple[int, int]:
+        if self.training and len(self.min_size) > 1:
+            min_size = self.min_size[int(torch.randint(len(self.min_size), ()).item())]
+        else:
+            min_size = self.min_size[0]
+        scale = min_size / min(h, w)
+        if max(h, w) * scale > self.max_size:
+            scale = self.max_size / max(h, w)
+        return max(1, round(h * scale)), max(1, round(w * scale))
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> tuple[ImageList, list[dict[str, Tensor]] | None]:
+        resized, sizes, new_targets = [], [], [] if targets is not None else None
+        for i, image in enumerate(images):
+            h, w = image.shape[-2:]
+            nh, nw = self._target_size(h, w)
+            image = (image - self.pixel_mean) / self.pixel_std
+            if (nh, nw) != (h, w):
+                image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+            resized.append(image)
+            sizes.append((nh, nw))
+            if targets is not None:
+                target = dict(targets[i])
+                ratio = torch.tensor([nw / w, nh / h, nw / w, nh / h], device=image.device)
+                target["boxes"] = target["boxes"] * ratio
+                new_targets.append(target)
+
+        d = self.size_divisibility
+        hp = int(math.ceil(max(s[0] for s in sizes) / d) * d)
+        wp = int(math.ceil(max(s[1] for s in sizes) / d) * d)
+        # Pad with zeros *after* normalisation, i.e. with the mean colour, as torchvision/detectron2.
+        batch = resized[0].new_zeros((len(resized), resized[0].shape[0], hp, wp))
+        for img, pad in zip(resized, batch):
+            pad[:, : img.shape[1], : img.shape[2]].copy_(img)
+        return ImageList(batch, sizes), new_targets
+
+    @staticmethod
+    def postprocess(
+        detections: list[dict[str, Tensor]],
+        image_sizes: list[tuple[int, int]],
+        original_sizes: list[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        """Scale detection boxes from resized-image pixels back to the original images' pixels."""
+        for det, (h, w), (oh, ow) in zip(detections, image_sizes, original_sizes):
+            ratio = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=det["boxes"].device)
+            det["boxes"] = det["boxes"] * ratio
+        return detections
+
+    def extra_repr(self) -> str:
+        return (
+            f"min_size={self.min_size}, max_size={self.max_size}, "
+            f"size_divisibility={self.size_divisibility}"
+        )

@@ -1,0 +1,252 @@
+"""Tests for detector.evaluation.coco_evaluator: known-answer AP cases, pycocotools cross-check.
+
+Shape shorthand:
+    N: number of images
+    D: number of detections in one image
+    K: number of foreground classes (labels 1..K)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detector.errors import DatasetError
+from detector.evaluation import (
+    METRIC_KEYS,
+    COCOEvaluator,
+    evaluate_coco,
+    predictions_to_coco_results,
+)
+
+FIXTURE_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "coco_small"
+
+# Non-contiguous category ids on purpose: label 1 -> category 3, label 2 -> category 7.
+LABEL_TO_CAT_ID = {1: 3, 2: 7}
+
+# image id -> list of (category id, xywh box). Areas cover all three COCO ranges:
+# small < 32^2 = 1024 <= medium < 96^2 = 9216 <= large.
+GT = {
+    10: [(3, [10.0, 10.0, 20.0, 20.0]), (7, [50.0, 50.0, 60.0, 60.0])],  # small 400, medium 3600
+    20: [(3, [20.0, 30.0, 120.0, 110.0])],  # large 13200
+    30: [(7, [5.0, 5.0, 25.0, 25.0]), (3, [100.0, 100.0, 50.0, 40.0])],  # small 625, medium 2000
+}
+
+
+def _write_gt(path: Path, gt: dict[int, list] = GT) -> COCO:
+    images = [{"id": i, "width": 200, "height": 200, "file_name": f"{i}.jpg"} for i in gt]
+    annotations = []
+    for image_id, objs in gt.items():
+        for cat_id, (x, y, w, h) in objs:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": cat_id,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]
+    data = {"images": images, "annotations": annotations, "categories": categories}
+    path.write_text(json.dumps(data))
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(path))
+
+
+@pytest.fixture
+def coco_gt(tmp_path: Path) -> COCO:
+    return _write_gt(tmp_path / "gt.json")
+
+
+def _predictions(shift_frac: float = 0.0, swap_labels: bool = False) -> dict[int, dict]:
+    """GT boxes as detections (score 1), optionally shifted right by ``shift_frac`` of the width."""
+    cat_to_label = {c: l for l, c in LABEL_TO_CAT_ID.items()}
+    preds = {}
+    for image_id, objs in GT.items():
+        boxes, labels = [], []
+        for cat_id, (x, y, w, h) in objs:
+            dx = shift_frac * w
+            boxes.append([x + dx, y, x + dx + w, y + h])
+            label = cat_to_label[cat_id]
+            labels.append(3 - label if swap_labels else label)
+        preds[image_id] = {
+            "boxes": torch.tensor(boxes, dtype=torch.float32),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "scores": torch.ones(len(boxes), dtype=torch.float32),
+        }
+    return preds
+
+
+def _evaluate(coco_gt: COCO, preds: dict[int, dict]) -> dict[str, float]:
+    return evaluate_coco(coco_gt, predictions_to_coco_results(preds, LABEL_TO_CAT_ID))
+
+
+def test_label_to_category_mapping_and_xywh() -> None:
+    preds = {
+        5: {
+            "boxes": torch.tensor([[1.0, 2.0, 11.0, 22.0], [0.5, 0.5, 1.5, 3.5]]),
+            "labels": torch.tensor([1, 2]),
+            "scores": torch.tensor([0.9, 0.25]),
+        }
+    }
+    results = predictions_to_coco_results(preds, LABEL_TO_CAT_ID)
+    assert results == [
+        {
+            "image_id": 5,
+            "category_id": 3,
+            "bbox": [1.0, 2.0, 10.0, 20.0],
+            "score": pytest.approx(0.9),  # float32 0.9 is not python's 0.9
+        },
+        {"image_id": 5, "category_id": 7, "bbox": [0.5, 0.5, 1.0, 3.0], "score": 0.25},
+    ]
+    # Plain python types, so json.dumps works without a custom encoder.
+    assert all(type(v) in (int, float, list) for r in results for v in r.values())
+    json.dumps(results)
+
+
+def test_unknown_label_raises_one_line_dataset_error() -> None:
+    preds = {1: {"boxes": torch.zeros(1, 4), "labels": torch.tensor([9]), "scores": torch.ones(1)}}
+    with pytest.raises(DatasetError) as err:
+        predictions_to_coco_results(preds, LABEL_TO_CAT_ID)
+    assert "\n" not in str(err.value) and "9" in str(err.value)
+
+
+def test_perfect_detections_score_one(coco_gt: COCO) -> None:
+    metrics = _evaluate(coco_gt, _predictions())
+    assert set(metrics) == set(METRIC_KEYS)
+    for key in METRIC_KEYS:
+        assert metrics[key] == pytest.approx(1.0), key
+
+
+def test_iou_0625_passes_050_to_060_only(coco_gt: COCO) -> None:
+    # Shifting a box by s of its width gives IoU (1 - s) / (1 + s); s = 0.375 / 1.625 -> IoU 0.625,
+    # which clears the thresholds 0.50, 0.55, 0.60 and fails the other seven of 0.50:0.95.
+    metrics = _evaluate(coco_gt, _predictions(shift_frac=0.375 / 1.625))
+    assert metrics["AP50"] == pytest.approx(1.0)
+    assert metrics["AP75"] == pytest.approx(0.0)
+    assert metrics["AP"] == pytest.approx(0.3)
+
+
+def test_wrong_labels_score_zero(coco_gt: COCO) -> None:
+    metrics = _evaluate(coco_gt, _predictions(swap_labels=True))
+    for key in METRIC_KEYS:
+        assert metrics[key] == pytest.approx(0.0), key
+
+
+def test_empty_results_score_zero_without_crash(coco_gt: COCO) -> None:
+    metrics = evaluate_coco(coco_gt, [])
+    assert metrics == {key: 0.0 for key in METRIC_KEYS}
+
+
+def test_area_range_without_gt_is_nan(tmp_path: Path) -> None:
+    coco_gt = _write_gt(tmp_path / "large_only.json", {20: GT[20]})
+    preds = {20: _predictions()[20]}
+    metrics = evaluate_coco(coco_gt, predictions_to_coco_results(preds, LABEL_TO_CAT_ID))
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["APl"] == pytest.approx(1.0)
+    assert math.isnan(metrics["APs"]) and math.isnan(metrics["APm"])
+
+
+def test_verbose_prints_summary_and_quiet_prints_nothing(coco_gt: COCO, capsys) -> None:
+    results = predictions_to_coco_results(_predictions(), LABEL_TO_CAT_ID)
+    evaluate_coco(coco_gt, results)
+    assert capsys.readouterr().out == ""
+    evaluate_coco(coco_gt, results, verbose=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 12 and lines[0].startswith(" Average Precision")
+
+
+def test_foreign_image_id_raises_dataset_error(coco_gt: COCO) -> None:
+    results = [{"image_id": 999, "category_id": 3, "bbox": [0.0, 0.0, 1.0, 1.0], "score": 1.0}]
+    with pytest.raises(DatasetError, match="999"):
+        evaluate_coco(coco_gt, results)
+
+
+def _strict_json(path: Path):
+    def reject(token: str):
+        raise ValueError(f"non-standard JSON token {token} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+def test_evaluator_writes_metrics_and_results(coco_gt: COCO, tmp_path: Path) -> None:
+    out_dir = tmp_path / "out"
+    evaluator = COCOEvaluator(coco_gt=coco_gt, label_to_cat_id=LABEL_TO_CAT_ID, output_dir=out_dir)
+    preds = _predictions()
+    ids = sorted(preds)
+    # Two batches, as a loader would deliver them; image_id as a 0-d tensor, as collate may give.
+    for batch in (ids[:2], ids[2:]):
+        evaluator.process([{"image_id": torch.tensor(i)} for i in batch], [preds[i] for i in batch])
+    metrics = evaluator.evaluate()
+
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
+    assert metrics["num_images"] == 3 and metrics["num_detections"] == 5
+    assert evaluator.summary.count("\n") == 12
+
+    saved = _strict_json(out_dir / "metrics.json")
+    assert set(saved) == set(METRIC_KEYS) | {"num_images", "num_detections"}
+    assert saved["AP"] == pytest.approx(1.0)
+    results = _strict_json(out_dir / "coco_results.json")
+    assert len(results) == 5
+    assert set(results[0]) == {"image_id", "category_id", "bbox", "score"}
+    assert {r["category_id"] for r in results} == {3, 7}
+    # The results file is loadable by pycocotools as-is.
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt.loadRes(str(out_dir / "coco_results.json"))
+
+
+def test_evaluator_scores_only_processed_images_and_resets(coco_gt: COCO) -> None:
+    evaluator = COCOEvaluator(coco_gt=coco_gt, label_to_cat_id=LABEL_TO_CAT_ID)
+    preds = _predictions()
+    evaluator.process([{"image_id": 10}, {"image_id": 20}], [preds[10], preds[20]])
+    # Image 30 was never seen, so its objects must not count as misses.
+    assert evaluator.evaluate()["AP"] == pytest.approx(1.0)
+
+    evaluator.reset()
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "scores": torch.zeros(0),
+    }
+    evaluator.process([{"image_id": 10}], [empty])
+    metrics = evaluator.evaluate()
+    assert metrics["num_images"] == 1 and metrics["num_detections"] == 0
+    assert metrics["AP"] == 0.0
+
+
+def test_evaluator_nan_is_null_in_metrics_json(tmp_path: Path) -> None:
+    coco_gt = _write_gt(tmp_path / "large_only.json", {20: GT[20]})
+    evaluator = COCOEvaluator(coco_gt=coco_gt, label_to_cat_id=LABEL_TO_CAT_ID, output_dir=tmp_path)
+    evaluator.process([{"image_id": 20}], [_predictions()[20]])
+    assert math.isnan(evaluator.evaluate()["APs"])
+    saved = _strict_json(tmp_path / "metrics.json")
+    assert saved["APs"] is None and saved["APl"] == pytest.approx(1.0)
+
+
+@pytest.mark.skipif(not FIXTURE_DIR.is_dir(), reason=f"shared fixture {FIXTURE_DIR} is absent")
+def test_matches_direct_pycocotools_on_real_fixture() -> None:
+    gt_file, dt_file = FIXTURE_DIR / "gt_dataset.json", FIXTURE_DIR / "dt_dataset.json"
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(gt_file))
+        reference = COCOeval(coco_gt, coco_gt.loadRes(str(dt_file)), iouType="bbox")
+        reference.evaluate()
+        reference.accumulate()
+        reference.summarize()
+        ours = evaluate_coco(COCO(str(gt_file)), json.loads(dt_file.read_text()))
+
+    for key, expected in zip(METRIC_KEYS, reference.stats[:6]):
+        if expected < 0:  # pycocotools' "no ground truth in this range"
+            assert math.isnan(ours[key]), key
+        else:
+            assert ours[key] == pytest.approx(float(expected), abs=1e-12), key
+    # The fixture has real, imperfect detections: guard against comparing two trivial results.
+    assert 0.0 < ours["AP"] < 1.0

@@ -1,0 +1,161 @@
+"""Train a Faster R-CNN (or Fast R-CNN) detector.
+
+    python tools/train.py                                   # embedded synthetic dataset, CPU-sized
+    python tools/train.py model/pooler=roi_pool solver.max_iter=3000 output_dir=outputs/pool
+    python tools/train.py -m model/pooler=roi_pool,roi_align output_dir=outputs/sweep
+
+Everything a run writes goes under its output directory: the resolved ``config.yaml``, checkpoints
+(``model_final.pth``), ``tensorboard/`` scalars, ``coco_results.json`` and ``metrics.json`` of the
+final evaluation on ``dataset.val``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+
+from config_utils import build_model, run_cli, validate_train_config
+from detector.data import CocoDetection, build_detection_loader, build_train_augmentation, ensure_synthetic_split
+from detector.engine import (
+    build_lr_scheduler,
+    build_optimizer,
+    find_last_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    train_loop,
+)
+from detector.errors import ConfigError, DatasetError
+from detector.evaluation import METRIC_KEYS, COCOEvaluator, inference_on_dataset
+from detector.utils.env import resolve_device, seed_all
+from detector.utils.io import atomic_write_text
+
+
+def prepare_dataset_files(cfg: DictConfig) -> None:
+    """Generate the embedded synthetic dataset on first use (a no-op for user datasets)."""
+    if cfg.dataset.name != "synthetic":
+        return
+    gen = OmegaConf.to_container(cfg.dataset.generator, resolve=True)
+    for split in ("train", "val"):
+        s = cfg.dataset[split]
+        ensure_synthetic_split(
+            cfg.dataset.root, split=split, num_images=int(s.num_images), seed=int(s.seed), **gen
+        )
+
+
+def build_datasets(cfg: DictConfig) -> tuple[CocoDetection, CocoDetection]:
+    prepare_dataset_files(cfg)
+    train_set = CocoDetection(
+        images=cfg.dataset.train.images,
+        annotations=cfg.dataset.train.annotations,
+        transforms=build_train_augmentation(hflip_prob=float(cfg.hflip_prob)),
+        skip_empty=True,
+    )
+    val_set = CocoDetection(images=cfg.dataset.val.images, annotations=cfg.dataset.val.annotations)
+    if len(train_set) == 0:
+        raise DatasetError(f"{cfg.dataset.train.annotations}: no image with a usable box to train on")
+    if val_set.class_names != train_set.class_names:
+        raise DatasetError(
+            f"{cfg.dataset.val.annotations}: categories {list(val_set.class_names)} differ from the "
+            f"training set's {list(train_set.class_names)}"
+        )
+    expected = cfg.dataset.get("num_classes")
+    if expected is not None and expected != train_set.num_classes:
+        raise ConfigError(
+            f"dataset.num_classes={expected} but {cfg.dataset.train.annotations} has "
+            f"{train_set.num_classes} categories"
+        )
+    return train_set, val_set
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train with a composed config; returns the final metrics."""
+    validate_train_config(cfg)
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    seed_all(int(cfg.seed))
+
+    train_set, val_set = build_datasets(cfg)
+    model = build_model(cfg.model, num_classes=train_set.num_classes).to(device)
+    solver = cfg.solver
+    optimizer = build_optimizer(
+        model, base_lr=solver.base_lr, momentum=solver.momentum, weight_decay=solver.weight_decay
+    )
+    scheduler = build_lr_scheduler(
+        optimizer, max_iter=solver.max_iter, warmup_iters=solver.warmup_iters,
+        warmup_factor=solver.warmup_factor, schedule=solver.schedule, steps=list(solver.steps),
+        gamma=solver.gamma,
+    )
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["model"]["num_classes"] = train_set.num_classes
+    atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    dataset_info = {
+        "class_names": list(train_set.class_names),
+        "label_to_cat_id": {int(k): int(v) for k, v in train_set.label_to_cat_id.items()},
+        "train_annotations": str(cfg.dataset.train.annotations),
+    }
+
+    start_iter = 0
+    if cfg.resume and (last := find_last_checkpoint(output_dir)) is not None:
+        state = load_checkpoint(last)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_iter = int(state["iteration"])
+        print(f"resumed from {last} at iteration {start_iter}")
+
+    loader = build_detection_loader(
+        train_set, batch_size=int(solver.ims_per_batch), shuffle=True,
+        num_workers=int(cfg.num_workers), seed=int(cfg.seed) + start_iter, drop_last=True,
+    )
+    val_loader = build_detection_loader(
+        val_set, batch_size=int(solver.ims_per_batch), shuffle=False, num_workers=int(cfg.num_workers)
+    )
+
+    def checkpoint(it: int) -> None:
+        name = "model_final.pth" if it == solver.max_iter else f"model_{it:07d}.pth"
+        save_checkpoint(
+            output_dir / name, model=model, optimizer=optimizer, scheduler=scheduler, iteration=it,
+            config=resolved, extra={"dataset": dataset_info},
+        )
+
+    def evaluate(it: int) -> dict[str, float]:
+        final = it == solver.max_iter
+        evaluator = COCOEvaluator(
+            coco_gt=val_set.coco, label_to_cat_id=val_set.label_to_cat_id,
+            output_dir=output_dir if final else output_dir / "eval" / f"iter_{it:07d}",
+        )
+        return inference_on_dataset(
+            model, val_loader, evaluator, device=device, progress=bool(cfg.progress)
+        )
+
+    with SummaryWriter(log_dir=str(output_dir / "tensorboard")) as writer:
+        summary = train_loop(
+            model=model, data_loader=loader, optimizer=optimizer, scheduler=scheduler,
+            max_iter=int(solver.max_iter), device=device, start_iter=start_iter,
+            clip_grad_norm=float(solver.clip_grad_norm), log_period=int(cfg.log_period),
+            checkpoint_period=int(cfg.checkpoint_period), eval_period=int(cfg.eval_period),
+            save_checkpoint=checkpoint, evaluate=evaluate, writer=writer, progress=bool(cfg.progress),
+        )
+    metrics = {k: summary[k] for k in METRIC_KEYS if k in summary}
+    print(f"output: {output_dir}")
+    print("val " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@run_cli
+def main(cfg: DictConfig) -> float:
+    # Returning a float makes the value visible to Hydra sweepers (e.g. Optuna) as the objective.
+    return train(cfg).get("AP50", float("nan"))
+
+
+if __name__ == "__main__":
+    main()
