@@ -272,7 +272,7 @@ def _read_rgb(path: Path) -> np.ndarray:
             elif img.mode == "P" and "transparency" in img.info:
                 img = img.convert("RGBA")  # P -> RGB directly warns about byte transparency
             rgb = img.convert("RGB")  # L, LA, P, RGBA (alpha dropped), CMYK, YCbCr, ...
-            return np.array(rgb, dtype=np.uint8)  # a writable copy, independent of the file
+            return np.asarray(rgb, dtype=np.uint8)
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file not found") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:

@@ -68,9 +68,9 @@ def build_train_augmentation(
     if color_jitter < 0.0:
         raise ConfigError(f"augmentation: color_jitter must be >= 0, got {color_jitter}")
 
-    transforms: list[A.BasicTransform] = []
-    if hflip_prob > 0.0:
-        transforms.append(A.HorizontalFlip(p=hflip_prob))
+    # Kept even at p=0: albumentations warns when a Compose has bbox_params but no transform that
+    # moves boxes, and a no-op flip costs one random draw.
+    transforms: list[A.BasicTransform] = [A.HorizontalFlip(p=hflip_prob)]
     if color_jitter > 0.0:
         transforms.append(
             A.ColorJitter(

@@ -1,12 +1,13 @@
-"""Small helpers shared by the RoI operators."""
+"""Helpers shared by the RoI operators: argument normalisation and checks."""
 
 from __future__ import annotations
 
 from typing import Union
 
+import torch
 from torch import Tensor
 
-BoxesType = Union[Tensor, list[Tensor]]
+BoxesType = Union[Tensor, list[Tensor], tuple[Tensor, ...]]
 
 
 def pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -15,3 +16,29 @@ def pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
         return (size, size)
     kh, kw = size
     return (int(kh), int(kw))
+
+
+def boxes_to_rois(boxes: BoxesType, input: Tensor) -> Tensor:
+    """torchvision's two box formats -> one [K, 5] tensor (batch index, x1, y1, x2, y2)."""
+    if isinstance(boxes, (list, tuple)):
+        for b in boxes:
+            if b.dim() != 2 or b.shape[1] != 4:
+                raise ValueError(f"each per-image boxes tensor must be [L, 4], got {list(b.shape)}")
+        if len(boxes) == 0:
+            return input.new_zeros((0, 5))
+        idx = torch.cat(
+            [torch.full((len(b), 1), i, dtype=input.dtype, device=input.device) for i, b in enumerate(boxes)]
+        )
+        return torch.cat([idx, torch.cat([b.to(input.dtype) for b in boxes])], dim=1)
+    if boxes.dim() != 2 or boxes.shape[1] != 5:
+        raise ValueError(f"boxes must be [K, 5] (batch index, x1, y1, x2, y2), got {list(boxes.shape)}")
+    return boxes.to(input.dtype)
+
+
+def check_roi_inputs(input: Tensor, rois: Tensor) -> None:
+    if input.dim() != 4:
+        raise ValueError(f"input must be [N, C, H, W], got {list(input.shape)}")
+    if not input.is_floating_point():
+        raise ValueError(f"input must be a floating-point tensor, got {input.dtype}")
+    if rois.device != input.device:
+        raise ValueError(f"boxes are on {rois.device} but input is on {input.device}")
