@@ -8,6 +8,7 @@ resolvers the YAML files use, and instantiates the model and datasets with ``hyd
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import sys
 from collections.abc import Callable
@@ -102,6 +103,15 @@ def instantiate_or_explain(node: Any, *, what: str) -> Any:
         first = str(e).strip().splitlines()[0]
         detail = f" ({cause.__class__.__name__}: {cause})" if cause is not None else ""
         raise ConfigError(f"cannot build {what}: {first}{detail}") from None
+
+
+def console_logging_for(progress: bool) -> None:
+    """With a progress bar on screen, keep INFO lines in the run's log file only (not the console)."""
+    if not progress:
+        return
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
 
 
 def run_cli(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:

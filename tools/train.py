@@ -17,10 +17,10 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.tensorboard import SummaryWriter
 
-from config_utils import build_model, run_cli, validate_train_config
+from config_utils import build_model, console_logging_for, run_cli, validate_train_config
 from detector.data import CocoDetection, build_detection_loader, build_train_augmentation, ensure_synthetic_split
 from detector.engine import (
     build_lr_scheduler,
@@ -76,12 +76,15 @@ def build_datasets(cfg: DictConfig) -> tuple[CocoDetection, CocoDetection]:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train with a composed config; returns the final metrics."""
     validate_train_config(cfg)
+    console_logging_for(bool(cfg.progress))
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     seed_all(int(cfg.seed))
 
     train_set, val_set = build_datasets(cfg)
+    with open_dict(cfg):
+        cfg.model.num_classes = train_set.num_classes  # K comes from the data
     model = build_model(cfg.model, num_classes=train_set.num_classes).to(device)
     solver = cfg.solver
     optimizer = build_optimizer(
@@ -94,7 +97,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["model"]["num_classes"] = train_set.num_classes
     atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     dataset_info = {
         "class_names": list(train_set.class_names),

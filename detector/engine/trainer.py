@@ -11,7 +11,9 @@ shows the ETA and the running losses all the time.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -19,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
 
 
 def _forever(loader: Iterable) -> Iterator:
@@ -70,6 +74,7 @@ def train_loop(
     running: dict[str, list[float]] = defaultdict(list)
     summary: dict[str, float] = {}
     batches = _forever(data_loader)
+    t0 = time.perf_counter()
     bar = tqdm(total=max_iter, initial=start_iter, disable=not progress, desc="train", dynamic_ncols=True)
     for it in range(start_iter, max_iter):
         images, targets = next(batches)
@@ -100,6 +105,13 @@ def train_loop(
                 for k, v in summary.items():
                     writer.add_scalar(f"train/{k}", v, done)
                 writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], done)
+            elapsed = time.perf_counter() - t0
+            eta = elapsed / (done - start_iter) * (max_iter - done)
+            logger.info(
+                "iter %d/%d  lr %.5f  %s  (%.2f s/it, eta %s)", done, max_iter,
+                optimizer.param_groups[0]["lr"], "  ".join(f"{k} {v:.4f}" for k, v in summary.items()),
+                elapsed / (done - start_iter), _fmt_seconds(eta),
+            )
             bar.set_postfix(
                 {"loss": f"{summary['loss']:.3f}", "lr": f"{optimizer.param_groups[0]['lr']:.4f}"}
                 | {k.replace("loss_", ""): f"{v:.3f}" for k, v in summary.items() if k != "loss"}
@@ -121,7 +133,14 @@ def train_loop(
     return summary
 
 
+def _fmt_seconds(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60:d}:{m % 60:02d}:{s:02d}"
+
+
 def _log_metrics(metrics: dict[str, float], writer: Any, step: int) -> dict[str, float]:
+    logger.info("eval at iter %d: %s", step, "  ".join(
+        f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     if writer is not None:
         for k, v in metrics.items():
             if isinstance(v, (int, float)) and math.isfinite(v):

@@ -1,0 +1,49 @@
+"""Shared test helpers: a tiny model built from the real configs, and fixture paths."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+# tools/*.py are scripts, not a package; their config glue is imported the way they import it.
+sys.path.insert(0, str(ROOT / "tools"))
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} (the shared fixtures folder) is absent")
+    return SHARED
+
+
+def compose_config(name: str = "train", overrides: list[str] | None = None):
+    from hydra import compose, initialize_config_dir
+
+    import config_utils  # noqa: F401  (registers the resolvers)
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides or [])
+
+
+TINY_MODEL = [
+    "model.backbone.width=0.0625",
+    "model.roi_heads.box_head.representation_size=32",
+    "model.transform.min_size=128",
+    "model.transform.max_size=192",
+]
+
+
+def tiny_model(num_classes: int = 3, overrides: list[str] | None = None):
+    from config_utils import build_model
+
+    cfg = compose_config("train", TINY_MODEL + (overrides or []))
+    return build_model(cfg.model, num_classes=num_classes)

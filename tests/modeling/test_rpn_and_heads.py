@@ -1,0 +1,104 @@
+import torch
+
+from conftest import tiny_model
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 150, 170, generator=g), torch.rand(3, 128, 128, generator=g)]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 20.0, 90.0, 100.0], [100.0, 40.0, 160.0, 140.0]]),
+         "labels": torch.tensor([1, 3])},
+        {"boxes": torch.tensor([[30.0, 30.0, 60.0, 70.0]]), "labels": torch.tensor([2])},
+    ]
+    return images, targets
+
+
+def _empty(t):
+    return {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+
+
+def test_training_losses_finite_and_named():
+    torch.manual_seed(0)
+    model = tiny_model().train()
+    images, targets = _batch()
+    losses = model(images, targets)
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
+    for k, v in losses.items():
+        assert v.dim() == 0 and torch.isfinite(v), k
+    sum(losses.values()).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_zero_box_losses_without_ground_truth():
+    torch.manual_seed(0)
+    model = tiny_model().train()
+    images, targets = _batch()
+    losses = model(images, [_empty(t) for t in targets])
+    assert losses["loss_rpn_loc"].item() == 0.0
+    assert losses["loss_box_reg"].item() == 0.0
+    assert losses["loss_rpn_cls"].item() > 0 and losses["loss_cls"].item() > 0
+    sum(losses.values()).backward()
+
+
+def test_rpn_label_counts():
+    torch.manual_seed(0)
+    model = tiny_model().train()
+    images, targets = _batch()
+    image_list, targets_r = model.transform(images, targets)
+    features = model.backbone(image_list.tensors)
+    rpn = model.rpn
+    logits, deltas = rpn.head(features)
+    assert logits.shape[1] == rpn.anchor_generator.num_anchors_per_location
+    proposals, losses = rpn(features, image_list.image_sizes, targets_r)
+    assert len(proposals) == 2
+    for p, (h, w) in zip(proposals, image_list.image_sizes):
+        assert p.shape[1] == 4 and len(p) <= rpn.post_nms_topk[True]
+        assert (p[:, 0] >= 0).all() and (p[:, 2] <= w).all() and (p[:, 3] <= h).all()
+
+
+def test_roi_head_sampling_appends_gt_and_caps_foreground():
+    torch.manual_seed(0)
+    model = tiny_model().train()
+    heads = model.roi_heads
+    gt = torch.tensor([[10.0, 10.0, 50.0, 50.0]])
+    proposals = [torch.tensor([[10.0, 10.0, 50.0, 52.0]] * 300 + [[100.0, 100.0, 120.0, 120.0]] * 400)]
+    sampled, classes, reg = heads.label_and_sample_proposals(
+        proposals, [{"boxes": gt, "labels": torch.tensor([2])}]
+    )
+    n = heads.sampler.batch_size_per_image
+    assert len(sampled[0]) == n
+    assert (classes > 0).sum() == int(n * heads.sampler.positive_fraction)
+    assert set(classes.unique().tolist()) == {0, 2}
+    assert reg.shape == (n, 4)
+
+
+def test_eval_contract_boxes_in_original_pixels():
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    model.roi_heads.score_thresh = 0.0  # an untrained model: keep every candidate
+    images, _ = _batch()
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == 2
+    for det, img in zip(out, images):
+        assert set(det) == {"boxes", "labels", "scores"}
+        assert det["boxes"].dtype == torch.float32 and det["labels"].dtype == torch.int64
+        assert len(det["boxes"]) <= model.roi_heads.detections_per_img
+        h, w = img.shape[-2:]
+        assert (det["boxes"][:, 2] <= w + 1e-3).all() and (det["boxes"][:, 3] <= h + 1e-3).all()
+        assert ((det["labels"] >= 1) & (det["labels"] <= 3)).all()
+
+
+def test_fast_rcnn_with_external_proposals():
+    torch.manual_seed(0)
+    model = tiny_model()
+    model.rpn = None
+    images, targets = _batch()
+    proposals = [t["boxes"] + 2.0 for t in targets]
+    losses = model.train()(images, targets, proposals=proposals)
+    assert set(losses) == {"loss_cls", "loss_box_reg"}
+    with torch.no_grad():
+        out = model.eval()(images, proposals=proposals)
+    assert len(out) == 2
