@@ -1,0 +1,40 @@
+import math
+
+import pytest
+import torch
+
+from detector.engine import WarmupSchedule, build_lr_scheduler, build_optimizer
+
+
+def test_warmup_then_cosine():
+    s = WarmupSchedule(max_iter=100, warmup_iters=10, warmup_factor=0.001, schedule="cosine")
+    assert s(0) == pytest.approx(0.001)
+    assert s(5) == pytest.approx((0.001 * 0.5 + 0.5) * 0.5 * (1 + math.cos(math.pi * 0.05)))
+    assert s(10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.1)))
+    assert s(50) == pytest.approx(0.5)
+    assert s(100) == pytest.approx(0.0)
+
+
+def test_step_schedule():
+    s = WarmupSchedule(max_iter=100, warmup_iters=0, warmup_factor=1.0, schedule="step", steps=[30, 60], gamma=0.1)
+    assert [s(0), s(29), s(30), s(59), s(60), s(99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_scheduler_drives_optimizer_lr_per_iteration():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    opt = build_optimizer(model, base_lr=0.1, momentum=0.9, weight_decay=1e-4)
+    sched = build_lr_scheduler(opt, max_iter=10, warmup_iters=2, warmup_factor=0.5, schedule="step", steps=[5])
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.05, 0.075, 0.1, 0.1, 0.1, 0.01])
+
+
+def test_no_weight_decay_on_norm_and_bias():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    opt = build_optimizer(model, base_lr=0.1, momentum=0.9, weight_decay=1e-4)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 1e-4 and len(decay["params"]) == 1  # the conv weight
+    assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) == 3  # conv bias, bn w/b

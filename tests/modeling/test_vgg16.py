@@ -1,0 +1,89 @@
+import os
+
+import pytest
+import torch
+from torchvision.models import vgg16
+
+from detector.errors import CheckpointError, ConfigError
+from detector.modeling.backbone import VGG16Backbone
+
+
+def test_stride_32_reproduces_the_seed_map_size():
+    b = VGG16Backbone(width=0.0625)
+    assert b(torch.zeros(1, 3, 576, 800)).shape == (1, 32, 18, 25)  # 800/32 x 576/32 = 25 x 18
+
+
+def test_stride_16_drops_the_last_pool():
+    b = VGG16Backbone(stride=16, width=0.0625)
+    assert b(torch.zeros(1, 3, 576, 800)).shape == (1, 32, 36, 50)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in b.features) == 4
+
+
+def test_width_and_batch_norm():
+    b = VGG16Backbone(width=0.25, batch_norm=True)
+    assert b.out_channels == 128
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in b.features)
+
+
+def test_freeze_at_freezes_whole_stages():
+    b = VGG16Backbone(width=0.0625, batch_norm=True, freeze_at=2)
+    convs = [m for m in b.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.weight.requires_grad for c in convs] == [False] * 4 + [True] * 9
+    b.train()
+    bns = [m for m in b.features if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [bn.training for bn in bns] == [False] * 4 + [True] * 9
+
+
+def test_local_weights_file_loads_torchvision_vgg16(tmp_path):
+    ref = vgg16()  # random init, same layer names as the ImageNet file
+    path = tmp_path / "vgg16.pth"
+    torch.save(ref.state_dict(), path)
+    b = VGG16Backbone(weights=str(path))
+    torch.testing.assert_close(b.features[0].weight, ref.features[0].weight)
+    torch.testing.assert_close(b.features[28].bias, ref.features[28].bias)
+
+
+def test_imagenet_weights_come_from_the_hub_cache(tmp_path, monkeypatch):
+    # With the file already in torch's hub cache nothing is downloaded: this is how an offline
+    # machine uses the ImageNet weights. The test writes a stand-in file under the expected name.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        ckpt_dir = tmp_path / "hub" / "checkpoints"
+        ckpt_dir.mkdir(parents=True)
+        ref = vgg16()
+        torch.save(ref.state_dict(), ckpt_dir / "vgg16-397923af.pth")
+        # The real file's hash prefix would not match this stand-in; skip the hash check for it.
+        real = torch.hub.load_state_dict_from_url
+        monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, **kw: real(url, **{**kw, "check_hash": False}))
+        b = VGG16Backbone(weights="imagenet")
+        torch.testing.assert_close(b.features[2].weight, ref.features[2].weight)
+    finally:
+        torch.hub.set_dir(os.path.join(os.path.expanduser("~"), ".cache", "torch", "hub"))
+
+
+def test_imagenet_offline_is_one_clear_error(tmp_path, monkeypatch):
+    import urllib.error
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(CheckpointError, match="cannot download ImageNet VGG16 weights.*model.backbone.weights="):
+        VGG16Backbone(weights="imagenet")
+
+
+def test_bad_weights_and_options():
+    with pytest.raises(CheckpointError, match="not found"):
+        VGG16Backbone(weights="/nonexistent/vgg.pth")
+    with pytest.raises(ConfigError, match="width=1.0"):
+        VGG16Backbone(width=0.5, weights="imagenet")
+    with pytest.raises(ConfigError, match="stride"):
+        VGG16Backbone(stride=8)
+
+
+def test_weights_of_another_width_do_not_fit(tmp_path):
+    path = tmp_path / "small.pth"
+    torch.save(VGG16Backbone(width=0.125).state_dict(), path)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        VGG16Backbone(width=0.25, weights=str(path))
