@@ -43,6 +43,9 @@ def prepare_dataset_files(cfg: DictConfig) -> None:
     gen = OmegaConf.to_container(cfg.dataset.generator, resolve=True)
     for split in ("train", "val"):
         s = cfg.dataset[split]
+        if not Path(s.annotations).is_file():
+            print(f"generating the embedded synthetic dataset: {split} split, {s.num_images} images "
+                  f"under {cfg.dataset.root} (once; no download)")
         ensure_synthetic_split(
             cfg.dataset.root, split=split, num_images=int(s.num_images), seed=int(s.seed), **gen
         )
