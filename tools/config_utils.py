@@ -26,6 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # ${vgg_channels:w}: conv5_3 channels of a VGG16 with width multiplier w (512 * w, as the backbone).
 OmegaConf.register_new_resolver("vgg_channels", lambda w: max(1, int(round(512 * float(w)))), replace=True)
+# ${reciprocal:s}: 1 / s, the pooler's spatial_scale from the backbone stride (so they cannot disagree).
+OmegaConf.register_new_resolver("reciprocal", lambda s: 1.0 / float(s), replace=True)
 # ${repo_root:}: the checkout's root, so the embedded dataset lands in datasets/ whatever the cwd.
 OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
 

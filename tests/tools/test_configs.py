@@ -86,5 +86,7 @@ def test_stride_scale_mismatch_is_one_clear_error():
     from detector.errors import ConfigError
 
     cfg = compose_config("train", ["model.backbone.stride=16", "model.backbone.width=0.0625"])
+    assert build_model(cfg.model, num_classes=2).roi_heads.pooler.spatial_scale == 1 / 16
+    cfg = compose_config("train", ["model.backbone.stride=16", "model.pooler.spatial_scale=0.03125", "model.backbone.width=0.0625"])
     with pytest.raises(ConfigError, match="spatial_scale=0.03125 does not match the backbone stride 16"):
         build_model(cfg.model, num_classes=2)
