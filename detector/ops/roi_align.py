@@ -42,6 +42,50 @@ _REDUCTIONS = ("avg", "max")
 _LAYOUTS = ("centered", "interior")
 
 
+def _sample_positions(
+    start: Tensor, bin_size: Tensor, grid: Tensor, n_max: int, bins: int, layout: str
+) -> Tensor:
+    """Sample coordinates along one axis, [K, bins, n_max], in index space (cell c spans [c, c+1))."""
+    k = torch.arange(n_max, device=start.device, dtype=start.dtype)
+    g = grid.to(start.dtype).clamp(min=1)[:, None]
+    frac = (k + 1) / (g + 1) if layout == "interior" else (k + 0.5) / g  # [K, n_max]
+    b = torch.arange(bins, device=start.device, dtype=start.dtype)
+    return start[:, None, None] + bin_size[:, None, None] * (b[None, :, None] + frac[:, None, :])
+
+
+def sample_points(
+    box: tuple[float, float, float, float],
+    output_size: int | tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    *,
+    sample_layout: str = "centered",
+) -> tuple[Tensor, Tensor]:
+    """Where RoIAlign samples one box, in continuous feature-map units (cell c's value sits at c + 0.5).
+
+    These are the seed's coordinates: for its RoI (300, 210, 530, 390) at stride 32 with 3x3 bins and
+    2x2 interior points the first bin's points are X = 10.17, 10.97 and Y = 7.19, 7.81.
+
+    Returns:
+        (xs [kw * n], ys [kh * n]); bin j's points along x are ``xs[j*n : (j+1)*n]``.
+    """
+    if sampling_ratio <= 0:
+        raise ValueError("sample_points needs a fixed sampling_ratio >= 1")
+    kh, kw = pair(output_size)
+    x1, y1, x2, y2 = (float(v) * spatial_scale for v in box)
+    w, h = x2 - x1, y2 - y1
+    if not aligned:
+        w, h = max(w, 1.0), max(h, 1.0)
+    n = torch.tensor([sampling_ratio])
+    # In continuous units the -0.5 shift of ``aligned`` and the +0.5 to reach a cell's centre cancel;
+    # without ``aligned`` the op reads cell c's value at c (half a cell off the seed's convention).
+    shift = 0.0 if aligned else 0.5
+    xs = _sample_positions(torch.tensor([x1]), torch.tensor([w / kw]), n, sampling_ratio, kw, sample_layout)
+    ys = _sample_positions(torch.tensor([y1]), torch.tensor([h / kh]), n, sampling_ratio, kh, sample_layout)
+    return xs.reshape(-1) + shift, ys.reshape(-1) + shift
+
+
 def _axis_weights(
     start: Tensor, bin_size: Tensor, grid: Tensor, n_max: int, bins: int, size: int, layout: str
 ) -> tuple[Tensor, Tensor]:
@@ -58,10 +102,7 @@ def _axis_weights(
         valid bool [K, 1, n_max] (which of the n_max samples exist for each RoI).
     """
     k = torch.arange(n_max, device=start.device, dtype=start.dtype)
-    g = grid.to(start.dtype).clamp(min=1)[:, None]
-    frac = (k + 1) / (g + 1) if layout == "interior" else (k + 0.5) / g  # [K, n_max]
-    b = torch.arange(bins, device=start.device, dtype=start.dtype)
-    coord = start[:, None, None] + bin_size[:, None, None] * (b[None, :, None] + frac[:, None, :])
+    coord = _sample_positions(start, bin_size, grid, n_max, bins, layout)  # [K, bins, n_max]
 
     # torchvision's bilinear_interpolate rule: a sample more than one cell outside the map reads 0;
     # one within [-1, 0] is clamped to 0; at the last cell both neighbours are the last cell.
@@ -114,6 +155,32 @@ def roi_align(
     """
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    return _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, reduction, sample_layout)
+
+
+def roi_align_samples(
+    input: Tensor,
+    boxes: BoxesType,
+    output_size: int | tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    *,
+    sample_layout: str = "centered",
+) -> Tensor:
+    """Every bilinear sample RoIAlign reads, before the per-bin reduction (to inspect or draw them).
+
+    Same arguments as :func:`roi_align`, with a fixed ``sampling_ratio`` n >= 1.
+
+    Returns:
+        [K, C, kh * n, kw * n]; bin (i, j) holds rows ``i*n .. i*n+n-1`` and columns ``j*n .. j*n+n-1``.
+    """
+    if sampling_ratio <= 0:
+        raise ValueError("roi_align_samples needs a fixed sampling_ratio >= 1")
+    return _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, "none", sample_layout)
+
+
+def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, reduction, sample_layout):
     if sample_layout not in _LAYOUTS:
         raise ValueError(f"sample_layout must be one of {_LAYOUTS}, got {sample_layout!r}")
     rois = boxes_to_rois(boxes, input)
@@ -122,7 +189,8 @@ def roi_align(
     num_rois, channels, height, width = rois.shape[0], input.shape[1], input.shape[2], input.shape[3]
     if num_rois == 0:
         # Keep the graph connected so that backward through an empty batch works.
-        return input.new_zeros((0, channels, kh, kw)) + 0 * input.sum()
+        n = max(sampling_ratio, 1) if reduction == "none" else 1
+        return input.new_zeros((0, channels, kh * n, kw * n)) + 0 * input.sum()
 
     with torch.no_grad():
         offset = 0.5 if aligned else 0.0
@@ -175,11 +243,15 @@ def roi_align(
         feat_t = input[b].transpose(0, 1).reshape(height, channels * width)  # [H, C*W] (small copy)
         rows = (wy_b.reshape(ki * q, height) @ feat_t).view(ki, q * channels, width)
         samples = torch.bmm(rows, wx_b.transpose(1, 2)).view(ki, q, channels, p)
-        if reduction == "max":
+        if reduction == "none":
+            pooled = samples  # [Ki, kh*n, C, kw*n]: every sample, for roi_align_samples
+        elif reduction == "max":
             if bias is not None:
                 samples = samples + (bias if ki == num_rois else bias[idx])
-            # Max over each bin's n x n samples; the gradient reaches the winner's four neighbours.
-            pooled = samples.view(ki, kh, n_h, channels, kw, n_w).amax(dim=(2, 5))
+            # Max over each bin's n x n samples, one axis at a time: max-with-indices routes the
+            # gradient to the single winning sample (and on to its four neighbours), and its
+            # backward is a cheap scatter (amax's would compare every sample with the max).
+            pooled = samples.view(ki, kh, n_h, channels, kw, n_w).max(dim=5).values.max(dim=2).values
             # A RoI whose bins hold no sample (zero-size, adaptive grid 0) reads 0, as with avg.
             pooled = pooled.masked_fill(torch.isneginf(pooled), 0.0)
         else:
@@ -188,7 +260,7 @@ def roi_align(
     output = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
     if not in_order:
         output = output[torch.argsort(order)]
-    return output.permute(0, 2, 1, 3).contiguous()  # [K, C, kh, kw]
+    return output.permute(0, 2, 1, 3).contiguous()  # [K, C, kh, kw] (or the samples' grid)
 
 
 class RoIAlign(nn.Module):

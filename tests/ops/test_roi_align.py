@@ -1,6 +1,7 @@
 """detector.ops.roi_align against torchvision.ops.roi_align (where the semantics coincide) and gradcheck."""
 
 import itertools
+import zlib
 
 import pytest
 import torch
@@ -26,7 +27,7 @@ SWEEP = list(itertools.product([torch.float32, torch.float64], [False, True], [-
 
 @pytest.mark.parametrize("dtype,aligned,sampling_ratio,output_size,scale", SWEEP)
 def test_equals_torchvision_forward_backward(dtype, aligned, sampling_ratio, output_size, scale):
-    seed = hash((str(dtype), aligned, sampling_ratio, output_size, scale)) % 1000
+    seed = zlib.crc32(repr((dtype, aligned, sampling_ratio, output_size, scale)).encode())
     g = torch.Generator().manual_seed(seed)
     h, w = (36, 50) if scale == 1 / 16 else (18, 25)
     # Non-contiguous input: a channels-last view sliced along the channel dimension.
@@ -41,7 +42,9 @@ def test_equals_torchvision_forward_backward(dtype, aligned, sampling_ratio, out
     grad = torch.randn(ref.shape, generator=g, dtype=dtype)
     ours.backward(grad)
     ref.backward(grad)
-    torch.testing.assert_close(x1.grad, x2.grad, **tol)
+    # A cell's gradient sums many RoIs' contributions in a different order than torchvision's kernel.
+    gtol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else tol
+    torch.testing.assert_close(x1.grad, x2.grad, **gtol)
 
 
 def test_list_of_boxes_and_tuple_output_size():

@@ -90,3 +90,21 @@ def test_stride_scale_mismatch_is_one_clear_error():
     cfg = compose_config("train", ["model.backbone.stride=16", "model.pooler.spatial_scale=0.03125", "model.backbone.width=0.0625"])
     with pytest.raises(ConfigError, match="spatial_scale=0.03125 does not match the backbone stride 16"):
         build_model(cfg.model, num_classes=2)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model/pooler=roi_pool", "model.pooler.quantization=floor"],
+    ["model/pooler=roi_align", "model.pooler.reduction=max", "model.pooler.sample_layout=interior",
+     "model.pooler.sampling_ratio=-1", "model.pooler.aligned=false"],
+])
+def test_every_operator_variant_through_config(overrides):
+    from config_utils import build_model
+
+    cfg = compose_config("train", overrides + ["model.backbone.width=0.0625"])
+    net = build_model(cfg.model, num_classes=2)
+    for o in overrides[1:]:
+        key, value = o.split("=")
+        attr = getattr(net.roi_heads.pooler, key.split(".")[-1])
+        assert str(attr).lower() == value
+    losses = net.train()([torch.rand(3, 96, 128)], [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([1])}])
+    assert all(torch.isfinite(v) for v in losses.values())

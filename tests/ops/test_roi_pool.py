@@ -1,0 +1,91 @@
+"""detector.ops.roi_pool: "round" is torchvision's op; "floor" against a slow reference of the seed's rule."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torchvision
+
+from detector.ops import RoIPool, roi_pool
+from detector.ops.roi_pool import floor_quantize
+
+
+def reference_floor_roi_pool(x, rois, k, scale):
+    """The seed's rule, one bin at a time: floor origin, floor size, floor bin size (>= 1), crop."""
+    kh, kw = k
+    out = torch.zeros(len(rois), x.shape[1], kh, kw, dtype=x.dtype)
+    H, W = x.shape[-2:]
+    for r, (b, x1, y1, x2, y2) in enumerate(rois.tolist()):
+        X, Y = math.floor(x1 * scale), math.floor(y1 * scale)
+        w, h = math.floor((x2 - x1) * scale), math.floor((y2 - y1) * scale)
+        bw, bh = max(w // kw, 1), max(h // kh, 1)
+        for i in range(kh):
+            for j in range(kw):
+                ys, ye = max(Y + i * bh, 0), min(Y + (i + 1) * bh, H)
+                xs, xe = max(X + j * bw, 0), min(X + (j + 1) * bw, W)
+                if ye > ys and xe > xs:
+                    out[r, :, i, j] = x[int(b), :, ys:ye, xs:xe].amax(dim=(-1, -2))
+    return out
+
+
+def _rois(n, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g, dtype=dtype) * torch.tensor([800.0, 576.0], dtype=dtype) * 1.1 - 40
+    wh = torch.rand(n, 2, generator=g, dtype=dtype) * 320
+    boxes = torch.cat([xy, xy + wh], 1)
+    boxes[0, 2:] = boxes[0, :2] + 5  # smaller than one cell
+    boxes[1] = torch.tensor([-300.0, -300.0, -200.0, -100.0])  # outside the map
+    return torch.cat([torch.randint(0, 2, (n, 1), generator=g).to(dtype), boxes], 1)
+
+
+@pytest.mark.parametrize("dtype,k,scale", list(itertools.product([torch.float32, torch.float64], [2, 3, 7], [1 / 16, 1 / 32])))
+def test_round_is_torchvision(dtype, k, scale):
+    x = torch.randn(2, 4, 36, 50, dtype=dtype)
+    rois = _rois(20, dtype)
+    torch.testing.assert_close(roi_pool(x, rois, k, scale), torchvision.ops.roi_pool(x, rois, k, scale))
+
+
+@pytest.mark.parametrize("k,scale", list(itertools.product([(2, 2), (3, 3), (7, 7), (3, 5)], [1 / 16, 1 / 32])))
+def test_floor_matches_reference(k, scale):
+    x = torch.randn(2, 3, 36, 50, dtype=torch.float64)
+    rois = _rois(25, torch.float64, seed=1)
+    torch.testing.assert_close(roi_pool(x, rois, k, scale, quantization="floor"), reference_floor_roi_pool(x, rois, k, scale))
+
+
+def test_floor_gradient_goes_to_the_argmax_cell():
+    x = torch.randn(1, 2, 18, 25, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0, 300.0, 210.0, 530.0, 390.0]], dtype=torch.float64)
+    out = roi_pool(x, rois, 3, 1 / 32, quantization="floor")
+    out.sum().backward()
+    # Each of the 3x3 bins sends gradient 1 to exactly one cell per channel, inside the pooled region.
+    assert x.grad.sum().item() == pytest.approx(2 * 9)
+    assert set(x.grad.unique().tolist()) <= {0.0, 1.0}
+    assert x.grad[:, :, :6].abs().sum() == 0 and x.grad[:, :, 9:].abs().sum() == 0
+    assert x.grad[:, :, :, :9].abs().sum() == 0 and x.grad[:, :, :, 15:].abs().sum() == 0
+    assert torch.autograd.gradcheck(lambda t: roi_pool(t, rois, 3, 1 / 32, quantization="floor"), (x,))
+
+
+def test_floor_quantize_is_the_seeds_numbers():
+    q = floor_quantize(torch.tensor([[0, 300.0, 210.0, 530.0, 390.0]]), (3, 3), 1 / 32)
+    # X = 9.375 -> 9, Y = 6.563 -> 6, W = 7.188 -> 7 -> bins of 2, H = 5.625 -> 5 -> bins of 1.
+    assert q.tolist() == [[0.0, 9.0, 6.0, 2.0, 1.0]]
+
+
+def test_list_boxes_empty_and_module():
+    x = torch.randn(2, 3, 10, 10)
+    boxes = [torch.tensor([[0.0, 0.0, 40.0, 40.0]]), torch.zeros(0, 4)]
+    m = RoIPool(output_size=2, spatial_scale=0.25, quantization="floor")
+    assert m(x, boxes).shape == (1, 3, 2, 2)
+    assert "quantization='floor'" in repr(m)
+    assert roi_pool(x, torch.zeros(0, 5), 2, 0.25, quantization="floor").shape == (0, 3, 2, 2)
+    with pytest.raises(ValueError, match="quantization"):
+        RoIPool(output_size=2, spatial_scale=1.0, quantization="ceil")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu():
+    x = torch.randn(2, 8, 18, 25)
+    rois = _rois(30)
+    for q in ("round", "floor"):
+        torch.testing.assert_close(roi_pool(x.cuda(), rois.cuda(), 7, 1 / 32, quantization=q).cpu(), roi_pool(x, rois, 7, 1 / 32, quantization=q))
