@@ -64,6 +64,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check_number(cfg, "checkpoint_period", integer=True, minimum=0)
     _check_number(cfg, "eval_period", integer=True, minimum=0)
     _check_number(cfg, "num_workers", integer=True, minimum=0)
+    _check_number(cfg, "log_period", integer=True, minimum=1)
     validate_model_config(cfg)
     for split in ("train", "val"):
         for field in ("images", "annotations"):

@@ -76,7 +76,9 @@ def evaluate(cfg: DictConfig) -> list[dict]:
                 f"{path} was trained on classes {trained_classes} but the evaluation dataset "
                 f"has {list(dataset.class_names)}"
             )
-        model = build_model(OmegaConf.create(stored["model"]), num_classes=dataset.num_classes)
+        model_cfg = OmegaConf.create(stored["model"])
+        model_cfg.backbone.weights = None  # the checkpoint brings every weight: load nothing first
+        model = build_model(model_cfg, num_classes=dataset.num_classes)
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as e:

@@ -76,6 +76,21 @@ def build_datasets(cfg: DictConfig) -> tuple[CocoDetection, CocoDetection]:
     return train_set, val_set
 
 
+def check_resumable(state: dict, resolved: dict, path: Path) -> None:
+    """Resuming continues the same model on the same data: refuse anything else in one line."""
+    stored = state.get("config") or {}
+    if stored.get("model") != resolved["model"]:
+        raise ConfigError(
+            f"resume=true but the model config differs from the one stored in {path}; use a new "
+            f"output_dir to train a different model"
+        )
+    if int(state["iteration"]) > int(resolved["solver"]["max_iter"]):
+        raise ConfigError(
+            f"resume=true but {path} is already at iteration {state['iteration']} > "
+            f"solver.max_iter={resolved['solver']['max_iter']}"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train with a composed config; returns the final metrics."""
     validate_train_config(cfg)
@@ -86,35 +101,52 @@ def train(cfg: DictConfig) -> dict[str, float]:
     seed_all(int(cfg.seed))
 
     train_set, val_set = build_datasets(cfg)
+    solver = cfg.solver
+    if len(train_set) < solver.ims_per_batch:
+        raise DatasetError(
+            f"{cfg.dataset.train.annotations}: {len(train_set)} usable images, fewer than "
+            f"solver.ims_per_batch={solver.ims_per_batch}"
+        )
     with open_dict(cfg):
         cfg.model.num_classes = train_set.num_classes  # K comes from the data
-    model = build_model(cfg.model, num_classes=train_set.num_classes).to(device)
-    solver = cfg.solver
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+
+    last = find_last_checkpoint(output_dir) if cfg.resume else None
+    state = load_checkpoint(last) if last is not None else None
+    model_cfg = cfg.model
+    if state is not None:
+        check_resumable(state, resolved, last)
+        # The checkpoint brings every weight: do not load (or download) pretrained ones first.
+        model_cfg = model_cfg.copy()
+        model_cfg.backbone.weights = None
+    model = build_model(model_cfg, num_classes=train_set.num_classes).to(device)
     optimizer = build_optimizer(
         model, base_lr=solver.base_lr, momentum=solver.momentum, weight_decay=solver.weight_decay
     )
+    fresh_hyperparameters = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    start_iter = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])  # momentum buffers
+        for group, fresh in zip(optimizer.param_groups, fresh_hyperparameters):
+            group.update(fresh)  # lr, momentum, weight decay: from this run's config
+        start_iter = int(state["iteration"])
+    # The schedule is always rebuilt from this run's config (a resumed run may extend max_iter) and
+    # fast-forwarded to start_iter; only the iteration count comes from the checkpoint.
     scheduler = build_lr_scheduler(
         optimizer, max_iter=solver.max_iter, warmup_iters=solver.warmup_iters,
         warmup_factor=solver.warmup_factor, schedule=solver.schedule, steps=list(solver.steps),
-        gamma=solver.gamma,
+        gamma=solver.gamma, start_iter=start_iter,
     )
+    if state is not None:
+        print(f"resumed from {last} at iteration {start_iter}")
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     dataset_info = {
         "class_names": list(train_set.class_names),
         "label_to_cat_id": {int(k): int(v) for k, v in train_set.label_to_cat_id.items()},
         "train_annotations": str(cfg.dataset.train.annotations),
     }
-
-    start_iter = 0
-    if cfg.resume and (last := find_last_checkpoint(output_dir)) is not None:
-        state = load_checkpoint(last)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_iter = int(state["iteration"])
-        print(f"resumed from {last} at iteration {start_iter}")
 
     loader = build_detection_loader(
         train_set, batch_size=int(solver.ims_per_batch), shuffle=True,

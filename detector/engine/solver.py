@@ -69,7 +69,18 @@ class WarmupSchedule:
 
 
 def build_lr_scheduler(
-    optimizer: torch.optim.Optimizer, **schedule_kwargs
+    optimizer: torch.optim.Optimizer, *, start_iter: int = 0, **schedule_kwargs
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """``LambdaLR`` driven by a :class:`WarmupSchedule`; stepped once per iteration."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupSchedule(**schedule_kwargs))
+    """``LambdaLR`` driven by a :class:`WarmupSchedule`; stepped once per iteration.
+
+    The optimizer's current ``lr`` values are the base learning rates. ``start_iter`` > 0 (a resumed
+    run) fast-forwards the schedule: the lr is set to its value at that iteration.
+    """
+    schedule = WarmupSchedule(**schedule_kwargs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    if start_iter > 0:
+        scheduler.last_epoch = start_iter
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * schedule(start_iter)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+    return scheduler

@@ -28,7 +28,12 @@ logger = logging.getLogger(__name__)
 def _forever(loader: Iterable) -> Iterator:
     """Iterate over the data loader epoch after epoch (the loop is iteration-based)."""
     while True:
-        yield from loader
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the training data loader yields no batch (fewer images than the batch size?)")
 
 
 def _to_device(images, targets, device):
@@ -92,6 +97,7 @@ def train_loop(
         if clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]  # the lr this iteration used (logged below)
         scheduler.step()
 
         for k, v in loss_dict.items():
@@ -104,16 +110,15 @@ def train_loop(
             if writer is not None:
                 for k, v in summary.items():
                     writer.add_scalar(f"train/{k}", v, done)
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], done)
+                writer.add_scalar("train/lr", lr, done)
             elapsed = time.perf_counter() - t0
             eta = elapsed / (done - start_iter) * (max_iter - done)
             logger.info(
-                "iter %d/%d  lr %.5f  %s  (%.2f s/it, eta %s)", done, max_iter,
-                optimizer.param_groups[0]["lr"], "  ".join(f"{k} {v:.4f}" for k, v in summary.items()),
+                "iter %d/%d  lr %.5f  %s  (%.2f s/it, eta %s)", done, max_iter, lr, "  ".join(f"{k} {v:.4f}" for k, v in summary.items()),
                 elapsed / (done - start_iter), _fmt_seconds(eta),
             )
             bar.set_postfix(
-                {"loss": f"{summary['loss']:.3f}", "lr": f"{optimizer.param_groups[0]['lr']:.4f}"}
+                {"loss": f"{summary['loss']:.3f}", "lr": f"{lr:.4f}"}
                 | {k.replace("loss_", ""): f"{v:.3f}" for k, v in summary.items() if k != "loss"}
             )
         bar.update(1)

@@ -78,7 +78,7 @@ class FasterRCNN(nn.Module):
         if proposals is not None:
             # External proposals are in original pixels: bring them to the resized images.
             proposals = [
-                p.to(features.dtype) * p.new_tensor([w / ow, h / oh, w / ow, h / oh])
+                p.to(features.dtype) * features.new_tensor([w / ow, h / oh, w / ow, h / oh])
                 for p, (h, w), (oh, ow) in zip(proposals, image_list.image_sizes, original_sizes)
             ]
         else:

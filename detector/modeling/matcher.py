@@ -46,7 +46,7 @@ class Matcher:
             ``BELOW_LOW_THRESHOLD`` (-1) for background, ``BETWEEN_THRESHOLDS`` (-2) for ignored.
         """
         num_gt, num_pred = match_quality_matrix.shape
-        if num_gt == 0:
+        if num_gt == 0 or num_pred == 0:
             # No object in the image: every prediction is background.
             return torch.full(
                 (num_pred,), self.BELOW_LOW_THRESHOLD, dtype=torch.int64,

@@ -38,3 +38,13 @@ def test_no_weight_decay_on_norm_and_bias():
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 1e-4 and len(decay["params"]) == 1  # the conv weight
     assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) == 3  # conv bias, bn w/b
+
+
+def test_start_iter_fast_forwards_a_fresh_schedule():
+    model = torch.nn.Linear(2, 2)
+    opt = build_optimizer(model, base_lr=0.1, momentum=0.9, weight_decay=0.0)
+    sched = build_lr_scheduler(opt, max_iter=100, warmup_iters=0, warmup_factor=1.0, schedule="cosine", start_iter=50)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 51 / 100)))

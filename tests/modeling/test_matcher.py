@@ -26,3 +26,8 @@ def test_equal_thresholds_fast_rcnn():
 def test_no_ground_truth_is_all_background():
     m = Matcher(high_threshold=0.7, low_threshold=0.3, allow_low_quality_matches=True)
     assert m(torch.zeros(0, 5)).tolist() == [-1] * 5
+
+
+def test_no_predictions():
+    m = Matcher(high_threshold=0.7, low_threshold=0.3, allow_low_quality_matches=True)
+    assert m(torch.zeros(3, 0)).tolist() == []

@@ -124,3 +124,19 @@ def test_unreadable_annotation_file(tmp_path):
 def test_eval_missing_checkpoint(tmp_path):
     r = run_tool("eval.py", [f"checkpoints=[{tmp_path}/none.pth]", f"output_dir={tmp_path}/o"], cwd=tmp_path)
     _one_line_error(r, "none.pth")
+
+
+def test_resume_extends_the_run_with_this_runs_schedule(tmp_path):
+    out = tmp_path / "run"
+    r = run_tool("train.py", train_args(tmp_path, out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_tool("train.py", train_args(tmp_path, out, ["resume=true", "solver.max_iter=3"]), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stdout and "at iteration 2" in r.stdout
+    import torch
+
+    state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    assert state["iteration"] == 3
+    # A different model in the same output_dir is refused in one line.
+    r = run_tool("train.py", train_args(tmp_path, out, ["resume=true", "solver.max_iter=4", "model/pooler=roi_pool"]), cwd=tmp_path)
+    _one_line_error(r, "resume=true but the model config differs")

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.ops import box_iou, clip_boxes_to_image, nms, remove_small_boxes
 
+from detector.errors import ConfigError
 from detector.modeling.box_coder import BoxCoder
 from detector.modeling.matcher import Matcher
 from detector.modeling.rpn.anchor_generator import AnchorGenerator
@@ -54,6 +55,12 @@ class RPN(nn.Module):
         loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        if head.objectness_logits.out_channels != anchor_generator.num_anchors_per_location:
+            raise ConfigError(
+                f"the RPN head predicts {head.objectness_logits.out_channels} anchors per location "
+                f"but the anchor generator makes {anchor_generator.num_anchors_per_location} "
+                f"(len(sizes) * len(aspect_ratios)); set model.rpn.head.num_anchors to match"
+            )
         self.head = head
         self.anchor_generator = anchor_generator
         self.box_coder = box_coder
@@ -137,19 +144,24 @@ class RPN(nn.Module):
         labels, regression_targets = [], []
         for target, image_size in zip(targets, image_sizes):
             gt_boxes = target["boxes"]
-            matched_idxs = self.matcher(box_iou(gt_boxes, anchors))  # [M]
-            labels_i = (matched_idxs >= 0).to(torch.int64)  # 1 fg, 0 bg
-            labels_i[matched_idxs == Matcher.BETWEEN_THRESHOLDS] = -1
+            iou = box_iou(gt_boxes, anchors)  # [G, M]
+            inside = None
             if self.boundary_thresh >= 0:
                 # The paper ignores anchors that cross the image boundary in training (3.3: they
-                # "introduce large, difficult to correct error terms"). Off by default (-1), as in
-                # detectron2 and torchvision: on small images at stride 32 most large anchors cross.
+                # "introduce large, difficult to correct error terms"), and matches only the inside
+                # ones, so an object's best anchor is never a crossing one. Off by default (-1), as
+                # in detectron2 and torchvision: on small images at stride 32 most large anchors cross.
                 h, w = image_size
                 t = self.boundary_thresh
                 inside = (
                     (anchors[:, 0] >= -t) & (anchors[:, 1] >= -t)
                     & (anchors[:, 2] < w + t) & (anchors[:, 3] < h + t)
                 )
+                iou[:, ~inside] = -1.0
+            matched_idxs = self.matcher(iou)  # [M]
+            labels_i = (matched_idxs >= 0).to(torch.int64)  # 1 fg, 0 bg
+            labels_i[matched_idxs == Matcher.BETWEEN_THRESHOLDS] = -1
+            if inside is not None:
                 labels_i[~inside] = -1
             pos_mask, neg_mask = self.sampler(labels_i)
             sampled = torch.full_like(labels_i, -1)
