@@ -26,7 +26,8 @@ column weights, so for one RoI
           then an n x n max-pool (its gradient goes to the winning sample's four neighbours).
 
 Per image these are two batched matrix products over its RoIs, and autograd gives the backward pass
-as matrix products too. No [K, C, H, W] intermediate is formed: the largest is [Ki, kh*n, C, W].
+as matrix products too. No [K, C, H, W] intermediate is formed: the largest is [Ki, kh*n, C, W]
+(or [Ki, kw*n, C, H], whichever is smaller).
 Gradients flow to ``input`` only (boxes are treated as constants, as in torchvision).
 """
 
@@ -234,33 +235,46 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
         in_order = bool((order == torch.arange(num_rois, device=order.device)).all())
 
     q, p = wy.shape[1], wx.shape[1]
+    # Contract the axis whose intermediate is smaller first: rows first makes [Ki, Q, C, W], columns
+    # first [Ki, P, C, H]. Columns first is rows first on the transposed map, with the roles of
+    # (wy, kh, n_h, H) and (wx, kw, n_w, W) swapped; the result is [Ki, kw, C, kh] then.
+    transposed = p * height < q * width
+    if transposed:
+        w_first, w_second, size_first, size_second = wx, wy, width, height
+        out_a, n_a, out_b, n_b = kw, n_w, kh, n_h
+        if bias is not None:
+            bias = bias.transpose(1, 3)
+    else:
+        w_first, w_second, size_first, size_second = wy, wx, height, width
+        out_a, n_a, out_b, n_b = kh, n_h, kw, n_w
+    a, b_len = w_first.shape[1], w_second.shape[1]
     pieces = []
     for b, idx in zip(images, groups):
         ki = idx.numel()
-        wx_b, wy_b = (wx, wy) if ki == num_rois else (wx[idx], wy[idx])
-        # Rows first, with layouts chosen so that no large tensor is ever permuted:
+        wf, ws = (w_first, w_second) if ki == num_rois else (w_first[idx], w_second[idx])
+        # Two products, with layouts chosen so that no large tensor is ever permuted (rows first):
         # [Ki*Q, H] @ [H, C*W] -> [Ki, Q*C, W];  then  [Ki, Q*C, W] @ [Ki, W, P] -> [Ki, Q, C, P].
-        feat_t = input[b].transpose(0, 1).reshape(height, channels * width)  # [H, C*W] (small copy)
-        rows = (wy_b.reshape(ki * q, height) @ feat_t).view(ki, q * channels, width)
-        samples = torch.bmm(rows, wx_b.transpose(1, 2)).view(ki, q, channels, p)
-        if reduction == "none":
-            pooled = samples  # [Ki, kh*n, C, kw*n]: every sample, for roi_align_samples
-        elif reduction == "max":
+        feat = input[b].transpose(2, 1) if transposed else input[b]  # [C, first, second]
+        feat_t = feat.transpose(0, 1).reshape(size_first, channels * size_second)  # small copy
+        rows = (wf.reshape(ki * a, size_first) @ feat_t).view(ki, a * channels, size_second)
+        samples = torch.bmm(rows, ws.transpose(1, 2)).view(ki, a, channels, b_len)
+        if reduction == "max":
             if bias is not None:
                 samples = samples + (bias if ki == num_rois else bias[idx])
             # Max over each bin's n x n samples, one axis at a time: max-with-indices routes the
             # gradient to the single winning sample (and on to its four neighbours), and its
             # backward is a cheap scatter (amax's would compare every sample with the max).
-            pooled = samples.view(ki, kh, n_h, channels, kw, n_w).max(dim=5).values.max(dim=2).values
+            pooled = samples.view(ki, out_a, n_a, channels, out_b, n_b).max(dim=5).values.max(dim=2).values
             # A RoI whose bins hold no sample (zero-size, adaptive grid 0) reads 0, as with avg.
             pooled = pooled.masked_fill(torch.isneginf(pooled), 0.0)
         else:
-            pooled = samples
-        pieces.append(pooled)  # [Ki, kh, C, kw]
+            pooled = samples  # avg (already averaged), or "none": every sample
+        pieces.append(pooled)  # [Ki, out_a, C, out_b]
     output = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
     if not in_order:
         output = output[torch.argsort(order)]
-    return output.permute(0, 2, 1, 3).contiguous()  # [K, C, kh, kw] (or the samples' grid)
+    # -> [K, C, kh, kw] (or the samples' grid)
+    return (output.permute(0, 2, 3, 1) if transposed else output.permute(0, 2, 1, 3)).contiguous()
 
 
 class RoIAlign(nn.Module):
