@@ -1,4 +1,4 @@
-"""Evaluation: COCO box AP through pycocotools, and the inference loop that feeds it.
+"""Evaluation: COCO box AP through pycocotools, VOC AP, the detailed analysis, and the inference loop.
 
 Shape shorthand:
     N: number of images
@@ -10,6 +10,7 @@ from detector.evaluation.coco_evaluator import (
     METRIC_KEYS,
     COCOEvaluator,
     evaluate_coco,
+    make_cocoeval,
     predictions_to_coco_results,
     run_cocoeval,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "COCOEvaluator",
     "evaluate_coco",
     "inference_on_dataset",
+    "make_cocoeval",
     "predictions_to_coco_results",
     "run_cocoeval",
 ]

@@ -38,6 +38,7 @@ __all__ = [
     "METRIC_KEYS",
     "COCOEvaluator",
     "evaluate_coco",
+    "make_cocoeval",
     "predictions_to_coco_results",
     "run_cocoeval",
 ]
@@ -129,21 +130,13 @@ def _check_results(coco_gt: COCO, results: Sequence[Mapping[str, Any]]) -> None:
         )
 
 
-def run_cocoeval(
+def make_cocoeval(
     coco_gt: COCO, results: Sequence[Mapping[str, Any]], *, img_ids: Iterable[int] | None = None
-) -> tuple[dict[str, float], str]:
-    """Run ``COCOeval`` (bbox) with its prints captured; return the metrics and the summary text.
+) -> COCOeval:
+    """A bbox ``COCOeval`` that has run ``evaluate()`` and ``accumulate()`` quietly.
 
-    Args:
-        coco_gt: ground truth.
-        results: detections in the COCO results format (see :func:`predictions_to_coco_results`).
-        img_ids: restrict evaluation to these images (default: every ground-truth image). An
-            evaluator that saw only part of the dataset passes the ids it saw, so that unseen images
-            do not count as missed objects.
-
-    Returns:
-        ``(metrics, summary)``: :data:`METRIC_KEYS` -> fraction in [0, 1] or NaN (no ground truth in
-        that area range), and the standard 12-line ``COCOeval.summarize()`` text.
+    Its ``eval["precision"]`` ([T, R, K, A, M]), ``evalImgs`` and ``cocoDt`` feed the detailed
+    analysis of :mod:`detector.evaluation.analysis`.
     """
     _check_results(coco_gt, results)
     log = io.StringIO()
@@ -161,6 +154,26 @@ def run_cocoeval(
             coco_eval.params.imgIds = sorted(int(i) for i in img_ids)
         coco_eval.evaluate()
         coco_eval.accumulate()
+    return coco_eval
+
+
+def run_cocoeval(
+    coco_gt: COCO, results: Sequence[Mapping[str, Any]], *, img_ids: Iterable[int] | None = None
+) -> tuple[dict[str, float], str]:
+    """Run ``COCOeval`` (bbox) with its prints captured; return the metrics and the summary text.
+
+    Args:
+        coco_gt: ground truth.
+        results: detections in the COCO results format (see :func:`predictions_to_coco_results`).
+        img_ids: restrict evaluation to these images (default: every ground-truth image). An
+            evaluator that saw only part of the dataset passes the ids it saw, so that unseen images
+            do not count as missed objects.
+
+    Returns:
+        ``(metrics, summary)``: :data:`METRIC_KEYS` -> fraction in [0, 1] or NaN (no ground truth in
+        that area range), and the standard 12-line ``COCOeval.summarize()`` text.
+    """
+    coco_eval = make_cocoeval(coco_gt, results, img_ids=img_ids)
     summary_buf = io.StringIO()
     with contextlib.redirect_stdout(summary_buf):
         coco_eval.summarize()
