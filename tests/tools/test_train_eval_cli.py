@@ -74,6 +74,11 @@ def test_eval_compares_checkpoints(trained):
     assert "RoIPool(s32)" in r.stdout and "RoIAlign(s32, sr2, aligned)" in r.stdout
     rows = json.loads((out / "comparison.json").read_text())
     assert [row["pooler"] for row in rows] == ["RoIPool(s32)", "RoIAlign(s32, sr2, aligned)"]
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "VOC07", "VOC", "TP_IoU", "images_per_second"):
+        assert key in rows[0]
+    assert "| 1 | RoIAlign(s32, sr2, aligned) |" in (out / "comparison.md").read_text()
+    for png in ("ap_vs_iou", "per_class_ap", "pr_curves", "tp_iou_histogram", "ap_by_size"):
+        assert (out / "plots" / f"{png}.png").stat().st_size > 5000, png
     # Evaluating a checkpoint again reproduces the metrics its training run wrote.
     trained_metrics = json.loads((runs["roi_align"] / "metrics.json").read_text())
     for key in ("AP", "AP50"):
@@ -140,3 +145,26 @@ def test_resume_extends_the_run_with_this_runs_schedule(tmp_path):
     # A different model in the same output_dir is refused in one line.
     r = run_tool("train.py", train_args(tmp_path, out, ["resume=true", "solver.max_iter=4", "model/pooler=roi_pool"]), cwd=tmp_path)
     _one_line_error(r, "resume=true but the model config differs")
+
+
+def test_eval_refuses_other_classes(trained, shared_dir):
+    tmp, runs = trained
+    small = shared_dir / "fixtures" / "coco_small"
+    r = run_tool("eval.py", [
+        f"checkpoints=[{runs['roi_align'] / 'model_final.pth'}]", "dataset=coco_json",
+        f"dataset.val.images={small}", f"dataset.val.annotations={small / 'gt_dataset.json'}",
+        "dataset.train.images=x", "dataset.train.annotations=x", f"output_dir={tmp / 'e2'}",
+    ], cwd=tmp)
+    _one_line_error(r, "was trained on classes")
+
+
+def test_eval_refuses_checkpoints_of_different_datasets(trained, tmp_path):
+    import torch
+
+    tmp, runs = trained
+    other = tmp_path / "other.pth"
+    state = torch.load(runs["roi_pool"] / "model_final.pth", map_location="cpu", weights_only=False)
+    state["config"]["dataset"]["val"]["annotations"] = str(tmp_path / "elsewhere.json")
+    torch.save(state, other)
+    r = run_tool("eval.py", [f"checkpoints=[{runs['roi_align'] / 'model_final.pth'},{other}]", f"output_dir={tmp_path / 'e'}"], cwd=tmp_path)
+    _one_line_error(r, "different datasets")
