@@ -32,6 +32,7 @@ from detector.engine import (
 )
 from detector.errors import ConfigError, DatasetError
 from detector.evaluation import METRIC_KEYS, COCOEvaluator, inference_on_dataset
+from detector.evaluation.visualize import draw_detections
 from detector.utils.env import resolve_device, seed_all
 from detector.utils.io import atomic_write_text
 
@@ -89,6 +90,18 @@ def check_resumable(state: dict, resolved: dict, path: Path) -> None:
             f"resume=true but {path} is already at iteration {state['iteration']} > "
             f"solver.max_iter={resolved['solver']['max_iter']}"
         )
+
+
+@torch.no_grad()
+def log_val_images(model, val_set, writer, step: int, device, count: int = 4) -> None:
+    """A few val images with ground truth (green) and detections (red) in TensorBoard."""
+    was_training = model.training
+    model.eval()
+    for i in range(min(count, len(val_set))):
+        image, target = val_set[i]
+        detection = model([image.to(device)])[0]
+        writer.add_image(f"val/detections_{i}", draw_detections(image, target, detection, val_set.class_names), step)
+    model.train(was_training)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -163,17 +176,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
             config=resolved, extra={"dataset": dataset_info},
         )
 
+    writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"))
+
     def evaluate(it: int) -> dict[str, float]:
         final = it == solver.max_iter
         evaluator = COCOEvaluator(
             coco_gt=val_set.coco, label_to_cat_id=val_set.label_to_cat_id,
             output_dir=output_dir if final else output_dir / "eval" / f"iter_{it:07d}",
         )
-        return inference_on_dataset(
+        metrics = inference_on_dataset(
             model, val_loader, evaluator, device=device, progress=bool(cfg.progress)
         )
+        log_val_images(model, val_set, writer, it, device)
+        return metrics
 
-    with SummaryWriter(log_dir=str(output_dir / "tensorboard")) as writer:
+    with writer:
         summary = train_loop(
             model=model, data_loader=loader, optimizer=optimizer, scheduler=scheduler,
             max_iter=int(solver.max_iter), device=device, start_iter=start_iter,

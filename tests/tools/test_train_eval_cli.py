@@ -56,7 +56,13 @@ def test_train_writes_everything(trained):
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
         assert key in metrics
         assert metrics[key] is None or 0.0 <= metrics[key] <= 1.0
-    assert any((out / "tensorboard").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
+    assert {"train/loss", "train/loss_cls", "train/loss_rpn_cls", "train/lr", "val/AP", "val/AP50"} <= scalars
+    assert "val/detections_0" in images
     import torch
 
     state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
