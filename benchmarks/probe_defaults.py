@@ -10,7 +10,7 @@ training), rep (fc6/fc7 width), bs (images per batch), min_size, max_size, warmu
 stride, pooler (align|pool), anchors, device (default cuda), root (dataset folder), ntrain.
 The README's "Defaults" section quotes its results (run on an H100, 8 configurations at a time).
 """
-import json, math, sys, time, os
+import json, sys, time
 import numpy as np
 import torch
 from PIL import Image
@@ -59,7 +59,7 @@ def build(c, K=5):
 
 def ap50(model, val, dev, K=5):
     model.eval(); dets = {k: [] for k in range(1, K + 1)}; ngt = {k: 0 for k in range(1, K + 1)}
-    gts = []
+
     with torch.no_grad():
         for i in range(0, len(val), 8):
             chunk = val[i:i + 8]

@@ -11,7 +11,6 @@ final evaluation on ``dataset.val``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import hydra

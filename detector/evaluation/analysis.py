@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from pycocotools.cocoeval import COCOeval
-from torchvision.ops import box_convert, box_iou
+from torchvision.ops import box_iou
 
 from detector.evaluation.voc import voc_map
 

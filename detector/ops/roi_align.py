@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from detector.ops._utils import BoxesType, boxes_to_rois, check_roi_inputs, pair
 

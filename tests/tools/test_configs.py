@@ -1,7 +1,6 @@
 """Every config composes, and every model config instantiates into a working model."""
 
 import itertools
-from pathlib import Path
 
 import pytest
 import torch
