@@ -124,7 +124,8 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             model, loader, evaluator, device=device, progress=bool(cfg.progress), desc=name
         )
         results = json.loads((output_dir / name / "coco_results.json").read_text())
-        analysis = analyze(make_cocoeval(dataset.coco, results))
+        # The same images the metrics columns scored (every image of the split).
+        analysis = analyze(make_cocoeval(dataset.coco, results, img_ids=dataset.ids))
         atomic_write_json(output_dir / name / "analysis.json", json_safe(analysis))
         label = f"{i}: {describe_pooler(stored['model'])}"
         analyses[label] = analysis

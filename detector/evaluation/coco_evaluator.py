@@ -139,10 +139,19 @@ def make_cocoeval(
     analysis of :mod:`detector.evaluation.analysis`.
     """
     _check_results(coco_gt, results)
+    # COCOeval rewrites every ground-truth annotation in place (``ignore = iscrowd``), which would
+    # erase a dataset's own ``ignore`` flags: evaluate a copy, and keep the flags VOC needs.
+    difficult = {
+        a["id"]: bool(a.get("iscrowd", 0) or a.get("ignore", 0) or a.get("difficult", 0))
+        for a in coco_gt.dataset.get("annotations", [])
+    }
     log = io.StringIO()
     # pycocotools prints progress ("Loading and preparing results...", "DONE (t=0.01s)") and the
     # summary straight to stdout; capture it all so that a training log stays readable.
     with contextlib.redirect_stdout(log):
+        original, coco_gt = coco_gt, COCO()
+        coco_gt.dataset = copy.deepcopy(original.dataset)
+        coco_gt.createIndex()
         if results:
             # loadRes writes area/id/iscrowd/segmentation into each dict: give it copies so the
             # caller's results (and the coco_results.json written from them) stay clean.
@@ -154,6 +163,7 @@ def make_cocoeval(
             coco_eval.params.imgIds = sorted(int(i) for i in img_ids)
         coco_eval.evaluate()
         coco_eval.accumulate()
+    coco_eval.difficult = difficult  # annotation id -> crowd / ignore / difficult, as loaded
     return coco_eval
 
 

@@ -45,7 +45,8 @@ def _grouped_bars(ax, groups: list[str], series: dict[str, list[float]]) -> None
     width = 0.8 / max(len(series), 1)
     x = np.arange(len(groups))
     for i, (label, values) in enumerate(series.items()):
-        ax.bar(x + i * width - 0.4 + width / 2, [0 if v is None or v != v else v for v in values], width, label=label)
+        # Undefined AP (no ground truth of that kind) draws no bar rather than a misleading 0.
+        ax.bar(x + i * width - 0.4 + width / 2, [np.nan if v is None else v for v in values], width, label=label)
     ax.set_xticks(x)
     ax.set_xticklabels(groups, rotation=30 if len(groups) > 6 else 0, ha="right" if len(groups) > 6 else "center")
     ax.set_ylim(0, 1)

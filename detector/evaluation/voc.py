@@ -5,10 +5,10 @@ Shape shorthand:
     G: ground-truth boxes of one class in one image
 
 VOC's protocol (Everingham et al., IJCV 2010, section 4.2; the devkit's ``VOCevaldet``): per class,
-detections are sorted by score and matched greedily, each to the unmatched ground truth of highest
-IoU in its image. IoU >= the threshold with a non-difficult box is a true positive, with an
-already-matched box a false positive (a duplicate), with a *difficult* box neither (it neither helps
-nor hurts); below the threshold it is a false positive. Recall counts non-difficult boxes only.
+detections are sorted by score and each is matched to the ground truth of highest IoU in its image
+(matched or not). IoU >= the threshold with an unmatched non-difficult box is a true positive, with
+an already-matched box a false positive (a duplicate), with a *difficult* box neither (it neither
+helps nor hurts); below the threshold it is a false positive. Recall counts non-difficult boxes only.
 
 Two ways to turn the precision/recall curve into a number:
     11-point (VOC2007): the mean, over recall levels 0, 0.1, ..., 1, of the highest precision at
@@ -39,7 +39,9 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, *, use_07_metric: bool) ->
     precision = np.asarray(precision, dtype=np.float64)
     if use_07_metric:
         return float(
-            np.mean([precision[recall >= t].max() if (recall >= t).any() else 0.0 for t in np.linspace(0, 1, 11)])
+            # Recall levels as exact tenths (linspace gives 0.30000000000000004, which a recall of
+            # exactly 3/10 would miss; the MATLAB devkit's 0:0.1:1 has 0.6 and 0.7 exact).
+            np.mean([precision[recall >= t].max() if (recall >= t).any() else 0.0 for t in np.arange(11) / 10])
         )
     mrec = np.concatenate([[0.0], recall, [1.0]])
     mpre = np.concatenate([[0.0], precision, [0.0]])

@@ -18,21 +18,26 @@ def pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (int(kh), int(kw))
 
 
-def boxes_to_rois(boxes: BoxesType, input: Tensor) -> Tensor:
-    """torchvision's two box formats -> one [K, 5] tensor (batch index, x1, y1, x2, y2)."""
+def boxes_to_rois(boxes: BoxesType, input: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """torchvision's two box formats -> one [K, 5] tensor (batch index, x1, y1, x2, y2).
+
+    ``dtype`` defaults to the input's; the floor quantization asks for float64 so that a float16
+    map does not round a coordinate across a cell border before it is floored.
+    """
+    dtype = dtype or input.dtype
     if isinstance(boxes, (list, tuple)):
         for b in boxes:
             if b.dim() != 2 or b.shape[1] != 4:
                 raise ValueError(f"each per-image boxes tensor must be [L, 4], got {list(b.shape)}")
         if len(boxes) == 0:
-            return input.new_zeros((0, 5))
+            return torch.zeros((0, 5), dtype=dtype, device=input.device)
         idx = torch.cat(
-            [torch.full((len(b), 1), i, dtype=input.dtype, device=input.device) for i, b in enumerate(boxes)]
+            [torch.full((len(b), 1), i, dtype=dtype, device=input.device) for i, b in enumerate(boxes)]
         )
-        return torch.cat([idx, torch.cat([b.to(input.dtype) for b in boxes])], dim=1)
+        return torch.cat([idx, torch.cat([b.to(dtype) for b in boxes])], dim=1)
     if boxes.dim() != 2 or boxes.shape[1] != 5:
         raise ValueError(f"boxes must be [K, 5] (batch index, x1, y1, x2, y2), got {list(boxes.shape)}")
-    return boxes.to(input.dtype)
+    return boxes.to(dtype)
 
 
 def check_roi_inputs(input: Tensor, rois: Tensor) -> None:

@@ -78,11 +78,12 @@ def sample_points(
     if not aligned:
         w, h = max(w, 1.0), max(h, 1.0)
     n = torch.tensor([sampling_ratio])
+    f64 = dict(dtype=torch.float64)
     # In continuous units the -0.5 shift of ``aligned`` and the +0.5 to reach a cell's centre cancel;
     # without ``aligned`` the op reads cell c's value at c (half a cell off the seed's convention).
     shift = 0.0 if aligned else 0.5
-    xs = _sample_positions(torch.tensor([x1]), torch.tensor([w / kw]), n, sampling_ratio, kw, sample_layout)
-    ys = _sample_positions(torch.tensor([y1]), torch.tensor([h / kh]), n, sampling_ratio, kh, sample_layout)
+    xs = _sample_positions(torch.tensor([x1], **f64), torch.tensor([w / kw], **f64), n, sampling_ratio, kw, sample_layout)
+    ys = _sample_positions(torch.tensor([y1], **f64), torch.tensor([h / kh], **f64), n, sampling_ratio, kh, sample_layout)
     return xs.reshape(-1) + shift, ys.reshape(-1) + shift
 
 

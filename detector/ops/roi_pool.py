@@ -77,14 +77,14 @@ def roi_pool(
     size = pair(output_size)
     if quantization == "round":
         return _tv_roi_pool(input, boxes, size, spatial_scale)
-    rois = boxes_to_rois(boxes, input)
+    rois = boxes_to_rois(boxes, input, dtype=torch.float64)
     check_roi_inputs(input, rois)
     q = floor_quantize(rois, size, spatial_scale)
     kh, kw = size
     cells = torch.stack(
         [q[:, 0], q[:, 1], q[:, 2], q[:, 1] + kw * q[:, 3] - 1, q[:, 2] + kh * q[:, 4] - 1], dim=1
     )
-    return _tv_roi_pool(input, cells, size, 1.0)
+    return _tv_roi_pool(input, cells.to(input.dtype), size, 1.0)
 
 
 class RoIPool(nn.Module):

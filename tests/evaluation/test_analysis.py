@@ -58,3 +58,14 @@ def test_sizes_and_no_detections():
     empty = analyze(make_cocoeval(coco, []))
     assert empty["ap_per_iou"][0] == pytest.approx(0.0) and math.isnan(empty["mean_tp_iou"])
     assert empty["VOC_mAP50"] == pytest.approx(0.0)
+
+
+def test_ignore_flags_are_voc_difficult_and_survive_evaluation():
+    coco = tiny_gt()
+    coco.dataset["annotations"][1]["ignore"] = 1  # the dog of image 1 is a "difficult" box
+    coco.createIndex()
+    dets = [r for r in results(coco) if not (r["image_id"] == 1 and r["category_id"] == 7)]
+    make_cocoeval(coco, dets)  # an earlier evaluation (as during training) must not erase the flag
+    assert coco.dataset["annotations"][1]["ignore"] == 1
+    r = analyze(make_cocoeval(coco, dets))
+    assert r["VOC_mAP50"] == pytest.approx(1.0) and r["VOC07_mAP50"] == pytest.approx(1.0)

@@ -54,3 +54,8 @@ def test_iou_threshold_and_classes():
 def test_voc_ap_direct():
     assert voc_ap(np.array([0.5, 1.0]), np.array([1.0, 0.5]), use_07_metric=False) == pytest.approx(0.75)
     assert math.isnan(voc_map([], [])[0])
+
+
+def test_eleven_point_counts_exact_tenths():
+    # recall .1, .2, .3 at precision 1: levels 0, .1, .2, .3 count -> 4/11 (linspace's 0.30000000000000004 would drop one).
+    assert voc_ap(np.array([0.1, 0.2, 0.3]), np.array([1.0, 1.0, 1.0]), use_07_metric=True) == pytest.approx(4 / 11)

@@ -89,3 +89,10 @@ def test_cuda_matches_cpu():
     rois = _rois(30)
     for q in ("round", "floor"):
         torch.testing.assert_close(roi_pool(x.cuda(), rois.cuda(), 7, 1 / 32, quantization=q).cpu(), roi_pool(x, rois, 7, 1 / 32, quantization=q))
+
+
+def test_floor_quantizes_in_float64_for_half_precision_maps():
+    x = torch.randn(1, 2, 20, 20).half()
+    rois = torch.tensor([[0, 319.9, 10.0, 500.0, 300.0]])  # 319.9/32 = 9.997 -> 9, but 319.9 in fp16 is 320
+    out = roi_pool(x.float(), rois, 2, 1 / 32, quantization="floor")
+    torch.testing.assert_close(roi_pool(x, rois, 2, 1 / 32, quantization="floor").float(), out)
