@@ -86,10 +86,12 @@ def train_loop(
         images, targets = _to_device(images, targets, device)
         loss_dict = model(images, targets)
         loss = sum(loss_dict.values())
-        if not math.isfinite(loss.item()):
-            values = {k: round(v.item(), 4) for k, v in loss_dict.items()}
+        # One host transfer for all the numbers we log (each .item() would be a device sync on GPU).
+        values = dict(zip([*loss_dict, "loss"], torch.stack([*loss_dict.values(), loss]).detach().tolist()))
+        if not math.isfinite(values["loss"]):
+            shown = {k: round(v, 4) for k, v in values.items() if k != "loss"}
             raise FloatingPointError(
-                f"loss became {loss.item()} at iteration {it} ({values}); lower solver.base_lr or "
+                f"loss became {values['loss']} at iteration {it} ({shown}); lower solver.base_lr or "
                 f"raise solver.warmup_iters"
             )
         optimizer.zero_grad(set_to_none=True)
@@ -100,9 +102,8 @@ def train_loop(
         lr = optimizer.param_groups[0]["lr"]  # the lr this iteration used (logged below)
         scheduler.step()
 
-        for k, v in loss_dict.items():
-            running[k].append(v.item())
-        running["loss"].append(loss.item())
+        for k, v in values.items():
+            running[k].append(v)
         done = it + 1
         if done % log_period == 0 or done == max_iter:
             summary = {k: sum(v[-log_period:]) / len(v[-log_period:]) for k, v in running.items()}
