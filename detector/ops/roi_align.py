@@ -33,12 +33,21 @@ Gradients flow to ``input`` only (boxes are treated as constants, as in torchvis
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from torch.autograd.function import once_differentiable
 from torch import Tensor, nn
 
 from detector.ops._utils import BoxesType, boxes_to_rois, check_roi_inputs, pair
 
 _REDUCTIONS = ("avg", "max")
+
+# One chunk of RoIs on the CPU holds at most this many elements in its largest intermediate
+# (8 MiB in float32): small enough to stay in cache, large enough for the matrix products to run
+# at speed. Measured at the training shape (tools/benchmark.py ops): chunks of 4-16 RoIs for max
+# ran alike, one chunk per image was 2x slower.
+_CPU_CHUNK_ELEMENTS = 1 << 21
 _LAYOUTS = ("centered", "interior")
 
 
@@ -194,6 +203,13 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
         return input.new_zeros((0, channels, kh * n, kw * n)) + 0 * input.sum()
 
     with torch.no_grad():
+        batch_idx = rois[:, 0].long()
+        counts = torch.bincount(batch_idx.clamp(min=0), minlength=input.shape[0]).tolist()
+        if len(counts) > input.shape[0] or bool((batch_idx < 0).any()):
+            raise ValueError(
+                f"boxes' batch indices must lie in [0, {input.shape[0] - 1}] (the input holds "
+                f"{input.shape[0]} images), got {int(batch_idx.min())}..{int(batch_idx.max())}"
+            )
         offset = 0.5 if aligned else 0.0
         x1 = rois[:, 1] * spatial_scale - offset
         y1 = rois[:, 2] * spatial_scale - offset
@@ -211,70 +227,190 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
         n_w, n_h = max(int(grid_w.max()), 1), max(int(grid_h.max()), 1)
         wx, valid_x = _axis_weights(x1, bin_w, grid_w, n_w, kw, width, sample_layout)  # [K,kw,n,W]
         wy, valid_y = _axis_weights(y1, bin_h, grid_h, n_h, kh, height, sample_layout)  # [K,kh,n,H]
+        valid = None
         if reduction == "avg":
             # Average over each bin's samples here, so the products below read each bin once.
             # torchvision divides by max(n_h * n_w, 1); a RoI with no sample reads 0.
             wx = wx.sum(2) / grid_w.clamp(min=1).to(wx.dtype)[:, None, None]  # [K, kw, W]
             wy = wy.sum(2) / grid_h.clamp(min=1).to(wy.dtype)[:, None, None]  # [K, kh, H]
             n_h = n_w = 1
-            bias = None
-        else:
+        elif reduction == "none":
+            # Every sample is an output: rows in (bin, sample) order, the grid roi_align_samples returns.
             wx = wx.reshape(num_rois, kw * n_w, width)  # [K, kw*n, W]
             wy = wy.reshape(num_rois, kh * n_h, height)  # [K, kh*n, H]
-            bias = None
+            kh, kw, n_h, n_w = kh * n_h, kw * n_w, 1, 1
+        else:
+            # Rows in (sample, bin) order: sample offset (i, j) of every bin is then one strided slice
+            # whose last axis is contiguous, and the max runs as elementwise maxima over n x n slices.
+            wx = wx.transpose(1, 2).reshape(num_rois, n_w * kw, width)  # [K, n*kw, W]
+            wy = wy.transpose(1, 2).reshape(num_rois, n_h * kh, height)  # [K, n*kh, H]
             if not (bool(valid_x.all()) and bool(valid_y.all())):
-                # Samples beyond a RoI's own (adaptive) grid must never win the max.
-                mask_x = valid_x.expand(num_rois, kw, n_w).reshape(num_rois, 1, 1, kw * n_w)
-                mask_y = valid_y.expand(num_rois, kh, n_h).reshape(num_rois, kh * n_h, 1, 1)
-                bias = torch.zeros((num_rois, kh * n_h, 1, kw * n_w), dtype=input.dtype, device=input.device)
-                bias.masked_fill_(~(mask_x & mask_y), float("-inf"))
-        batch_idx = rois[:, 0].long()
-        images = torch.unique(batch_idx).tolist()
-        groups = [torch.nonzero(batch_idx == b).squeeze(1) for b in images]
-        order = torch.cat(groups)
+                # Adaptive grids differ per RoI: samples beyond a RoI's own grid must never win.
+                valid = (valid_y.view(num_rois, n_h), valid_x.view(num_rois, n_w))
+        order = torch.argsort(batch_idx, stable=True)
         in_order = bool((order == torch.arange(num_rois, device=order.device)).all())
+        if not in_order:
+            wx, wy = wx[order], wy[order]
+            valid = None if valid is None else (valid[0][order], valid[1][order])
 
-    q, p = wy.shape[1], wx.shape[1]
     # Contract the axis whose intermediate is smaller first: rows first makes [Ki, Q, C, W], columns
     # first [Ki, P, C, H]. Columns first is rows first on the transposed map, with the roles of
-    # (wy, kh, n_h, H) and (wx, kw, n_w, W) swapped; the result is [Ki, kw, C, kh] then.
-    transposed = p * height < q * width
+    # (wy, kh, n_h, H) and (wx, kw, n_w, W) swapped.
+    transposed = wx.shape[1] * height < wy.shape[1] * width
     if transposed:
-        w_first, w_second, size_first, size_second = wx, wy, width, height
-        out_a, n_a, out_b, n_b = kw, n_w, kh, n_h
-        if bias is not None:
-            bias = bias.transpose(1, 3)
+        plan = _Plan(counts, transposed, reduction == "max", kw, n_w, kh, n_h, valid[::-1] if valid else None)
+        output = _SeparableRoIAlign.apply(input, wx, wy, plan)
     else:
-        w_first, w_second, size_first, size_second = wy, wx, height, width
-        out_a, n_a, out_b, n_b = kh, n_h, kw, n_w
-    a, b_len = w_first.shape[1], w_second.shape[1]
-    pieces = []
-    for b, idx in zip(images, groups):
-        ki = idx.numel()
-        wf, ws = (w_first, w_second) if ki == num_rois else (w_first[idx], w_second[idx])
-        # Two products, with layouts chosen so that no large tensor is ever permuted (rows first):
-        # [Ki*Q, H] @ [H, C*W] -> [Ki, Q*C, W];  then  [Ki, Q*C, W] @ [Ki, W, P] -> [Ki, Q, C, P].
-        feat = input[b].transpose(2, 1) if transposed else input[b]  # [C, first, second]
-        feat_t = feat.transpose(0, 1).reshape(size_first, channels * size_second)  # small copy
-        rows = (wf.reshape(ki * a, size_first) @ feat_t).view(ki, a * channels, size_second)
-        samples = torch.bmm(rows, ws.transpose(1, 2)).view(ki, a, channels, b_len)
-        if reduction == "max":
-            if bias is not None:
-                samples = samples + (bias if ki == num_rois else bias[idx])
-            # Max over each bin's n x n samples, one axis at a time: max-with-indices routes the
-            # gradient to the single winning sample (and on to its four neighbours), and its
-            # backward is a cheap scatter (amax's would compare every sample with the max).
-            pooled = samples.view(ki, out_a, n_a, channels, out_b, n_b).max(dim=5).values.max(dim=2).values
-            # A RoI whose bins hold no sample (zero-size, adaptive grid 0) reads 0, as with avg.
-            pooled = pooled.masked_fill(torch.isneginf(pooled), 0.0)
-        else:
-            pooled = samples  # avg (already averaged), or "none": every sample
-        pieces.append(pooled)  # [Ki, out_a, C, out_b]
-    output = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-    if not in_order:
-        output = output[torch.argsort(order)]
-    # -> [K, C, kh, kw] (or the samples' grid)
-    return (output.permute(0, 2, 3, 1) if transposed else output.permute(0, 2, 1, 3)).contiguous()
+        plan = _Plan(counts, transposed, reduction == "max", kh, n_h, kw, n_w, valid)
+        output = _SeparableRoIAlign.apply(input, wy, wx, plan)
+    return output if in_order else output[torch.argsort(order)]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What :class:`_SeparableRoIAlign` computes, beyond its tensors (a = first axis, b = second)."""
+
+    counts: list[int]  # RoIs per image, in the (sorted) order of the weights
+    transposed: bool  # first axis is x (columns) rather than y (rows)
+    take_max: bool  # max over each bin's n_a x n_b samples; else the products are the output
+    out_a: int  # bins along the first axis
+    n_a: int  # samples per bin along it (1 unless take_max)
+    out_b: int
+    n_b: int
+    valid: tuple[Tensor, Tensor] | None  # bool [K, n_a], [K, n_b]: which samples exist (adaptive max)
+
+
+class _SeparableRoIAlign(torch.autograd.Function):
+    """Both products (and the max, when asked) over cache-sized chunks of RoIs, with its own backward.
+
+    forward(input [N, C, H, W], w_first [K, A, size_first], w_second [K, B, size_second], plan)
+        -> [K, C, kh, kw], with A = n_a * out_a rows and B = n_b * out_b columns per RoI.
+
+    Why a Function rather than autograd over the products: autograd would keep every chunk's
+    [Ki, A, C, B] samples (four times the output for a 2 x 2 grid) and route the max's gradient
+    through generic scatters; here the forward keeps only the winning sample's index per output
+    (one byte), and the backward rebuilds each chunk's sample gradient from it, chunk by chunk.
+    Chunks keep the intermediates in cache on the CPU (``_CPU_CHUNK_ELEMENTS``), which is most of
+    the speed; on a GPU one chunk per image is best (fewer, larger kernels).
+    """
+
+    @staticmethod
+    def forward(ctx, input: Tensor, w_first: Tensor, w_second: Tensor, plan: _Plan) -> Tensor:
+        num_rois, channels = w_first.shape[0], input.shape[1]
+        out_a, out_b = plan.out_a, plan.out_b
+        output = input.new_empty(num_rois, channels, *((out_b, out_a) if plan.transposed else (out_a, out_b)))
+        out_view = _by_first_axis(output, plan.transposed)  # [K, out_a, C, out_b], a view
+        winner = None
+        if plan.take_max:
+            codes = plan.n_a * plan.n_b
+            winner = torch.empty(out_view.shape, dtype=torch.uint8 if codes <= 256 else torch.int32, device=input.device)
+        for b, s, e, feat_t in _chunks(input, w_first, w_second, plan, channels):
+            ck, size_first = e - s, w_first.shape[2]
+            rows = w_first[s:e].reshape(-1, size_first) @ feat_t  # [ck*A, C*size_second]
+            samples = torch.bmm(rows.view(ck, -1, w_second.shape[2]), w_second[s:e].transpose(1, 2))  # [ck, A*C, B]
+            if plan.take_max:
+                valid = None if plan.valid is None else (plan.valid[0][s:e], plan.valid[1][s:e])
+                samples = samples.view(ck, plan.n_a, out_a, channels, plan.n_b, out_b)
+                _max_over_samples(samples, valid, out_view[s:e], winner[s:e])
+            else:
+                out_view[s:e] = samples.view(ck, out_a, channels, out_b)
+        ctx.save_for_backward(w_first, w_second, winner)
+        ctx.plan, ctx.input_shape = plan, input.shape
+        return output
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor):
+        w_first, w_second, winner = ctx.saved_tensors
+        plan = ctx.plan
+        channels = ctx.input_shape[1]
+        size_first, size_second = w_first.shape[2], w_second.shape[2]
+        grad_view = _by_first_axis(grad_output, plan.transposed)  # [K, out_a, C, out_b]
+        grad_input = grad_output.new_zeros(ctx.input_shape)
+        grad_t = {}
+        for b, s, e, _ in _chunks(None, w_first, w_second, plan, channels):
+            ck = e - s
+            g = grad_view[s:e]
+            if plan.take_max:
+                # Each output's gradient goes to its winning sample (and, through the products, to
+                # that sample's four neighbouring cells); the other samples of the bin get none.
+                # The n_a x n_b slices below cover every element: no zero fill needed.
+                g_samples = g.new_empty(ck, plan.n_a, plan.out_a, channels, plan.n_b, plan.out_b)
+                for i in range(plan.n_a):
+                    for j in range(plan.n_b):
+                        won = (winner[s:e] == i * plan.n_b + j).to(g.dtype)  # a product: 3x faster than where
+                        torch.mul(g, won, out=g_samples[:, i, :, :, j, :])
+                g = g_samples
+            g = g.reshape(ck, -1, plan.n_b * plan.out_b)  # [ck, A*C, B]
+            partial = torch.bmm(g, w_second[s:e]).view(-1, channels * size_second)  # [ck*A, C*size_second]
+            acc = grad_t.setdefault(b, g.new_zeros(size_first, channels * size_second))
+            acc.addmm_(w_first[s:e].reshape(-1, size_first).t(), partial)
+        for b, acc in grad_t.items():
+            if plan.transposed:  # acc[w, c*H + h] is input[b, c, h, w]'s gradient
+                grad_input[b] = acc.view(size_first, channels, size_second).permute(1, 2, 0)
+            else:  # acc[h, c*W + w]
+                grad_input[b] = acc.view(size_first, channels, size_second).transpose(0, 1)
+        return grad_input, None, None, None
+
+
+def _by_first_axis(t: Tensor, transposed: bool) -> Tensor:
+    """[K, C, kh, kw] -> a view [K, out_a, C, out_b] (first axis, channels, second axis)."""
+    return t.permute(0, 3, 1, 2) if transposed else t.permute(0, 2, 1, 3)
+
+
+def _chunks(input: Tensor | None, w_first: Tensor, w_second: Tensor, plan: _Plan, channels: int):
+    """Yield (image b, first RoI s, end e, feat_t) over chunks of at most a cache's worth of RoIs.
+
+    ``feat_t`` [size_first, C * size_second] is image b's map with the first axis leading, so that
+    the first product is one matrix product for the whole chunk (None when ``input`` is None).
+    """
+    a, b_cols, size_second = w_first.shape[1], w_second.shape[1], w_second.shape[2]
+    on_cpu = w_first.device.type == "cpu"
+    start = 0
+    for b, count in enumerate(plan.counts):
+        if count == 0:
+            continue
+        feat_t = None
+        if input is not None:
+            feat = input[b].transpose(1, 2) if plan.transposed else input[b]  # [C, first, second]
+            feat_t = feat.transpose(0, 1).reshape(feat.shape[1], channels * size_second)  # small copy
+        per_roi = a * channels * max(size_second, b_cols)  # elements of the larger product, per RoI
+        chunk = max(1, _CPU_CHUNK_ELEMENTS // per_roi) if on_cpu else count
+        for s in range(start, start + count, chunk):
+            yield b, s, min(s + chunk, start + count), feat_t
+        start += count
+
+
+def _max_over_samples(samples: Tensor, valid, out: Tensor, winner: Tensor) -> None:
+    """Max over each bin's n_a x n_b samples, and which one won, into ``out`` and ``winner``.
+
+    Args:
+        samples: [ck, n_a, out_a, C, n_b, out_b]; sample (i, j) of every bin is ``samples[:, i, :, :, j]``.
+        valid: None, or bool [ck, n_a] and [ck, n_b]: the samples each RoI's own grid holds.
+        out: [ck, out_a, C, out_b] (may be a strided view); winner: same shape, integer.
+    """
+    n_a, n_b = samples.shape[1], samples.shape[4]
+    exists = None if valid is None else (valid[0][:, :, None] & valid[1][:, None, :]).view(-1, n_a, n_b, 1, 1, 1)
+    best = samples[:, 0, :, :, 0].clone()
+    if exists is not None:
+        best.masked_fill_(~exists[:, 0, 0], float("-inf"))
+    winner.zero_()
+    for i in range(n_a):
+        for j in range(n_b):
+            if i == j == 0:
+                continue
+            v = samples[:, i, :, :, j]
+            if exists is not None:
+                v = v.masked_fill(~exists[:, i, j], float("-inf"))
+            # Codes only grow along the loop, so the last sample to beat the running best is the
+            # largest code that did: a maximum, much cheaper on the CPU than masked_fill_ / where.
+            # Ties keep the earlier sample, as torch.max does.
+            torch.maximum(winner, (v > best).to(winner.dtype).mul_(i * n_b + j), out=winner)
+            torch.maximum(best, v, out=best)  # propagates NaN, as torch.max does
+    if exists is not None:
+        # A RoI whose bins hold no sample (zero-size, adaptive grid 0) reads 0, as with avg.
+        best.masked_fill_(~exists[:, 0, 0], 0.0)
+    out.copy_(best)
 
 
 class RoIAlign(nn.Module):
