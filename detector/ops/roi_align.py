@@ -197,7 +197,7 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
     rois = boxes_to_rois(boxes, input)
     check_roi_inputs(input, rois)
     kh, kw = pair(output_size)
-    num_rois, channels, height, width = rois.shape[0], input.shape[1], input.shape[2], input.shape[3]
+    num_rois, num_images, channels, height, width = rois.shape[0], *input.shape
     if num_rois == 0:
         # Keep the graph connected so that backward through an empty batch works.
         n = max(sampling_ratio, 1) if reduction == "none" else 1
@@ -205,11 +205,10 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
 
     with torch.no_grad():
         batch_idx = rois[:, 0].long()
-        counts = torch.bincount(batch_idx.clamp(min=0), minlength=input.shape[0]).tolist()
-        if len(counts) > input.shape[0] or bool((batch_idx < 0).any()):
+        if bool(((batch_idx < 0) | (batch_idx >= num_images)).any()):
             raise ValueError(
-                f"boxes' batch indices must lie in [0, {input.shape[0] - 1}] (the input holds "
-                f"{input.shape[0]} images), got {int(batch_idx.min())}..{int(batch_idx.max())}"
+                f"boxes' batch indices must lie in [0, {num_images - 1}] (the input holds {num_images} "
+                f"images), got {int(batch_idx.min())}..{int(batch_idx.max())}"
             )
         offset = 0.5 if aligned else 0.0
         x1 = rois[:, 1] * spatial_scale - offset
@@ -228,132 +227,152 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
         n_w, n_h = max(int(grid_w.max()), 1), max(int(grid_h.max()), 1)
         wx, valid_x = _axis_weights(x1, bin_w, grid_w, n_w, kw, width, sample_layout)  # [K,kw,n,W]
         wy, valid_y = _axis_weights(y1, bin_h, grid_h, n_h, kh, height, sample_layout)  # [K,kh,n,H]
-        exists = None
+        kernel, bias = None, None
         if reduction == "avg":
-            # Average over each bin's samples here, so the products below read each bin once.
-            # torchvision divides by max(n_h * n_w, 1); a RoI with no sample reads 0.
+            # Average over each bin's samples here: the bin then reads each cell once, with the
+            # summed weight of all its samples. torchvision divides by max(n_h * n_w, 1).
             wx = wx.sum(2) / grid_w.clamp(min=1).to(wx.dtype)[:, None, None]  # [K, kw, W]
             wy = wy.sum(2) / grid_h.clamp(min=1).to(wy.dtype)[:, None, None]  # [K, kh, H]
-            kernel = None
         else:
-            # One row per sample, in (bin, sample) order: the products give every sample, bin (i, j)
-            # in rows i*n .. i*n+n-1 and columns j*n .. j*n+n-1 (what roi_align_samples returns).
+            # One row per sample, in (bin, sample) order: bin (i, j) holds sample rows i*n .. i*n+n-1
+            # and columns j*n .. j*n+n-1 (what roi_align_samples returns; max-pool windows).
             wx = wx.reshape(num_rois, kw * n_w, width)  # [K, kw*n, W]
             wy = wy.reshape(num_rois, kh * n_h, height)  # [K, kh*n, H]
-            kernel = (n_h, n_w) if reduction == "max" else None
-            if kernel and not (bool(valid_x.all()) and bool(valid_y.all())):
-                # Adaptive grids differ per RoI: samples beyond a RoI's own grid must never win.
-                exists = (valid_y.expand(-1, kh, -1).reshape(num_rois, -1), valid_x.expand(-1, kw, -1).reshape(num_rois, -1))
-        order = torch.argsort(batch_idx, stable=True)
-        in_order = bool((order == torch.arange(num_rois, device=order.device)).all())
-        if not in_order:
-            wx, wy = wx[order], wy[order]
-            exists = None if exists is None else (exists[0][order], exists[1][order])
+            if reduction == "max":
+                kernel = (n_h, n_w)
+                if not (bool(valid_x.all()) and bool(valid_y.all())):
+                    # Adaptive grids differ per RoI: samples beyond a RoI's own grid must never win.
+                    exists = valid_y.expand(-1, kh, -1).reshape(num_rois, -1, 1) & valid_x.expand(-1, kw, -1).reshape(num_rois, 1, -1)
+                    bias = torch.zeros(exists.shape, dtype=input.dtype, device=input.device)
+                    bias.masked_fill_(~exists, float("-inf"))  # [K, A, B]
+        # Each output (or sample) row reads the product of its row taps and its column taps.
+        row_cells, row_w = _taps(wy)  # [K, A, Ty]
+        col_cells, col_w = _taps(wx)  # [K, B, Tx]
+        a, b = row_cells.shape[1], col_cells.shape[1]
+        cells = (batch_idx * (height * width))[:, None, None, None, None] + row_cells[:, :, None, :, None] * width + col_cells[:, None, :, None, :]
+        weights = (row_w[:, :, None, :, None] * col_w[:, None, :, None, :]).to(input.dtype)
+        cells = cells.reshape(num_rois * a * b, -1)  # [K*A*B, Ty*Tx]
+        weights = weights.reshape(num_rois * a * b, -1)
+    return _SparseRoIAlign.apply(input, cells, weights, _Plan(a, b, kernel, bias))
 
-    # Contract the axis whose intermediate is smaller first: rows first makes [Ki, Q, C, W], columns
-    # first [Ki, P, C, H]. Columns first is rows first on the transposed map, with the roles of
-    # (wy, kh, H) and (wx, kw, W) swapped.
-    transposed = wx.shape[1] * height < wy.shape[1] * width
-    if transposed:
-        plan = _Plan(counts, True, kernel[::-1] if kernel else None, exists[::-1] if exists else None)
-        output = _SeparableRoIAlign.apply(input, wx, wy, plan)
-    else:
-        plan = _Plan(counts, False, kernel, exists)
-        output = _SeparableRoIAlign.apply(input, wy, wx, plan)
-    return output if in_order else output[torch.argsort(order)]
+
+def _taps(weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Dense interpolation weights along one axis -> the few cells each row reads, and their weights.
+
+    A row's nonzero weights lie in one window of cells (a sample's two neighbours, or the cells a
+    bin's samples span), so [K, R, size] becomes [K, R, T] with T the widest window: index and weight
+    of each of the window's cells (weight 0 past the row's last cell).
+    """
+    size = weights.shape[-1]
+    nonzero = weights != 0
+    first = nonzero.to(torch.uint8).argmax(-1)  # the first nonzero (0 for a row with none)
+    last = size - 1 - nonzero.flip(-1).to(torch.uint8).argmax(-1)
+    span = torch.where(nonzero.any(-1), last - first + 1, 0)
+    cells = first[..., None] + torch.arange(max(int(span.max()), 1), device=weights.device)
+    inside = cells < size
+    cells = cells.clamp(max=size - 1)
+    return cells, torch.where(inside, weights.gather(-1, cells), 0)
 
 
 @dataclass(frozen=True)
 class _Plan:
-    """What :class:`_SeparableRoIAlign` computes beyond its tensors ("first" axis a, "second" b)."""
+    """What :class:`_SparseRoIAlign` computes beyond its tensors."""
 
-    counts: list[int]  # RoIs per image, in the (sorted) order of the weights
-    transposed: bool  # the first axis is x (columns) rather than y (rows)
-    kernel: tuple[int, int] | None  # max over (n_a, n_b) samples per bin; None: the products are the output
-    exists: tuple[Tensor, Tensor] | None  # bool [K, A], [K, B]: samples within each RoI's own grid
+    a: int  # rows per RoI: output rows (avg), or sample rows (max, every sample)
+    b: int  # columns per RoI, likewise
+    kernel: tuple[int, int] | None  # max over (n_h, n_w) samples per bin; None: the rows are the output
+    bias: Tensor | None  # [K, A, B]: -inf for samples beyond their RoI's own (adaptive) grid
 
 
-class _SeparableRoIAlign(torch.autograd.Function):
-    """Both products (and the max, when asked) over cache-sized chunks of RoIs, with its own backward.
+class _SparseRoIAlign(torch.autograd.Function):
+    """RoIAlign as a sparse linear map of the channels-last map, with its own backward.
 
-    forward(input [N, C, H, W], w_first [K, A, size_first], w_second [K, B, size_second], plan)
-        -> [K, C, kh, kw]   (A, B = kh, kw for avg; kh * n, kw * n for max and for every sample)
+    forward(input [N, C, H, W], cells [K*A*B, T], weights [K*A*B, T], plan) -> [K, C, kh, kw]
 
-    Per chunk of a few RoIs of one image (``_chunks``), with the map channels-last, ``map_t``
-    [size_first, size_second * C]:
-        rows    = w_first @ map_t               [ck*A, size_second, C]   (one matrix product)
-        samples = w_second @ rows, row by row   [ck*A, B, C]             (one batched product)
-    Channels-last is what ``max_pool2d`` reduces fastest on the CPU (vectorised over channels), and
-    its window (n_a, n_b) is one bin's samples. The backward runs the same products transposed.
+    Row r of the output (or of the samples) is ``sum_t weights[r, t] * map[cells[r, t], :]`` with
+    ``map`` the input as [N*H*W, C]: an ``embedding_bag`` with per-sample weights, which gathers and
+    sums whole channel vectors at once (vectorised over C). The backward is the transposed map,
+    ``grad_map[cell] = sum over the taps that read it of weight * grad_row``: the same op with the
+    taps grouped by cell (one sort), see ``_transposed``.
 
-    Why a Function rather than autograd over these products: autograd would keep every chunk's
-    samples (n_a * n_b times the output) alive until the backward pass; here the forward keeps the
-    weights and, for max, the winning sample's index per output, and the backward rebuilds each
-    chunk's sample gradient from them. Chunks keep the intermediates in cache on the CPU
-    (``_CPU_CHUNK_ELEMENTS``), which is most of the speed; on a GPU one chunk per image is best.
+    max: the samples of a chunk of RoIs come out channels-last, which is the layout ``max_pool2d``
+    reduces fastest (vectorised over channels); its window (n_h, n_w) is one bin's samples. The
+    forward keeps only the winning sample's index per output, and the backward rebuilds each chunk's
+    sample gradient from it, so n_h * n_w times the output never stays alive. Chunks keep the samples
+    in cache on the CPU (``_CPU_CHUNK_ELEMENTS``); on a GPU one chunk is best.
     """
 
     @staticmethod
-    def forward(ctx, input: Tensor, w_first: Tensor, w_second: Tensor, plan: _Plan) -> Tensor:
-        num_rois, channels = w_first.shape[0], input.shape[1]
-        a, b = w_first.shape[1], w_second.shape[1]
-        n_a, n_b = plan.kernel or (1, 1)
-        out_a, out_b = a // n_a, b // n_b
-        output = input.new_empty(num_rois, channels, *((out_b, out_a) if plan.transposed else (out_a, out_b)))
-        out_view = output.transpose(2, 3) if plan.transposed else output  # [K, C, out_a, out_b]
+    def forward(ctx, input: Tensor, cells: Tensor, weights: Tensor, plan: _Plan) -> Tensor:
+        num_images, channels, height, width = input.shape
+        a, b = plan.a, plan.b
+        num_rois = cells.shape[0] // (a * b)
+        table = input.permute(0, 2, 3, 1).reshape(num_images * height * width, channels)  # small copy
         winner = None
-        if plan.kernel:
-            # max_pool2d's flat index into the bin grid, channels-last like the samples (cheap copies).
-            winner = torch.empty((num_rois, out_a, out_b, channels), dtype=_index_dtype(a * b), device=input.device)
-            winner = winner.permute(0, 3, 1, 2)
-        for _, s, e, map_t in _chunks(input, w_first, w_second, plan):
-            samples = _samples(map_t, w_first[s:e], w_second[s:e])  # [ck, A, B, C]
-            if plan.exists is not None:
-                samples = samples + _missing_samples_bias(plan.exists[0][s:e], plan.exists[1][s:e], input.dtype)
-            samples = samples.permute(0, 3, 1, 2)  # [ck, C, A, B], channels-last in memory
-            if plan.kernel:
-                pooled, idx = F.max_pool2d_with_indices(samples, plan.kernel, plan.kernel)
-                if plan.exists is not None:
+        if plan.kernel is None:
+            rows = F.embedding_bag(cells, table, per_sample_weights=weights, mode="sum")  # [K*A*B, C]
+            output = rows.view(num_rois, a, b, channels).permute(0, 3, 1, 2).contiguous()
+        else:
+            n_h, n_w = plan.kernel
+            output = input.new_empty(num_rois, channels, a // n_h, b // n_w)
+            winner = torch.empty((num_rois, a // n_h, b // n_w, channels), dtype=_index_dtype(a * b), device=input.device)
+            winner = winner.permute(0, 3, 1, 2)  # channels-last like the samples: cheap copies
+            for s, e in _chunks(num_rois, a * b * channels, input.device):
+                samples = F.embedding_bag(cells[s * a * b : e * a * b], table, per_sample_weights=weights[s * a * b : e * a * b], mode="sum")
+                samples = samples.view(e - s, a, b, channels)
+                if plan.bias is not None:
+                    samples = samples + plan.bias[s:e, :, :, None]
+                pooled, idx = F.max_pool2d_with_indices(samples.permute(0, 3, 1, 2), plan.kernel, plan.kernel)
+                if plan.bias is not None:
                     # A RoI whose bins hold no sample (zero-size, adaptive grid 0) reads 0, as with avg.
                     pooled = pooled.masked_fill(torch.isneginf(pooled), 0.0)
-                out_view[s:e] = pooled
+                output[s:e] = pooled
                 winner[s:e] = idx
-            else:
-                out_view[s:e] = samples
-        ctx.save_for_backward(w_first, w_second, winner)
+        ctx.save_for_backward(cells, weights, winner)
         ctx.plan, ctx.input_shape = plan, input.shape
         return output
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output: Tensor):
-        w_first, w_second, winner = ctx.saved_tensors
+        cells, weights, winner = ctx.saved_tensors
         plan = ctx.plan
-        channels = ctx.input_shape[1]
-        a, b, size_first, size_second = w_first.shape[1], w_second.shape[1], w_first.shape[2], w_second.shape[2]
-        grad_view = grad_output.transpose(2, 3) if plan.transposed else grad_output  # [K, C, out_a, out_b]
-        grad_map_t = {}  # image -> the gradient of its map_t, [size_first, size_second * C]
-        for image, s, e, _ in _chunks(None, w_first, w_second, plan, channels):
-            ck = e - s
-            # Channels-last: the layout of the samples, and max_pool2d's fast path (14x faster here).
-            g = grad_view[s:e].contiguous(memory_format=torch.channels_last)
-            if plan.kernel:
-                # Each output's gradient goes to its winning sample (and, through the products, to
-                # that sample's four neighbouring cells); the bin's other samples get none.
-                like = g.new_empty(ck, a, b, channels).permute(0, 3, 1, 2)  # only its shape and layout are read
+        num_images, channels, height, width = ctx.input_shape
+        num_cells, a, b = num_images * height * width, plan.a, plan.b
+        num_rois = grad_output.shape[0]
+        if plan.kernel is None:
+            grad_rows = grad_output.permute(0, 2, 3, 1).reshape(num_rois * a * b, channels)
+            grad_map = _transposed(cells, weights, grad_rows, num_cells)
+        else:
+            grad_map = grad_output.new_zeros(num_cells, channels)
+            for s, e in _chunks(num_rois, a * b * channels, grad_output.device):
+                # Each output's gradient goes to its winning sample (and through the taps to that
+                # sample's four neighbouring cells); the bin's other samples get none.
+                # Channels-last in and out: max_pool2d's fast path (14x faster than NCHW here).
+                g = grad_output[s:e].contiguous(memory_format=torch.channels_last)
+                like = g.new_empty(e - s, a, b, channels).permute(0, 3, 1, 2)  # only its shape and layout are read
                 g = torch.ops.aten.max_pool2d_with_indices_backward(
                     g, like, plan.kernel, plan.kernel, (0, 0), (1, 1), False, winner[s:e].long()
                 )
-            g = g.permute(0, 2, 3, 1).reshape(ck * a, b, channels)  # d samples, a view
-            w_rep = w_second[s:e, None].expand(ck, a, b, size_second).reshape(ck * a, b, size_second)
-            d_rows = torch.bmm(w_rep.transpose(1, 2), g)  # [ck*A, size_second, C]
-            acc = grad_map_t.setdefault(image, g.new_zeros(size_first, size_second * channels))
-            acc.addmm_(w_first[s:e].reshape(ck * a, size_first).t(), d_rows.view(ck * a, -1))
-        grad_input = grad_output.new_zeros(ctx.input_shape)
-        for image, acc in grad_map_t.items():
-            acc = acc.view(size_first, size_second, channels)  # back from map_t's layout, see _chunks
-            grad_input[image] = acc.permute(2, 1, 0) if plan.transposed else acc.permute(2, 0, 1)
+                grad_rows = g.permute(0, 2, 3, 1).reshape((e - s) * a * b, channels)  # a view
+                rows = slice(s * a * b, e * a * b)
+                grad_map += _transposed(cells[rows], weights[rows], grad_rows, num_cells)
+        grad_input = grad_map.view(num_images, height, width, channels).permute(0, 3, 1, 2).contiguous()
         return grad_input, None, None, None
+
+
+def _transposed(cells: Tensor, weights: Tensor, grad_rows: Tensor, num_cells: int) -> Tensor:
+    """The backward of the forward's embedding_bag: [num_cells, C], each cell the weighted sum of the
+    gradients of the rows that read it. Sorting the taps by cell makes the taps of one cell one bag
+    of the same op; a gather-free alternative (index_add_ per tap) measured 15x slower here."""
+    taps = cells.shape[1]
+    flat = cells.reshape(-1)
+    order = torch.argsort(flat)
+    counts = torch.bincount(flat, minlength=num_cells)
+    offsets = torch.cumsum(counts, 0) - counts
+    return F.embedding_bag(
+        order // taps, grad_rows, offsets, per_sample_weights=weights.reshape(-1)[order], mode="sum"
+    )
 
 
 def _index_dtype(window: int) -> torch.dtype:
@@ -361,45 +380,11 @@ def _index_dtype(window: int) -> torch.dtype:
     return torch.int16 if window <= 2**15 else torch.int32 if window <= 2**31 else torch.int64
 
 
-def _samples(map_t: Tensor, w_first: Tensor, w_second: Tensor) -> Tensor:
-    """Every bilinear sample of a chunk of ck RoIs of one image, [ck, A, B, C], in two products."""
-    ck, a, size_first = w_first.shape
-    b, size_second = w_second.shape[1], w_second.shape[2]
-    rows = (w_first.reshape(ck * a, size_first) @ map_t).view(ck * a, size_second, -1)  # [ck*A, size_second, C]
-    # Each of a RoI's A rows meets the same column weights: repeat them (small) and batch over rows.
-    w_rep = w_second[:, None].expand(ck, a, b, size_second).reshape(ck * a, b, size_second)
-    return torch.bmm(w_rep, rows).view(ck, a, b, -1)
-
-
-def _missing_samples_bias(exists_a: Tensor, exists_b: Tensor, dtype: torch.dtype) -> Tensor:
-    """[ck, A, B, 1]: 0 where the sample is within its RoI's own grid, -inf where not (never the max)."""
-    exists = exists_a[:, :, None, None] & exists_b[:, None, :, None]
-    return torch.zeros(exists.shape, dtype=dtype, device=exists.device).masked_fill_(~exists, float("-inf"))
-
-
-def _chunks(input: Tensor | None, w_first: Tensor, w_second: Tensor, plan: _Plan, channels: int | None = None):
-    """Yield (image, first RoI s, end e, map_t) over chunks of at most a cache's worth of RoIs.
-
-    ``map_t`` is the image's map channels-last with the first axis leading,
-    [size_first, size_second * C] (None when ``input`` is None), so that the first product is one
-    matrix product for the whole chunk.
-    """
-    a, b, size_second = w_first.shape[1], w_second.shape[1], w_second.shape[2]
-    channels = input.shape[1] if input is not None else channels
-    per_roi = a * channels * max(size_second, b)  # elements of the larger intermediate, per RoI
-    chunk = max(1, _CPU_CHUNK_ELEMENTS // per_roi) if w_first.device.type == "cpu" else None
-    start = 0
-    for image, count in enumerate(plan.counts):
-        if count == 0:
-            continue
-        map_t = None
-        if input is not None:
-            # [C, H, W] -> [H, W, C] (or [W, H, C] transposed): a small copy, once per image.
-            map_t = input[image].permute(2, 1, 0) if plan.transposed else input[image].permute(1, 2, 0)
-            map_t = map_t.reshape(map_t.shape[0], -1)
-        for s in range(start, start + count, chunk or count):
-            yield image, s, min(s + (chunk or count), start + count), map_t
-        start += count
+def _chunks(num_rois: int, per_roi: int, device: torch.device):
+    """(start, end) over the RoIs in chunks of at most ``_CPU_CHUNK_ELEMENTS`` on the CPU (one on a GPU)."""
+    chunk = max(1, _CPU_CHUNK_ELEMENTS // per_roi) if device.type == "cpu" else num_rois
+    for s in range(0, num_rois, chunk):
+        yield s, min(s + chunk, num_rois)
 
 
 class RoIAlign(nn.Module):
