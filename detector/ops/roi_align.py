@@ -48,7 +48,7 @@ _REDUCTIONS = ("avg", "max")
 # (8 MiB in float32): small enough to stay in cache, large enough for the matrix products to run
 # at speed. Measured at the training shape (tools/benchmark.py ops): chunks of 4-16 RoIs for max
 # ran alike, one chunk per image was 2x slower.
-_CPU_CHUNK_ELEMENTS = 1 << 21
+_CPU_CHUNK_ELEMENTS = 1 << 20
 _LAYOUTS = ("centered", "interior")
 
 
@@ -306,28 +306,30 @@ class _SparseRoIAlign(torch.autograd.Function):
     def forward(ctx, input: Tensor, cells: Tensor, weights: Tensor, plan: _Plan) -> Tensor:
         num_images, channels, height, width = input.shape
         a, b = plan.a, plan.b
+        n_h, n_w = plan.kernel or (1, 1)
         num_rois = cells.shape[0] // (a * b)
         table = input.permute(0, 2, 3, 1).reshape(num_images * height * width, channels)  # small copy
+        output = input.new_empty(num_rois, channels, a // n_h, b // n_w)
         winner = None
-        if plan.kernel is None:
-            rows = F.embedding_bag(cells, table, per_sample_weights=weights, mode="sum")  # [K*A*B, C]
-            output = rows.view(num_rois, a, b, channels).permute(0, 3, 1, 2).contiguous()
-        else:
-            n_h, n_w = plan.kernel
-            output = input.new_empty(num_rois, channels, a // n_h, b // n_w)
+        if plan.kernel:
+            # max_pool2d's flat index into the bin grid, channels-last like the samples (cheap copies).
             winner = torch.empty((num_rois, a // n_h, b // n_w, channels), dtype=_index_dtype(a * b), device=input.device)
-            winner = winner.permute(0, 3, 1, 2)  # channels-last like the samples: cheap copies
-            for s, e in _chunks(num_rois, a * b * channels, input.device):
-                samples = F.embedding_bag(cells[s * a * b : e * a * b], table, per_sample_weights=weights[s * a * b : e * a * b], mode="sum")
-                samples = samples.view(e - s, a, b, channels)
-                if plan.bias is not None:
-                    samples = samples + plan.bias[s:e, :, :, None]
-                pooled, idx = F.max_pool2d_with_indices(samples.permute(0, 3, 1, 2), plan.kernel, plan.kernel)
-                if plan.bias is not None:
-                    # A RoI whose bins hold no sample (zero-size, adaptive grid 0) reads 0, as with avg.
-                    pooled = pooled.masked_fill(torch.isneginf(pooled), 0.0)
-                output[s:e] = pooled
-                winner[s:e] = idx
+            winner = winner.permute(0, 3, 1, 2)
+        for s, e in _chunks(num_rois, a * b * channels, input.device):
+            rows = slice(s * a * b, e * a * b)
+            samples = F.embedding_bag(cells[rows], table, per_sample_weights=weights[rows], mode="sum")
+            samples = samples.view(e - s, a, b, channels).permute(0, 3, 1, 2)  # [ck, C, A, B], channels-last
+            if plan.kernel is None:
+                output[s:e] = samples
+                continue
+            if plan.bias is not None:
+                samples = samples + plan.bias[s:e, None]
+            pooled, idx = F.max_pool2d_with_indices(samples, plan.kernel, plan.kernel)
+            if plan.bias is not None:
+                # A RoI whose bins hold no sample (zero-size, adaptive grid 0) reads 0, as with avg.
+                pooled = pooled.masked_fill(torch.isneginf(pooled), 0.0)
+            output[s:e] = pooled
+            winner[s:e] = idx
         ctx.save_for_backward(cells, weights, winner)
         ctx.plan, ctx.input_shape = plan, input.shape
         return output
@@ -339,24 +341,20 @@ class _SparseRoIAlign(torch.autograd.Function):
         plan = ctx.plan
         num_images, channels, height, width = ctx.input_shape
         num_cells, a, b = num_images * height * width, plan.a, plan.b
-        num_rois = grad_output.shape[0]
-        if plan.kernel is None:
-            grad_rows = grad_output.permute(0, 2, 3, 1).reshape(num_rois * a * b, channels)
-            grad_map = _transposed(cells, weights, grad_rows, num_cells)
-        else:
-            grad_map = grad_output.new_zeros(num_cells, channels)
-            for s, e in _chunks(num_rois, a * b * channels, grad_output.device):
+        grad_map = grad_output.new_zeros(num_cells, channels)
+        for s, e in _chunks(grad_output.shape[0], a * b * channels, grad_output.device):
+            # Channels-last, the samples' layout (and max_pool2d's fast path: 14x faster than NCHW here).
+            g = grad_output[s:e].contiguous(memory_format=torch.channels_last)
+            if plan.kernel:
                 # Each output's gradient goes to its winning sample (and through the taps to that
                 # sample's four neighbouring cells); the bin's other samples get none.
-                # Channels-last in and out: max_pool2d's fast path (14x faster than NCHW here).
-                g = grad_output[s:e].contiguous(memory_format=torch.channels_last)
                 like = g.new_empty(e - s, a, b, channels).permute(0, 3, 1, 2)  # only its shape and layout are read
                 g = torch.ops.aten.max_pool2d_with_indices_backward(
                     g, like, plan.kernel, plan.kernel, (0, 0), (1, 1), False, winner[s:e].long()
                 )
-                grad_rows = g.permute(0, 2, 3, 1).reshape((e - s) * a * b, channels)  # a view
-                rows = slice(s * a * b, e * a * b)
-                grad_map += _transposed(cells[rows], weights[rows], grad_rows, num_cells)
+            grad_rows = g.permute(0, 2, 3, 1).reshape((e - s) * a * b, channels)  # a view
+            rows = slice(s * a * b, e * a * b)
+            grad_map += _transposed(cells[rows], weights[rows], grad_rows, num_cells)
         grad_input = grad_map.view(num_images, height, width, channels).permute(0, 3, 1, 2).contiguous()
         return grad_input, None, None, None
 
