@@ -311,11 +311,16 @@ class _SparseRoIAlign(torch.autograd.Function):
         table = input.permute(0, 2, 3, 1).reshape(num_images * height * width, channels)  # small copy
         output = input.new_empty(num_rois, channels, a // n_h, b // n_w)
         winner = None
+        chunks = list(_chunks(num_rois, a * b * channels, input.device))
         if plan.kernel:
             # max_pool2d's flat index into the bin grid, channels-last like the samples (cheap copies).
-            winner = torch.empty((num_rois, a // n_h, b // n_w, channels), dtype=_index_dtype(a * b), device=input.device)
-            winner = winner.permute(0, 3, 1, 2)
-        for s, e in _chunks(num_rois, a * b * channels, input.device):
+            winner = _channels_last(num_rois, channels, a // n_h, b // n_w, dtype=_index_dtype(a * b), device=input.device)
+            # Buffers reused by every chunk: fresh ones per chunk cost more in page faults than the
+            # pooling itself (measured at the training shape).
+            size = (chunks[0][1] - chunks[0][0], channels, a // n_h, b // n_w)
+            pooled_buf = _channels_last(*size, dtype=input.dtype, device=input.device)
+            idx_buf = _channels_last(*size, dtype=torch.int64, device=input.device)
+        for s, e in chunks:
             rows = slice(s * a * b, e * a * b)
             samples = F.embedding_bag(cells[rows], table, per_sample_weights=weights[rows], mode="sum")
             samples = samples.view(e - s, a, b, channels).permute(0, 3, 1, 2)  # [ck, C, A, B], channels-last
@@ -324,10 +329,11 @@ class _SparseRoIAlign(torch.autograd.Function):
                 continue
             if plan.bias is not None:
                 samples = samples + plan.bias[s:e, None]
-            pooled, idx = F.max_pool2d_with_indices(samples, plan.kernel, plan.kernel)
+            pooled, idx = pooled_buf[: e - s], idx_buf[: e - s]
+            torch.ops.aten.max_pool2d_with_indices.out(samples, plan.kernel, plan.kernel, (0, 0), (1, 1), False, out=pooled, indices=idx)
             if plan.bias is not None:
                 # A RoI whose bins hold no sample (zero-size, adaptive grid 0) reads 0, as with avg.
-                pooled = pooled.masked_fill(torch.isneginf(pooled), 0.0)
+                pooled.masked_fill_(torch.isneginf(pooled), 0.0)
             output[s:e] = pooled
             winner[s:e] = idx
         ctx.save_for_backward(cells, weights, winner)
@@ -343,22 +349,25 @@ class _SparseRoIAlign(torch.autograd.Function):
         num_cells, a, b = num_images * height * width, plan.a, plan.b
         grad_map = grad_output.new_zeros(num_cells, channels)
         chunks = list(_chunks(grad_output.shape[0], a * b * channels, grad_output.device))
+        # Buffers reused by every chunk (fresh ones per chunk cost more in page faults than the rest
+        # of the backward pass), channels-last like the samples.
+        chunk = chunks[0][1] - chunks[0][0]
+        grad_buf = _channels_last(chunk, *grad_output.shape[1:], dtype=grad_output.dtype, device=grad_output.device)
         if plan.kernel:
-            # One sample-gradient buffer for every chunk, channels-last like the samples: a fresh
-            # one per chunk costs more in page faults than the rest of the backward pass.
-            workspace = grad_output.new_empty(chunks[0][1] - chunks[0][0], a, b, channels).permute(0, 3, 1, 2)
+            idx_buf = _channels_last(chunk, *grad_output.shape[1:], dtype=torch.int64, device=grad_output.device)
+            samples_buf = _channels_last(chunk, channels, a, b, dtype=grad_output.dtype, device=grad_output.device)
         rows_per_roi = a * b
-        tap_rows, tap_weights, offsets = _taps_by_cell(cells, weights, (chunks[0][1] - chunks[0][0]) * rows_per_roi, num_cells)
+        tap_rows, tap_weights, offsets = _taps_by_cell(cells, weights, chunk * rows_per_roi, num_cells)
         taps = cells.shape[1]
         for i, (s, e) in enumerate(chunks):
             # Channels-last, the samples' layout (and max_pool2d's fast path: 14x faster than NCHW here).
-            g = grad_output[s:e].contiguous(memory_format=torch.channels_last)
+            g = grad_buf[: e - s].copy_(grad_output[s:e])
             if plan.kernel:
                 # Each output's gradient goes to its winning sample (and through the taps to that
                 # sample's four neighbouring cells); the bin's other samples get none.
                 g = torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
-                    g, workspace[: e - s], plan.kernel, plan.kernel, (0, 0), (1, 1), False, winner[s:e].long(),
-                    grad_input=workspace[: e - s],
+                    g, samples_buf[: e - s], plan.kernel, plan.kernel, (0, 0), (1, 1), False,
+                    idx_buf[: e - s].copy_(winner[s:e]), grad_input=samples_buf[: e - s],
                 )
             grad_rows = g.permute(0, 2, 3, 1).reshape((e - s) * rows_per_roi, channels)  # a view
             # The transposed map, on this chunk's taps: bag `cell` sums weight * grad_rows[row]
@@ -393,6 +402,11 @@ def _taps_by_cell(cells: Tensor, weights: Tensor, rows_per_chunk: int, num_cells
     order = torch.argsort(key)
     counts = torch.bincount(key, minlength=(int(chunk[-1]) + 1) * num_cells)
     return order // taps, weights.reshape(-1)[order], torch.cumsum(counts, 0) - counts
+
+
+def _channels_last(n: int, c: int, h: int, w: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """An uninitialised [n, c, h, w] tensor laid out channels-last ([n, h, w, c] in memory)."""
+    return torch.empty((n, h, w, c), dtype=dtype, device=device).permute(0, 3, 1, 2)
 
 
 def _index_dtype(window: int) -> torch.dtype:
