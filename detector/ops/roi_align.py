@@ -194,7 +194,9 @@ def roi_align_samples(
 def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, reduction, sample_layout):
     if sample_layout not in _LAYOUTS:
         raise ValueError(f"sample_layout must be one of {_LAYOUTS}, got {sample_layout!r}")
-    rois = boxes_to_rois(boxes, input)
+    # Geometry in at least float32: a half-precision map must not round box corners (bf16 keeps
+    # 8 bits, a few pixels at 800) before they are scaled; the weights are cast to the map's dtype.
+    rois = boxes_to_rois(boxes, input, dtype=torch.promote_types(input.dtype, torch.float32))
     check_roi_inputs(input, rois)
     kh, kw = pair(output_size)
     num_rois, num_images, channels, height, width = rois.shape[0], *input.shape
@@ -243,7 +245,7 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
                 if not (bool(valid_x.all()) and bool(valid_y.all())):
                     # Adaptive grids differ per RoI: samples beyond a RoI's own grid must never win.
                     exists = valid_y.expand(-1, kh, -1).reshape(num_rois, -1, 1) & valid_x.expand(-1, kw, -1).reshape(num_rois, 1, -1)
-                    bias = torch.zeros(exists.shape, dtype=input.dtype, device=input.device)
+                    bias = torch.zeros(exists.shape, dtype=input.dtype, device=input.device)  # [K, A, B]
                     bias.masked_fill_(~exists, float("-inf"))  # [K, A, B]
         # Each output (or sample) row reads the product of its row taps and its column taps.
         row_cells, row_w = _taps(wy)  # [K, A, Ty]

@@ -1,13 +1,15 @@
 """detector.ops.roi_align against torchvision.ops.roi_align (where the semantics coincide) and gradcheck."""
 
+import importlib
 import itertools
+import math
 import zlib
 
 import pytest
 import torch
 import torchvision
 
-from detector.ops import RoIAlign, roi_align
+from detector.ops import RoIAlign, roi_align, roi_align_samples
 
 
 def _random_rois(n, num_images, dtype, seed, extent=(800.0, 576.0)):
@@ -115,3 +117,142 @@ def test_cuda_matches_cpu():
         cpu = roi_align(x, rois, 7, 1 / 32, 2, True, reduction=reduction)
         gpu = roi_align(x.cuda(), rois.cuda(), 7, 1 / 32, 2, True, reduction=reduction)
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
+
+
+def _inside_rois(n, num_images, seed, extent=(400.0, 288.0)):
+    """RoIs wholly inside a 400 x 288 image (no sample clamped to an edge, so no tied samples)."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * torch.tensor(extent, dtype=torch.float64) * 0.6 + 10
+    wh = torch.rand(n, 2, generator=g, dtype=torch.float64) * 80 + 20
+    idx = torch.randint(0, num_images, (n, 1), generator=g).to(torch.float64)
+    return torch.cat([idx, xy, xy + wh], dim=1)
+
+
+@pytest.mark.parametrize("aligned,n,output_size", itertools.product([False, True], [1, 2, 3], [2, (3, 4), 7]))
+def test_max_centered_is_torchvision_subbins_then_max_pool(aligned, n, output_size):
+    # With the centered layout, the n x n samples of a bin are exactly the centres of its n x n
+    # sub-bins: torchvision's roi_align at (kh*n, kw*n) with one sample per bin, then an n x n
+    # max-pool, is an independent reference for the max reduction, forward and backward.
+    seed = zlib.crc32(repr((aligned, n, output_size)).encode())
+    g = torch.Generator().manual_seed(seed)
+    x1 = torch.randn(2, 3, 18, 25, generator=g, dtype=torch.float64, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    rois = _inside_rois(30, 2, seed)
+    kh, kw = (output_size, output_size) if isinstance(output_size, int) else output_size
+    ours = roi_align(x1, rois, output_size, 1 / 16, n, aligned, reduction="max")
+    ref = torch.nn.functional.max_pool2d(torchvision.ops.roi_align(x2, rois, (kh * n, kw * n), 1 / 16, 1, aligned), n)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    grad = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    ours.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-10, atol=1e-10)
+
+
+def _bilinear(fm, y, x):
+    """torchvision's bilinear_interpolate for one point of a [C, H, W] map, written out by hand."""
+    height, width = fm.shape[1:]
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return torch.zeros(fm.shape[0], dtype=fm.dtype)
+    y, x = max(y, 0.0), max(x, 0.0)
+    y0, x0 = int(y), int(x)
+    if y0 >= height - 1:
+        y0 = y1 = height - 1
+        y = float(y0)
+    else:
+        y1 = y0 + 1
+    if x0 >= width - 1:
+        x0 = x1 = width - 1
+        x = float(x0)
+    else:
+        x1 = x0 + 1
+    ly, lx = y - y0, x - x0
+    hy, hx = 1 - ly, 1 - lx
+    return hy * hx * fm[:, y0, x0] + hy * lx * fm[:, y0, x1] + ly * hx * fm[:, y1, x0] + ly * lx * fm[:, y1, x1]
+
+
+def _reference_roi_align(inp, rois, k, scale, sampling_ratio, aligned, reduction, layout):
+    """A slow, loop-by-loop RoIAlign with every option, independent of detector.ops."""
+    out = torch.zeros(rois.shape[0], inp.shape[1], k, k, dtype=inp.dtype)
+    offset = 0.5 if aligned else 0.0
+    for r, (b, x1, y1, x2, y2) in enumerate(rois.tolist()):
+        x1, y1, x2, y2 = (v * scale - offset for v in (x1, y1, x2, y2))
+        w, h = x2 - x1, y2 - y1
+        if not aligned:
+            w, h = max(w, 1.0), max(h, 1.0)
+        bw, bh = w / k, h / k
+        ny = sampling_ratio if sampling_ratio > 0 else math.ceil(h / k)
+        nx = sampling_ratio if sampling_ratio > 0 else math.ceil(w / k)
+        if ny == 0 or nx == 0:
+            continue  # no sample: reads 0
+        fy = [(t + 1) / (ny + 1) if layout == "interior" else (t + 0.5) / ny for t in range(ny)]
+        fx = [(t + 1) / (nx + 1) if layout == "interior" else (t + 0.5) / nx for t in range(nx)]
+        for i in range(k):
+            for j in range(k):
+                values = torch.stack([_bilinear(inp[int(b)], y1 + bh * (i + a), x1 + bw * (j + c)) for a in fy for c in fx])
+                out[r, :, i, j] = values.amax(0) if reduction == "max" else values.mean(0)
+    return out
+
+
+@pytest.mark.parametrize(
+    "reduction,layout,sampling_ratio,aligned",
+    itertools.product(["avg", "max"], ["centered", "interior"], [-1, 1, 3], [False, True]),
+)
+def test_every_variant_matches_a_slow_reference(reduction, layout, sampling_ratio, aligned):
+    seed = zlib.crc32(repr((reduction, layout, sampling_ratio, aligned)).encode())
+    g = torch.Generator().manual_seed(seed)
+    inp = torch.randn(2, 3, 9, 11, generator=g, dtype=torch.float64)
+    rois = _random_rois(10, 2, torch.float64, seed, extent=(88.0, 72.0))  # includes zero-size and outside boxes
+    ours = roi_align(inp, rois, 3, 1 / 8, sampling_ratio, aligned, reduction=reduction, sample_layout=layout)
+    ref = _reference_roi_align(inp, rois, 3, 1 / 8, sampling_ratio, aligned, reduction, layout)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["avg", "max", "samples"])
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+def test_chunks_give_the_same_result(monkeypatch, reduction, sampling_ratio):
+    # The CPU path runs in cache-sized chunks of RoIs; tiny chunks (one RoI, then three with a
+    # ragged last chunk) must give exactly what one chunk gives, forward and backward.
+    roi_align_module = importlib.import_module("detector.ops.roi_align")
+    g = torch.Generator().manual_seed(7)
+    inp = torch.randn(2, 4, 18, 25, generator=g, dtype=torch.float64)
+    rois = _random_rois(11, 2, torch.float64, 7)
+
+    def run():
+        x = inp.clone().requires_grad_(True)
+        if reduction == "samples":
+            out = roi_align_samples(x, rois, 3, 1 / 32, max(sampling_ratio, 1), True)
+        else:
+            out = roi_align(x, rois, 3, 1 / 32, sampling_ratio, True, reduction=reduction)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape))
+        return out.detach(), x.grad
+
+    monkeypatch.setattr(roi_align_module, "_CPU_CHUNK_ELEMENTS", 1 << 30)
+    whole = run()
+    # 1 element: one RoI per chunk; 4 channels x 36 samples x 3: three RoIs per chunk (or fewer
+    # with adaptive grids), the last chunk ragged (11 RoIs).
+    for budget in (1, 4 * 36 * 3):
+        monkeypatch.setattr(roi_align_module, "_CPU_CHUNK_ELEMENTS", budget)
+        for a, b in zip(run(), whole):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_batch_index_out_of_range_is_a_clear_error():
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"batch indices must lie in \[0, 1\].*got 0\.\.2"):
+        roi_align(x, torch.tensor([[0, 0, 0, 10, 10.0], [2, 0, 0, 10, 10.0]]), 2, 1 / 8, 2, True)
+    with pytest.raises(ValueError, match="batch indices"):
+        roi_align(x, torch.tensor([[-1, 0, 0, 10, 10.0]]), 2, 1 / 8, 2, True, reduction="max")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reduction", ["avg", "max"])
+def test_half_precision_maps(dtype, reduction):
+    x = torch.randn(2, 4, 18, 25)
+    rois = _random_rois(16, 2, torch.float32, 3)
+    ref = roi_align(x, rois, 7, 1 / 32, 2, True, reduction=reduction)
+    low = x.to(dtype).requires_grad_(True)
+    out = roi_align(low, rois, 7, 1 / 32, 2, True, reduction=reduction)  # float32 boxes, as under autocast
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
+    out.float().sum().backward()
+    assert low.grad.dtype == dtype and torch.isfinite(low.grad.float()).all()
