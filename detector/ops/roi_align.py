@@ -2,8 +2,10 @@
 
 Shape shorthand:
     N: images, C: channels, H, W: feature-map size
-    K: RoIs in the batch (Ki of image i), kh x kw: output size
+    K: RoIs in the batch, kh x kw: output size
     n: sampling points per bin side (``sampling_ratio``; per RoI when adaptive)
+    A x B: rows x columns per RoI (kh x kw bins for avg; kh*n x kw*n samples for max)
+    T: taps (cells read) per row
 
 RoIAlign keeps an RoI's real-valued coordinates (no quantization: the seed's whole point) and reads
 each output bin from n x n points, each the bilinear interpolation of its four neighbouring cells.
@@ -14,20 +16,27 @@ Options beyond ``torchvision.ops.roi_align`` (which these defaults equal):
     sample_layout="centered" | "interior":  points at ((k + 0.5) / n) of the bin (torchvision), or at
         (k / (n + 1)), k = 1..n, as the seed draws them (X = 9.375 + 2.39 * 1/3 and 2/3).
 
-Why hand-written: no library offers the max reduction or the interior layout, on CPU or GPU. And
-written this way it is also faster than torchvision's CPU kernel (see ``tools/benchmark.py``):
-bilinear sampling on a regular grid is *separable*. Sample (y, x) reads
-``sum_h sum_w a(y, h) b(x, w) F[h, w]`` where a(y, .) holds y's two row weights and b(x, .) x's two
-column weights, so for one RoI
+Why hand-written: no library offers the max reduction or the interior layout, on CPU or GPU. The
+formulation here also makes it faster than torchvision's CPU kernel (``tools/benchmark.py ops``).
+RoIAlign is *linear* in the feature map: a sample is the bilinear interpolation of (at most) four
+cells, and a bin's average is a weighted sum of the few cells its samples touch. With the map laid
+out channels-last as a table ``map [N*H*W, C]``,
 
-    avg:  out[c] = Ay @ F[c] @ Bx^T   with Ay [kh, H] the row weights averaged over each bin's n rows
-                                      and Bx [kw, W] the column weights likewise,
-    max:  samples[c] = Sy @ F[c] @ Sx^T  with one row per sample (Sy [kh*n, H], Sx [kw*n, W]),
-          then an n x n max-pool (its gradient goes to the winning sample's four neighbours).
+    out[r, :] = sum_t weights[r, t] * map[cells[r, t], :]       (r: one bin, or one sample for max)
 
-Per image these are two batched matrix products over its RoIs, and autograd gives the backward pass
-as matrix products too. No [K, C, H, W] intermediate is formed: the largest is [Ki, kh*n, C, W]
-(or [Ki, kw*n, C, H], whichever is smaller).
+which is exactly ``F.embedding_bag`` with per-sample weights: a gather of whole channel vectors,
+vectorised over C. Bilinear weights are separable, so a row's taps are the products of its row taps
+and its column taps (``_axis_weights``, then ``_taps``):
+
+    avg:  one row per bin; its n x n samples are folded into the bin's taps first: a bin reads each
+          cell its samples span once (3 x 3 at most for a bin under a cell wide), not 4 n^2 taps.
+    max:  one row per sample (4 taps), then ``max_pool2d`` over each bin's n x n samples; its
+          gradient goes to the winning sample, and on to that sample's four cells.
+
+The backward is the transposed map: each cell sums weight * gradient over the taps that read it,
+which is the same op once the taps are grouped by cell (``_taps_by_cell``). Both passes run over
+cache-sized chunks of RoIs on the CPU: no [K, C, H, W] intermediate, and the largest one is one
+chunk's samples.
 Gradients flow to ``input`` only (boxes are treated as constants, as in torchvision).
 """
 
@@ -44,10 +53,10 @@ from detector.ops._utils import BoxesType, boxes_to_rois, check_roi_inputs, pair
 
 _REDUCTIONS = ("avg", "max")
 
-# One chunk of RoIs on the CPU holds at most this many elements in its largest intermediate
-# (8 MiB in float32): small enough to stay in cache, large enough for the matrix products to run
-# at speed. Measured at the training shape (tools/benchmark.py ops): chunks of 4-16 RoIs for max
-# ran alike, one chunk per image was 2x slower.
+# One chunk of RoIs on the CPU holds at most this many elements of samples (4 MiB in float32):
+# small enough to stay in cache between the gather, the pooling and the copy out, large enough to
+# keep Python's per-chunk overhead small. Measured at the training shape (tools/benchmark.py ops,
+# max f+b): 1 Mi elements (10 RoIs for max, 41 for avg) beat 0.25, 0.5, 2 and 4 Mi.
 _CPU_CHUNK_ELEMENTS = 1 << 20
 _LAYOUTS = ("centered", "interior")
 
@@ -246,7 +255,7 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
                     # Adaptive grids differ per RoI: samples beyond a RoI's own grid must never win.
                     exists = valid_y.expand(-1, kh, -1).reshape(num_rois, -1, 1) & valid_x.expand(-1, kw, -1).reshape(num_rois, 1, -1)
                     bias = torch.zeros(exists.shape, dtype=input.dtype, device=input.device)  # [K, A, B]
-                    bias.masked_fill_(~exists, float("-inf"))  # [K, A, B]
+                    bias.masked_fill_(~exists, float("-inf"))
         # Each output (or sample) row reads the product of its row taps and its column taps.
         row_cells, row_w = _taps(wy)  # [K, A, Ty]
         col_cells, col_w = _taps(wx)  # [K, B, Tx]
@@ -295,7 +304,7 @@ class _SparseRoIAlign(torch.autograd.Function):
     ``map`` the input as [N*H*W, C]: an ``embedding_bag`` with per-sample weights, which gathers and
     sums whole channel vectors at once (vectorised over C). The backward is the transposed map,
     ``grad_map[cell] = sum over the taps that read it of weight * grad_row``: the same op with the
-    taps grouped by cell (one sort), see ``_transposed``.
+    taps grouped by cell (one sort), see ``_taps_by_cell``.
 
     max: the samples of a chunk of RoIs come out channels-last, which is the layout ``max_pool2d``
     reduces fastest (vectorised over channels); its window (n_h, n_w) is one bin's samples. The
@@ -401,7 +410,7 @@ def _taps_by_cell(cells: Tensor, weights: Tensor, rows_per_chunk: int, num_cells
     flat = cells.reshape(-1)
     chunk = torch.arange(flat.numel(), device=flat.device) // (rows_per_chunk * taps)
     key = chunk * num_cells + flat
-    order = torch.argsort(key)
+    order = torch.argsort(key, stable=True)  # stable: a cell sums its taps in row order, run after run
     counts = torch.bincount(key, minlength=(int(chunk[-1]) + 1) * num_cells)
     return order // taps, weights.reshape(-1)[order], torch.cumsum(counts, 0) - counts
 
