@@ -386,10 +386,9 @@ class _SparseRoIAlign(torch.autograd.Function):
             grad_rows = g.permute(0, 2, 3, 1).reshape((e - s) * rows_per_roi, channels)  # a view
             # The transposed map, on this chunk's taps: bag `cell` sums weight * grad_rows[row]
             # over the taps that read that cell.
-            first_tap = s * rows_per_roi * taps
-            segment = slice(first_tap, e * rows_per_roi * taps)
+            segment = slice(s * rows_per_roi * taps, e * rows_per_roi * taps)
             grad_map += F.embedding_bag(
-                tap_rows[segment] - s * rows_per_roi, grad_rows, offsets[i * num_cells : (i + 1) * num_cells] - first_tap,
+                tap_rows[segment], grad_rows, offsets[i * num_cells : (i + 1) * num_cells],
                 per_sample_weights=tap_weights[segment], mode="sum",
             )
         grad_input = grad_map.view(num_images, height, width, channels).permute(0, 3, 1, 2).contiguous()
@@ -402,20 +401,26 @@ def _taps_by_cell(cells: Tensor, weights: Tensor, rows_per_chunk: int, num_cells
     The backward of ``embedding_bag`` (rows gather cells) scatters each row's gradient back to its
     cells. Sorted by cell, the taps of one cell form one bag of the same op on the gradient rows, so
     the backward is a gather too (``index_add_`` per tap measured 15x slower here). One sort, keyed
-    by (chunk, cell), serves every chunk: chunk i's taps stay where they were, in positions
-    ``[i * rows_per_chunk * T, (i + 1) * rows_per_chunk * T)``, and its bags start at
+    by (chunk, cell), serves every chunk: chunk i's taps stay in positions
+    ``[i * rows_per_chunk * T, (i + 1) * rows_per_chunk * T)``, and its bags are
     ``offsets[i * num_cells : (i + 1) * num_cells]``.
 
     Returns:
-        row [R*T] (the row each sorted tap belongs to), weight [R*T], offsets [chunks * num_cells].
+        row [R*T] (the row each sorted tap belongs to, counted from its chunk's first row), weight
+        [R*T], offsets [chunks * num_cells] (counted from the chunk's first tap).
     """
     taps = cells.shape[1]
     flat = cells.reshape(-1)  # int32 unless the batch is huge (see _roi_align): keys stay in its dtype
-    chunk = torch.arange(flat.numel(), device=flat.device, dtype=flat.dtype) // (rows_per_chunk * taps)
+    taps_per_chunk = rows_per_chunk * taps
+    chunk = torch.arange(flat.numel(), device=flat.device, dtype=flat.dtype) // taps_per_chunk
     key = chunk * num_cells + flat
     order = torch.argsort(key, stable=True)  # stable: a cell sums its taps in row order, run after run
     counts = torch.bincount(key, minlength=(int(chunk[-1]) + 1) * num_cells)
-    return order // taps, weights.reshape(-1)[order], torch.cumsum(counts, 0) - counts
+    offsets = torch.cumsum(counts, 0) - counts
+    # Relative to each chunk's own rows and taps, as each chunk's embedding_bag sees them.
+    rows = order // taps - (order // taps_per_chunk) * rows_per_chunk
+    offsets -= torch.arange(offsets.numel(), device=offsets.device) // num_cells * taps_per_chunk
+    return rows, weights.reshape(-1)[order], offsets
 
 
 def _channels_last(n: int, c: int, h: int, w: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
