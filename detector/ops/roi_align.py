@@ -370,6 +370,9 @@ class _SparseRoIAlign(torch.autograd.Function):
         if plan.kernel:
             idx_buf = _channels_last(chunk, *grad_output.shape[1:], dtype=torch.int64, device=grad_output.device)
             samples_buf = _channels_last(chunk, channels, a, b, dtype=grad_output.dtype, device=grad_output.device)
+            # The samples' shape and layout, which is all the pooling backward reads of its input
+            # (never written, so it costs no memory traffic; a separate tensor, not an alias of the output).
+            samples_like = _channels_last(chunk, channels, a, b, dtype=grad_output.dtype, device=grad_output.device)
         rows_per_roi = a * b
         tap_rows, tap_weights, offsets = _taps_by_cell(cells, weights, chunk * rows_per_roi, num_cells)
         taps = cells.shape[1]
@@ -380,7 +383,7 @@ class _SparseRoIAlign(torch.autograd.Function):
                 # Each output's gradient goes to its winning sample (and through the taps to that
                 # sample's four neighbouring cells); the bin's other samples get none.
                 g = torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
-                    g, samples_buf[: e - s], plan.kernel, plan.kernel, (0, 0), (1, 1), False,
+                    g, samples_like[: e - s], plan.kernel, plan.kernel, (0, 0), (1, 1), False,
                     idx_buf[: e - s].copy_(winner[s:e]), grad_input=samples_buf[: e - s],
                 )
             grad_rows = g.permute(0, 2, 3, 1).reshape((e - s) * rows_per_roi, channels)  # a view
