@@ -238,7 +238,7 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
         n_w, n_h = max(int(grid_w.max()), 1), max(int(grid_h.max()), 1)
         wx, valid_x = _axis_weights(x1, bin_w, grid_w, n_w, kw, width, sample_layout)  # [K,kw,n,W]
         wy, valid_y = _axis_weights(y1, bin_h, grid_h, n_h, kh, height, sample_layout)  # [K,kh,n,H]
-        kernel, bias = None, None
+        kernel, bias, empty = None, None, None
         if reduction == "avg":
             # Average over each bin's samples here: the bin then reads each cell once, with the
             # summed weight of all its samples. torchvision divides by max(n_h * n_w, 1).
@@ -256,36 +256,39 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
                     exists = valid_y.expand(-1, kh, -1).reshape(num_rois, -1, 1) & valid_x.expand(-1, kw, -1).reshape(num_rois, 1, -1)
                     bias = torch.zeros(exists.shape, dtype=input.dtype, device=input.device)  # [K, A, B]
                     bias.masked_fill_(~exists, float("-inf"))
+                    empty = ~exists.flatten(1).any(1)  # [K]
         # Each output (or sample) row reads the product of its row taps and its column taps.
         row_cells, row_w = _taps(wy)  # [K, A, Ty]
         col_cells, col_w = _taps(wx)  # [K, B, Tx]
-        a, b = row_cells.shape[1], col_cells.shape[1]
-        # int32 cells where they fit: half the memory traffic, and the backward's sort runs 2x faster.
-        index_dtype = torch.int32 if num_images * height * width * max(num_rois, 1) < 2**31 else torch.int64
+        a, b, taps = row_cells.shape[1], col_cells.shape[1], row_cells.shape[2] * col_cells.shape[2]
+        rois_per_chunk = num_rois
+        if input.device.type == "cpu":
+            rois_per_chunk = min(max(1, _CPU_CHUNK_ELEMENTS // (a * b * channels)), num_rois)
+        num_chunks = -(-num_rois // rois_per_chunk)
+        num_cells = num_images * height * width
+        # int32 indices where every index fits (the backward's (chunk, cell) keys, the tap count):
+        # half the memory traffic, and the backward's sort runs 2x faster.
+        fits = max(num_chunks * num_cells, num_rois * a * b * taps) < 2**31
+        index_dtype = torch.int32 if fits else torch.int64
         image_start = (batch_idx * (height * width)).to(index_dtype)[:, None, None, None, None]
         cells = image_start + (row_cells * width).to(index_dtype)[:, :, None, :, None] + col_cells.to(index_dtype)[:, None, :, None, :]
         weights = (row_w[:, :, None, :, None] * col_w[:, None, :, None, :]).to(input.dtype)
-        cells = cells.reshape(num_rois * a * b, -1)  # [K*A*B, Ty*Tx]
-        weights = weights.reshape(num_rois * a * b, -1)
-    return _SparseRoIAlign.apply(input, cells, weights, _Plan(a, b, kernel, bias))
+        cells = cells.reshape(num_rois * a * b, taps)  # [K*A*B, T]
+        weights = weights.reshape(num_rois * a * b, taps)
+    plan = _Plan(a, b, kernel, bias, empty, rois_per_chunk, num_chunks)
+    return _SparseRoIAlign.apply(input, cells, weights, plan)
 
 
 def _taps(weights: Tensor) -> tuple[Tensor, Tensor]:
     """Dense interpolation weights along one axis -> the few cells each row reads, and their weights.
 
-    A row's nonzero weights lie in one window of cells (a sample's two neighbours, or the cells a
-    bin's samples span), so [K, R, size] becomes [K, R, T] with T the widest window: index and weight
-    of each of the window's cells (weight 0 past the row's last cell).
+    [K, R, size] -> [K, R, T], T the most nonzero weights any row has (2 for a sample; the cells its
+    samples touch for an avg bin). A row with fewer reads some cells with weight 0.
     """
-    size = weights.shape[-1]
-    nonzero = weights != 0
-    first = nonzero.to(torch.uint8).argmax(-1)  # the first nonzero (0 for a row with none)
-    last = size - 1 - nonzero.flip(-1).to(torch.uint8).argmax(-1)
-    span = torch.where(nonzero.any(-1), last - first + 1, 0)
-    cells = first[..., None] + torch.arange(max(int(span.max()), 1), device=weights.device)
-    inside = cells < size
-    cells = cells.clamp(max=size - 1)
-    return cells, torch.where(inside, weights.gather(-1, cells), 0)
+    nonzero = (weights != 0).to(torch.uint8)
+    taps = max(int(nonzero.sum(-1).max()), 1)
+    cells = nonzero.topk(taps, dim=-1).indices  # the nonzero cells first, in any order
+    return cells, weights.gather(-1, cells)
 
 
 @dataclass(frozen=True)
@@ -296,12 +299,16 @@ class _Plan:
     b: int  # columns per RoI, likewise
     kernel: tuple[int, int] | None  # max over (n_h, n_w) samples per bin; None: the rows are the output
     bias: Tensor | None  # [K, A, B]: -inf for samples beyond their RoI's own (adaptive) grid
+    empty: Tensor | None  # bool [K]: RoIs with no sample at all (they read 0), when bias is set
+    rois_per_chunk: int  # RoIs per chunk (all of them on a GPU)
+    num_chunks: int
 
 
 class _SparseRoIAlign(torch.autograd.Function):
     """RoIAlign as a sparse linear map of the channels-last map, with its own backward.
 
-    forward(input [N, C, H, W], cells [K*A*B, T], weights [K*A*B, T], plan) -> [K, C, kh, kw]
+    forward(input [N, C, H, W], cells [K*A*B, T], weights [K*A*B, T], plan)
+        -> [K, C, A / n_h, B / n_w] for max, [K, C, A, B] otherwise (avg: kh x kw; every sample)
 
     Row r of the output (or of the samples) is ``sum_t weights[r, t] * map[cells[r, t], :]`` with
     ``map`` the input as [N*H*W, C]: an ``embedding_bag`` with per-sample weights, which gathers and
@@ -322,19 +329,20 @@ class _SparseRoIAlign(torch.autograd.Function):
         a, b = plan.a, plan.b
         n_h, n_w = plan.kernel or (1, 1)
         num_rois = cells.shape[0] // (a * b)
-        table = input.permute(0, 2, 3, 1).reshape(num_images * height * width, channels)  # small copy
+        # The map as a table of channel vectors: a copy of the whole map (a view if the input is
+        # already channels-last), small next to the output.
+        table = input.permute(0, 2, 3, 1).reshape(num_images * height * width, channels)
         output = input.new_empty(num_rois, channels, a // n_h, b // n_w)
         winner = None
-        chunks = list(_chunks(num_rois, a * b * channels, input.device))
         if plan.kernel:
-            # max_pool2d's flat index into the bin grid, channels-last like the samples (cheap copies).
+            # max_pool2d's flat index into the RoI's A x B sample plane, channels-last like the samples.
             winner = _channels_last(num_rois, channels, a // n_h, b // n_w, dtype=_index_dtype(a * b), device=input.device)
             # Buffers reused by every chunk: fresh ones per chunk cost more in page faults than the
             # pooling itself (measured at the training shape).
-            size = (chunks[0][1] - chunks[0][0], channels, a // n_h, b // n_w)
+            size = (plan.rois_per_chunk, channels, a // n_h, b // n_w)
             pooled_buf = _channels_last(*size, dtype=input.dtype, device=input.device)
             idx_buf = _channels_last(*size, dtype=torch.int64, device=input.device)
-        for s, e in chunks:
+        for s, e in _chunks(num_rois, plan.rois_per_chunk):
             rows = slice(s * a * b, e * a * b)
             samples = F.embedding_bag(cells[rows], table, per_sample_weights=weights[rows], mode="sum")
             samples = samples.view(e - s, a, b, channels).permute(0, 3, 1, 2)  # [ck, C, A, B], channels-last
@@ -342,12 +350,12 @@ class _SparseRoIAlign(torch.autograd.Function):
                 output[s:e] = samples
                 continue
             if plan.bias is not None:
-                samples = samples + plan.bias[s:e, None]
+                samples.add_(plan.bias[s:e, None])
             pooled, idx = pooled_buf[: e - s], idx_buf[: e - s]
             torch.ops.aten.max_pool2d_with_indices.out(samples, plan.kernel, plan.kernel, (0, 0), (1, 1), False, out=pooled, indices=idx)
-            if plan.bias is not None:
+            if plan.empty is not None:
                 # A RoI whose bins hold no sample (zero-size, adaptive grid 0) reads 0, as with avg.
-                pooled.masked_fill_(torch.isneginf(pooled), 0.0)
+                pooled.masked_fill_(plan.empty[s:e, None, None, None], 0.0)
             output[s:e] = pooled
             winner[s:e] = idx
         ctx.save_for_backward(cells, weights, winner)
@@ -360,70 +368,79 @@ class _SparseRoIAlign(torch.autograd.Function):
         cells, weights, winner = ctx.saved_tensors
         plan = ctx.plan
         num_images, channels, height, width = ctx.input_shape
-        num_cells, a, b = num_images * height * width, plan.a, plan.b
-        grad_map = grad_output.new_zeros(num_cells, channels)
-        chunks = list(_chunks(grad_output.shape[0], a * b * channels, grad_output.device))
+        a, b, taps = plan.a, plan.b, cells.shape[1]
+        rows_per_chunk = plan.rois_per_chunk * a * b
         # Buffers reused by every chunk (fresh ones per chunk cost more in page faults than the rest
         # of the backward pass), channels-last like the samples.
-        chunk = chunks[0][1] - chunks[0][0]
-        grad_buf = _channels_last(chunk, *grad_output.shape[1:], dtype=grad_output.dtype, device=grad_output.device)
+        grad_buf = _channels_last(plan.rois_per_chunk, *grad_output.shape[1:], dtype=grad_output.dtype, device=grad_output.device)
         if plan.kernel:
-            idx_buf = _channels_last(chunk, *grad_output.shape[1:], dtype=torch.int64, device=grad_output.device)
-            samples_buf = _channels_last(chunk, channels, a, b, dtype=grad_output.dtype, device=grad_output.device)
-            # The samples' shape and layout, which is all the pooling backward reads of its input
-            # (never written, so it costs no memory traffic; a separate tensor, not an alias of the output).
-            samples_like = _channels_last(chunk, channels, a, b, dtype=grad_output.dtype, device=grad_output.device)
-        rows_per_roi = a * b
-        tap_rows, tap_weights, offsets = _taps_by_cell(cells, weights, chunk * rows_per_roi, num_cells)
-        taps = cells.shape[1]
-        for i, (s, e) in enumerate(chunks):
+            idx_buf = _channels_last(plan.rois_per_chunk, *grad_output.shape[1:], dtype=torch.int64, device=grad_output.device)
+            samples_buf = _channels_last(plan.rois_per_chunk, channels, a, b, dtype=grad_output.dtype, device=grad_output.device)
+        bags = _taps_by_cell(cells, weights, rows_per_chunk, plan.num_chunks, num_images * height * width)
+        grad_map = grad_output.new_zeros(num_images * height * width, channels)
+        for i, (s, e) in enumerate(_chunks(grad_output.shape[0], plan.rois_per_chunk)):
             # Channels-last, the samples' layout (and max_pool2d's fast path: 14x faster than NCHW here).
             g = grad_buf[: e - s].copy_(grad_output[s:e])
             if plan.kernel:
                 # Each output's gradient goes to its winning sample (and through the taps to that
-                # sample's four neighbouring cells); the bin's other samples get none.
+                # sample's four neighbouring cells); the bin's other samples get none. The kernel
+                # reads only the shape and layout of its `input` argument, so the buffer it writes
+                # stands in for the samples.
                 g = torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
-                    g, samples_like[: e - s], plan.kernel, plan.kernel, (0, 0), (1, 1), False,
+                    g, samples_buf[: e - s], plan.kernel, plan.kernel, (0, 0), (1, 1), False,
                     idx_buf[: e - s].copy_(winner[s:e]), grad_input=samples_buf[: e - s],
                 )
-            grad_rows = g.permute(0, 2, 3, 1).reshape((e - s) * rows_per_roi, channels)  # a view
-            # The transposed map, on this chunk's taps: bag `cell` sums weight * grad_rows[row]
-            # over the taps that read that cell.
-            segment = slice(s * rows_per_roi * taps, e * rows_per_roi * taps)
-            grad_map += F.embedding_bag(
-                tap_rows[segment], grad_rows, offsets[i * num_cells : (i + 1) * num_cells],
-                per_sample_weights=tap_weights[segment], mode="sum",
+            grad_rows = g.permute(0, 2, 3, 1).reshape((e - s) * a * b, channels)  # a view
+            # The transposed map, on this chunk's taps: one bag per cell the chunk reads, summing
+            # weight * grad_rows[row] over the taps that read it.
+            taps_i, bags_i = slice(s * a * b * taps, e * a * b * taps), bags.chunk_bags(i)
+            per_cell = F.embedding_bag(
+                bags.rows[taps_i], grad_rows, bags.offsets[bags_i], per_sample_weights=bags.weights[taps_i], mode="sum"
             )
+            grad_map.index_add_(0, bags.cells[bags_i], per_cell)
         grad_input = grad_map.view(num_images, height, width, channels).permute(0, 3, 1, 2).contiguous()
         return grad_input, None, None, None
 
 
-def _taps_by_cell(cells: Tensor, weights: Tensor, rows_per_chunk: int, num_cells: int) -> tuple[Tensor, Tensor, Tensor]:
+@dataclass(frozen=True)
+class _TapsByCell:
+    """The forward's taps grouped by (chunk, cell): the backward's bags. See :func:`_taps_by_cell`."""
+
+    rows: Tensor  # [K*A*B*T]: the row of each sorted tap, counted from its chunk's first row
+    weights: Tensor  # [K*A*B*T]: its weight
+    offsets: Tensor  # [bags]: where each (chunk, cell) bag starts, counted from its chunk's first tap
+    cells: Tensor  # [bags]: the cell each bag belongs to
+    first_bag: list[int]  # chunk i's bags are first_bag[i] .. first_bag[i + 1] - 1
+
+    def chunk_bags(self, i: int) -> slice:
+        return slice(self.first_bag[i], self.first_bag[i + 1])
+
+
+def _taps_by_cell(cells: Tensor, weights: Tensor, rows_per_chunk: int, num_chunks: int, num_cells: int) -> _TapsByCell:
     """The forward's taps grouped by the cell they read, chunk by chunk, for the backward pass.
 
     The backward of ``embedding_bag`` (rows gather cells) scatters each row's gradient back to its
     cells. Sorted by cell, the taps of one cell form one bag of the same op on the gradient rows, so
-    the backward is a gather too (``index_add_`` per tap measured 15x slower here). One sort, keyed
-    by (chunk, cell), serves every chunk: chunk i's taps stay in positions
-    ``[i * rows_per_chunk * T, (i + 1) * rows_per_chunk * T)``, and its bags are
-    ``offsets[i * num_cells : (i + 1) * num_cells]``.
-
-    Returns:
-        row [R*T] (the row each sorted tap belongs to, counted from its chunk's first row), weight
-        [R*T], offsets [chunks * num_cells] (counted from the chunk's first tap).
+    the backward is a gather too (``index_add_`` per tap measured 15x slower here). One stable sort,
+    keyed by (chunk, cell), serves every chunk: chunk i's taps stay in positions
+    ``[i * rows_per_chunk * T, (i + 1) * rows_per_chunk * T)``, and only the cells a chunk reads get
+    a bag, so a chunk costs its taps, not the size of the map.
     """
     taps = cells.shape[1]
-    flat = cells.reshape(-1)  # int32 unless the batch is huge (see _roi_align): keys stay in its dtype
+    flat = cells.reshape(-1)  # int32 where every key fits (see _roi_align)
     taps_per_chunk = rows_per_chunk * taps
-    chunk = torch.arange(flat.numel(), device=flat.device, dtype=flat.dtype) // taps_per_chunk
-    key = chunk * num_cells + flat
+    key = torch.arange(flat.numel(), device=flat.device, dtype=flat.dtype) // taps_per_chunk * num_cells + flat
     order = torch.argsort(key, stable=True)  # stable: a cell sums its taps in row order, run after run
-    counts = torch.bincount(key, minlength=(int(chunk[-1]) + 1) * num_cells)
-    offsets = torch.cumsum(counts, 0) - counts
-    # Relative to each chunk's own rows and taps, as each chunk's embedding_bag sees them.
-    rows = order // taps - (order // taps_per_chunk) * rows_per_chunk
-    offsets -= torch.arange(offsets.numel(), device=offsets.device) // num_cells * taps_per_chunk
-    return rows, weights.reshape(-1)[order], offsets
+    bag_key, bag_size = torch.unique_consecutive(key[order], return_counts=True)
+    bag_chunk = bag_key // num_cells
+    first_bag = torch.cumsum(torch.bincount(bag_chunk, minlength=num_chunks), 0).tolist()
+    return _TapsByCell(
+        rows=order // taps - order // taps_per_chunk * rows_per_chunk,
+        weights=weights.reshape(-1)[order],
+        offsets=torch.cumsum(bag_size, 0) - bag_size - bag_chunk * taps_per_chunk,
+        cells=(bag_key - bag_chunk * num_cells).long(),
+        first_bag=[0, *first_bag],
+    )
 
 
 def _channels_last(n: int, c: int, h: int, w: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -431,16 +448,15 @@ def _channels_last(n: int, c: int, h: int, w: int, *, dtype: torch.dtype, device
     return torch.empty((n, h, w, c), dtype=dtype, device=device).permute(0, 3, 1, 2)
 
 
-def _index_dtype(window: int) -> torch.dtype:
-    """The smallest integer type that holds a flat index into a window of this many samples."""
-    return torch.uint8 if window <= 2**8 else torch.int16 if window <= 2**15 else torch.int32
+def _index_dtype(plane: int) -> torch.dtype:
+    """The smallest integer type that holds a flat index into a sample plane of this many samples."""
+    return torch.uint8 if plane <= 2**8 else torch.int16 if plane <= 2**15 else torch.int32
 
 
-def _chunks(num_rois: int, per_roi: int, device: torch.device):
-    """(start, end) over the RoIs in chunks of at most ``_CPU_CHUNK_ELEMENTS`` on the CPU (one on a GPU)."""
-    chunk = max(1, _CPU_CHUNK_ELEMENTS // per_roi) if device.type == "cpu" else num_rois
-    for s in range(0, num_rois, chunk):
-        yield s, min(s + chunk, num_rois)
+def _chunks(num_rois: int, rois_per_chunk: int):
+    """(start, end) over the RoIs, ``rois_per_chunk`` at a time."""
+    for s in range(0, num_rois, rois_per_chunk):
+        yield s, min(s + rois_per_chunk, num_rois)
 
 
 class RoIAlign(nn.Module):
