@@ -108,7 +108,7 @@ def sample_points(
 
 def _axis_weights(
     start: Tensor, bin_size: Tensor, grid: Tensor, n_max: int, bins: int, size: int, layout: str
-) -> tuple[Tensor, Tensor]:
+) -> Tensor:
     """Per-sample interpolation weights along one axis.
 
     Args:
@@ -118,8 +118,8 @@ def _axis_weights(
         bins: number of output bins along the axis; size: feature-map size along the axis.
 
     Returns:
-        weights [K, bins, n_max, size] (row of sample -> its one or two cells' weights) and
-        valid bool [K, 1, n_max] (which of the n_max samples exist for each RoI).
+        weights [K, bins, n_max, size]: row of sample -> its one or two cells' weights (all 0 for
+        the samples beyond a RoI's own grid, and for samples outside the map).
     """
     k = torch.arange(n_max, device=start.device, dtype=start.dtype)
     coord = _sample_positions(start, bin_size, grid, n_max, bins, layout)  # [K, bins, n_max]
@@ -140,7 +140,7 @@ def _axis_weights(
     weights = coord.new_zeros(*coord.shape, size)
     weights.scatter_add_(-1, low.long().unsqueeze(-1), (w_low * keep).unsqueeze(-1))
     weights.scatter_add_(-1, high.long().unsqueeze(-1), (w_high * keep).unsqueeze(-1))
-    return weights, valid
+    return weights
 
 
 def roi_align(
@@ -229,16 +229,27 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
         if not aligned:
             roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
         bin_w, bin_h = roi_w / kw, roi_h / kh
-        if sampling_ratio > 0:
+        if isinstance(sampling_ratio, tuple):  # (n_h, n_w): one bucket of an adaptive max, below
+            grid_h = torch.full((num_rois,), sampling_ratio[0], dtype=torch.int64, device=input.device)
+            grid_w = torch.full((num_rois,), sampling_ratio[1], dtype=torch.int64, device=input.device)
+        elif sampling_ratio > 0:
             grid_w = torch.full((num_rois,), sampling_ratio, dtype=torch.int64, device=input.device)
             grid_h = grid_w
         else:
             grid_w = torch.ceil(roi_w / kw).long()
             grid_h = torch.ceil(roi_h / kh).long()
+    if reduction == "max":
+        if not (bool((grid_w == grid_w[0]).all()) and bool((grid_h == grid_h[0]).all())):
+            return _adaptive_max_by_grid(input, rois, output_size, spatial_scale, aligned, sample_layout, grid_h, grid_w)
+        if int(grid_w[0]) * int(grid_h[0]) == 0:
+            # No sample at all (zero-size boxes with ``aligned``): reads 0, as avg does.
+            return input.new_zeros((num_rois, channels, kh, kw)) + 0 * input.sum()
+
+    with torch.no_grad():
         n_w, n_h = max(int(grid_w.max()), 1), max(int(grid_h.max()), 1)
-        wx, valid_x = _axis_weights(x1, bin_w, grid_w, n_w, kw, width, sample_layout)  # [K,kw,n,W]
-        wy, valid_y = _axis_weights(y1, bin_h, grid_h, n_h, kh, height, sample_layout)  # [K,kh,n,H]
-        kernel, bias, empty = None, None, None
+        wx = _axis_weights(x1, bin_w, grid_w, n_w, kw, width, sample_layout)  # [K, kw, n, W]
+        wy = _axis_weights(y1, bin_h, grid_h, n_h, kh, height, sample_layout)  # [K, kh, n, H]
+        kernel = None
         if reduction == "avg":
             # Average over each bin's samples here: the bin then reads each cell once, with the
             # summed weight of all its samples. torchvision divides by max(n_h * n_w, 1).
@@ -250,13 +261,7 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
             wx = wx.reshape(num_rois, kw * n_w, width)  # [K, kw*n, W]
             wy = wy.reshape(num_rois, kh * n_h, height)  # [K, kh*n, H]
             if reduction == "max":
-                kernel = (n_h, n_w)
-                if not (bool(valid_x.all()) and bool(valid_y.all())):
-                    # Adaptive grids differ per RoI: samples beyond a RoI's own grid must never win.
-                    exists = valid_y.expand(-1, kh, -1).reshape(num_rois, -1, 1) & valid_x.expand(-1, kw, -1).reshape(num_rois, 1, -1)
-                    bias = torch.zeros(exists.shape, dtype=input.dtype, device=input.device)  # [K, A, B]
-                    bias.masked_fill_(~exists, float("-inf"))
-                    empty = ~exists.flatten(1).any(1)  # [K]
+                kernel = (n_h, n_w)  # every RoI has this grid here (adaptive ones were bucketed)
         # Each output (or sample) row reads the product of its row taps and its column taps.
         row_cells, row_w = _taps(wy)  # [K, A, Ty]
         col_cells, col_w = _taps(wx)  # [K, B, Tx]
@@ -275,8 +280,21 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
         weights = (row_w[:, :, None, :, None] * col_w[:, None, :, None, :]).to(input.dtype)
         cells = cells.reshape(num_rois * a * b, taps)  # [K*A*B, T]
         weights = weights.reshape(num_rois * a * b, taps)
-    plan = _Plan(a, b, kernel, bias, empty, rois_per_chunk, num_chunks)
+    plan = _Plan(a, b, kernel, rois_per_chunk, num_chunks)
     return _SparseRoIAlign.apply(input, cells, weights, plan)
+
+
+def _adaptive_max_by_grid(input, rois, output_size, spatial_scale, aligned, sample_layout, grid_h, grid_w):
+    """Adaptive max with RoIs of different grids: one call per (n_h, n_w), so that no RoI pays for
+    the largest RoI's samples (and no sample beyond a RoI's own grid can win its max)."""
+    key = grid_h * (int(grid_w.max()) + 1) + grid_w
+    pieces, order = [], []
+    for k in torch.unique(key).tolist():
+        idx = torch.nonzero(key == k).squeeze(1)
+        grid = divmod(k, int(grid_w.max()) + 1)
+        pieces.append(_roi_align(input, rois[idx], output_size, spatial_scale, grid, aligned, "max", sample_layout))
+        order.append(idx)
+    return torch.cat(pieces)[torch.argsort(torch.cat(order))]
 
 
 def _taps(weights: Tensor) -> tuple[Tensor, Tensor]:
@@ -298,8 +316,6 @@ class _Plan:
     a: int  # rows per RoI: output rows (avg), or sample rows (max, every sample)
     b: int  # columns per RoI, likewise
     kernel: tuple[int, int] | None  # max over (n_h, n_w) samples per bin; None: the rows are the output
-    bias: Tensor | None  # [K, A, B]: -inf for samples beyond their RoI's own (adaptive) grid
-    empty: Tensor | None  # bool [K]: RoIs with no sample at all (they read 0), when bias is set
     rois_per_chunk: int  # RoIs per chunk (all of them on a GPU)
     num_chunks: int
 
@@ -349,13 +365,8 @@ class _SparseRoIAlign(torch.autograd.Function):
             if plan.kernel is None:
                 output[s:e] = samples
                 continue
-            if plan.bias is not None:
-                samples.add_(plan.bias[s:e, None])
             pooled, idx = pooled_buf[: e - s], idx_buf[: e - s]
             torch.ops.aten.max_pool2d_with_indices.out(samples, plan.kernel, plan.kernel, (0, 0), (1, 1), False, out=pooled, indices=idx)
-            if plan.empty is not None:
-                # A RoI whose bins hold no sample (zero-size, adaptive grid 0) reads 0, as with avg.
-                pooled.masked_fill_(plan.empty[s:e, None, None, None], 0.0)
             output[s:e] = pooled
             winner[s:e] = idx
         ctx.save_for_backward(cells, weights, winner)
