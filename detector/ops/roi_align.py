@@ -31,12 +31,14 @@ and its column taps (``_axis_weights``, then ``_taps``):
     avg:  one row per bin; its n x n samples are folded into the bin's taps first: a bin reads each
           cell its samples span once (3 x 3 at most for a bin under a cell wide), not 4 n^2 taps.
     max:  one row per sample (4 taps), then ``max_pool2d`` over each bin's n x n samples; its
-          gradient goes to the winning sample, and on to that sample's four cells.
+          gradient goes to the winning sample, and on to that sample's four cells. With adaptive
+          grids, RoIs are run in groups of equal (n_h, n_w).
 
 The backward is the transposed map: each cell sums weight * gradient over the taps that read it,
 which is the same op once the taps are grouped by cell (``_taps_by_cell``). Both passes run over
-cache-sized chunks of RoIs on the CPU: no [K, C, H, W] intermediate, and the largest one is one
-chunk's samples.
+cache-sized chunks of RoIs on the CPU. Memory: no [K, C, H, W] intermediate; besides the output and
+the map-sized gradient, the largest tensors are one chunk's samples and, kept for the backward, the
+taps ([K*A*B, T] indices and weights) and max's winners (1 byte per output when A*B <= 256).
 Gradients flow to ``input`` only (boxes are treated as constants, as in torchvision).
 """
 
@@ -45,15 +47,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.autograd.function import once_differentiable
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from detector.ops._utils import BoxesType, boxes_to_rois, check_roi_inputs, pair
 
 _REDUCTIONS = ("avg", "max")
 
-# One chunk of RoIs on the CPU holds at most this many elements of samples (4 MiB in float32):
+# One chunk of RoIs on the CPU holds at most this many elements of samples (4 MiB in float32;
+# a single RoI with more samples is a chunk of its own):
 # small enough to stay in cache between the gather, the pooling and the copy out, large enough to
 # keep Python's per-chunk overhead small. Measured at the training shape (tools/benchmark.py ops,
 # max f+b): 1 Mi elements (10 RoIs for max, 41 for avg) beat 0.25, 0.5, 2 and 4 Mi.
