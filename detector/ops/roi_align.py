@@ -278,11 +278,9 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
         # half the memory traffic, and the backward's sort runs 2x faster.
         fits = max(num_chunks * num_cells, num_rois * a * b * taps) < 2**31
         index_dtype = torch.int32 if fits else torch.int64
-        image_start = (batch_idx * (height * width)).to(index_dtype)[:, None, None, None, None]
-        cells = image_start + (row_cells * width).to(index_dtype)[:, :, None, :, None] + col_cells.to(index_dtype)[:, None, :, None, :]
-        weights = (row_w[:, :, None, :, None] * col_w[:, None, :, None, :]).to(input.dtype)
-        cells = cells.reshape(num_rois * a * b, taps)  # [K*A*B, T]
-        weights = weights.reshape(num_rois * a * b, taps)
+        row_cells = (batch_idx[:, None, None] * (height * width) + row_cells * width).to(index_dtype)
+        cells = _tap_products(row_cells, col_cells.to(index_dtype), torch.add)  # [K*A*B, T]
+        weights = _tap_products(row_w, col_w, torch.mul).to(input.dtype)
     plan = _Plan(a, b, kernel, rois_per_chunk, num_chunks)
     return _SparseRoIAlign.apply(input, cells, weights, plan)
 
@@ -298,6 +296,18 @@ def _adaptive_max_by_grid(input, rois, output_size, spatial_scale, aligned, samp
         pieces.append(_roi_align(input, rois[idx], output_size, spatial_scale, grid, aligned, "max", sample_layout))
         order.append(idx)
     return torch.cat(pieces)[torch.argsort(torch.cat(order))]
+
+
+def _tap_products(row: Tensor, col: Tensor, op) -> Tensor:
+    """[K, A, Ty] and [K, B, Tx] -> [K*A*B, Ty*Tx]: ``op`` of every row tap with every column tap.
+
+    Spelled out in two steps so that the large op runs with a contiguous inner axis of Ty*Tx: a
+    one-step broadcast over [K, A, B, Ty, Tx] runs 6x slower on the CPU (inner axes of 2).
+    """
+    (num_rois, a, ty), (b, tx) = row.shape, col.shape[1:]
+    row = row[:, :, :, None].expand(num_rois, a, ty, tx).reshape(num_rois, a, 1, ty * tx)
+    col = col[:, :, None, :].expand(num_rois, b, ty, tx).reshape(num_rois, 1, b, ty * tx)
+    return op(row, col).reshape(num_rois * a * b, ty * tx)
 
 
 def _taps(weights: Tensor) -> tuple[Tensor, Tensor]:
@@ -444,12 +454,12 @@ def _taps_by_cell(cells: Tensor, weights: Tensor, rows_per_chunk: int, num_chunk
     flat = cells.reshape(-1)  # int32 where every key fits (see _roi_align)
     taps_per_chunk = rows_per_chunk * taps
     key = torch.arange(flat.numel(), device=flat.device, dtype=flat.dtype) // taps_per_chunk * num_cells + flat
-    order = torch.argsort(key, stable=True)  # stable: a cell sums its taps in row order, run after run
-    bag_key, bag_size = torch.unique_consecutive(key[order], return_counts=True)
+    key, order = torch.sort(key, stable=True)  # stable: a cell sums its taps in row order, run after run
+    bag_key, bag_size = torch.unique_consecutive(key, return_counts=True)
     bag_chunk = bag_key // num_cells
     first_bag = torch.cumsum(torch.bincount(bag_chunk, minlength=num_chunks), 0).tolist()
     return _TapsByCell(
-        rows=order // taps - order // taps_per_chunk * rows_per_chunk,
+        rows=order // taps % rows_per_chunk,
         weights=weights.reshape(-1)[order],
         offsets=torch.cumsum(bag_size, 0) - bag_size - bag_chunk * taps_per_chunk,
         cells=(bag_key - bag_chunk * num_cells).long(),
