@@ -288,11 +288,12 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
 def _adaptive_max_by_grid(input, rois, output_size, spatial_scale, aligned, sample_layout, grid_h, grid_w):
     """Adaptive max with RoIs of different grids: one call per (n_h, n_w), so that no RoI pays for
     the largest RoI's samples (and no sample beyond a RoI's own grid can win its max)."""
-    key = grid_h * (int(grid_w.max()) + 1) + grid_w
+    stride = int(grid_w.max()) + 1
+    key = grid_h * stride + grid_w
     pieces, order = [], []
     for k in torch.unique(key).tolist():
         idx = torch.nonzero(key == k).squeeze(1)
-        grid = divmod(k, int(grid_w.max()) + 1)
+        grid = divmod(k, stride)  # (n_h, n_w)
         pieces.append(_roi_align(input, rois[idx], output_size, spatial_scale, grid, aligned, "max", sample_layout))
         order.append(idx)
     return torch.cat(pieces)[torch.argsort(torch.cat(order))]
