@@ -30,7 +30,7 @@ and its column taps (``_axis_weights``, then ``_taps``):
 
     avg:  one row per bin; its n x n samples are folded into the bin's taps first: a bin reads each
           cell its samples span once (3 x 3 at most for a bin under a cell wide), not 4 n^2 taps.
-    max:  one row per sample (4 taps), then ``max_pool2d`` over each bin's n x n samples; its
+    max:  one row per sample (up to 4 taps), then ``max_pool2d`` over each bin's n x n samples; its
           gradient goes to the winning sample, and on to that sample's four cells. With adaptive
           grids, RoIs are run in groups of equal (n_h, n_w).
 
@@ -38,7 +38,8 @@ The backward is the transposed map: each cell sums weight * gradient over the ta
 which is the same op once the taps are grouped by cell (``_taps_by_cell``). Both passes run over
 cache-sized chunks of RoIs on the CPU. Memory: no [K, C, H, W] intermediate; besides the output and
 the map-sized gradient, the largest tensors are one chunk's samples and, kept for the backward, the
-taps ([K*A*B, T] indices and weights) and max's winners (1 byte per output when A*B <= 256).
+taps ([K*A*B, T] indices and weights) and max's winners (1 byte per output when A*B <= 256); the
+backward briefly holds the taps sorted by cell (3-4x the saved taps).
 Gradients flow to ``input`` only (boxes are treated as constants, as in torchvision).
 """
 
@@ -239,8 +240,9 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
             grid_w = torch.full((num_rois,), sampling_ratio, dtype=torch.int64, device=input.device)
             grid_h = grid_w
         else:
-            grid_w = torch.ceil(roi_w / kw).long()
-            grid_h = torch.ceil(roi_h / kh).long()
+            # An inverted box (x2 < x1 with ``aligned``) has no sample, like a zero-size one.
+            grid_w = torch.ceil(roi_w / kw).long().clamp(min=0)
+            grid_h = torch.ceil(roi_h / kh).long().clamp(min=0)
     if reduction == "max":
         if not (bool((grid_w == grid_w[0]).all()) and bool((grid_h == grid_h[0]).all())):
             return _adaptive_max_by_grid(input, rois, output_size, spatial_scale, aligned, sample_layout, grid_h, grid_w)
@@ -314,8 +316,8 @@ def _tap_products(row: Tensor, col: Tensor, op) -> Tensor:
 def _taps(weights: Tensor) -> tuple[Tensor, Tensor]:
     """Dense interpolation weights along one axis -> the few cells each row reads, and their weights.
 
-    [K, R, size] -> [K, R, T], T the most nonzero weights any row has (2 for a sample; the cells its
-    samples touch for an avg bin). A row with fewer reads some cells with weight 0.
+    [K, R, size] -> [K, R, T], T the most nonzero weights any row has (at most 2 for a sample; the
+    cells its samples touch for an avg bin). A row with fewer reads some cells with weight 0.
     """
     nonzero = (weights != 0).to(torch.uint8)
     taps = max(int(nonzero.sum(-1).max()), 1)

@@ -256,3 +256,16 @@ def test_half_precision_maps(dtype, reduction):
     torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
     out.float().sum().backward()
     assert low.grad.dtype == dtype and torch.isfinite(low.grad.float()).all()
+
+
+@pytest.mark.parametrize("reduction", ["avg", "max"])
+def test_inverted_boxes_read_zero(reduction):
+    # x2 < x1 (or y2 < y1) with ``aligned``: an adaptive grid of ceil(negative) samples, i.e. none.
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0, 40.0, 40.0, 10.0, 50.0], [0, 5.0, 5.0, 50.0, 40.0], [0, 30.0, 30.0, 20.0, 10.0]], dtype=torch.float64)
+    out = roi_align(x, rois, 2, 1 / 8, -1, True, reduction=reduction)
+    assert torch.equal(out[0], torch.zeros_like(out[0])) and torch.equal(out[2], torch.zeros_like(out[2]))
+    alone = roi_align(x, rois[1:2], 2, 1 / 8, -1, True, reduction=reduction)
+    torch.testing.assert_close(out[1:2], alone)
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
