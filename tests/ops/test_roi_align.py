@@ -262,7 +262,8 @@ def test_half_precision_maps(dtype, reduction):
 def test_inverted_boxes_read_zero(reduction):
     # x2 < x1 (or y2 < y1) with ``aligned``: an adaptive grid of ceil(negative) samples, i.e. none.
     x = torch.randn(1, 2, 8, 8, dtype=torch.float64, requires_grad=True)
-    rois = torch.tensor([[0, 40.0, 40.0, 10.0, 50.0], [0, 5.0, 5.0, 50.0, 40.0], [0, 30.0, 30.0, 20.0, 10.0]], dtype=torch.float64)
+    # Inverted in x only (a tall box: several rows of samples), a normal box, inverted in both.
+    rois = torch.tensor([[0, 40.0, 2.0, 10.0, 62.0], [0, 5.0, 5.0, 60.0, 40.0], [0, 30.0, 30.0, 20.0, 10.0]], dtype=torch.float64)
     out = roi_align(x, rois, 2, 1 / 8, -1, True, reduction=reduction)
     assert torch.equal(out[0], torch.zeros_like(out[0])) and torch.equal(out[2], torch.zeros_like(out[2]))
     alone = roi_align(x, rois[1:2], 2, 1 / 8, -1, True, reduction=reduction)
