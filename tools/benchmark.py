@@ -7,7 +7,8 @@
 against torchvision's kernels, at the training shape of the seed's detector: 2 images, 512 channels,
 a 25 x 18 map at stride 32 (800 x 576 images), 512 RoIs per image, 7 x 7 output, sampling ratio 2,
 aligned. Each line is the median of ``--repeat`` runs, modes interleaved run by run so that a noisy
-neighbour slows them all alike.
+neighbour slows them all alike. "vs avg, paired" is the median over runs of the ratio to our avg taken
+within the same run (moments apart): on a shared machine it moves less than the ratio of medians.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def _time(fn: Callable[[], torch.Tensor], features: torch.Tensor, backward: bool
     return time.perf_counter() - t
 
 
-def bench_ops(device: torch.device, repeat: int) -> list[tuple[str, float, float]]:
+def bench_ops(device: torch.device, repeat: int) -> tuple[list[tuple[str, float, float]], dict[str, float]]:
+    """Rows (mode, median fwd s, median fwd+bwd s) and, per roi_align mode, the paired f+b ratio to avg."""
     features, rois = training_shape(device)
     features.requires_grad_(True)
     s = 1 / 32
@@ -66,10 +68,15 @@ def bench_ops(device: torch.device, repeat: int) -> list[tuple[str, float, float
         for name, fn in modes.items():
             times[name][0].append(_time(fn, features, False))
             times[name][1].append(_time(fn, features, True))
-    return [(name, statistics.median(f), statistics.median(fb)) for name, (f, fb) in times.items()]
+    rows = [(name, statistics.median(f), statistics.median(fb)) for name, (f, fb) in times.items()]
+    avg = times["roi_align avg centered"][1]
+    paired = {
+        name: statistics.median(t / a for t, a in zip(fb, avg)) for name, (_, fb) in times.items() if name.startswith("roi_align")
+    }
+    return rows, paired
 
 
-def report_ops(rows: list[tuple[str, float, float]], device: torch.device) -> str:
+def report_ops(rows: list[tuple[str, float, float]], device: torch.device, paired: dict[str, float] | None = None) -> str:
     by = {name: (f, fb) for name, f, fb in rows}
     ref_align = by["torchvision roi_align (avg, centered)"]
     ref_pool = by["torchvision roi_pool"]
@@ -79,14 +86,16 @@ def report_ops(rows: list[tuple[str, float, float]], device: torch.device) -> st
         f"torch {torch.__version__}, torchvision {torchvision.__version__}",
         "shape: 2 x 512 x 18 x 25 features (stride 32), 1024 RoIs, 7x7 output, sampling ratio 2, aligned",
         "speed-up = torchvision's time / ours (higher is better); vs avg = ours / our avg-centered",
-        f"{'mode':<40} {'fwd ms':>8} {'fwd+bwd ms':>11} {'speed-up fwd':>13} {'speed-up f+b':>13} {'vs avg f+b':>11}",
+        f"{'mode':<40} {'fwd ms':>8} {'fwd+bwd ms':>11} {'speed-up fwd':>13} {'speed-up f+b':>13} {'vs avg f+b':>11}"
+        + (f" {'vs avg, paired':>15}" if paired else ""),
     ]
     for name, f, fb in rows:
         ref = ref_pool if "roi_pool" in name else ref_align
         vs_avg = f"{fb / ours_avg[1]:.2f}x" if name.startswith("roi_align") else ""
-        lines.append(
-            f"{name:<40} {f * 1e3:8.1f} {fb * 1e3:11.1f} {ref[0] / f:12.2f}x {ref[1] / fb:12.2f}x {vs_avg:>11}"
-        )
+        line = f"{name:<40} {f * 1e3:8.1f} {fb * 1e3:11.1f} {ref[0] / f:12.2f}x {ref[1] / fb:12.2f}x {vs_avg:>11}"
+        if paired and name in paired:
+            line += f" {paired[name]:14.2f}x"
+        lines.append(line.rstrip())
     return "\n".join(lines)
 
 
@@ -104,7 +113,8 @@ def main() -> None:
     elif args.device == "cuda":
         raise SystemExit("error: --device cuda but no CUDA GPU is available")
     for device in devices:
-        print(report_ops(bench_ops(device, args.repeat), device))
+        rows, paired = bench_ops(device, args.repeat)
+        print(report_ops(rows, device, paired))
         print()
 
 

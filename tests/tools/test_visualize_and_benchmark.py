@@ -38,3 +38,6 @@ def test_benchmark_report_has_ratios():
     rows[1] = ("roi_align avg centered", 0.1, 0.25)
     text = report_ops(rows, torch.device("cpu"))
     assert "4.00x" in text  # torchvision's 1.0 s / our 0.25 s
+    assert "paired" not in text
+    text = report_ops(rows, torch.device("cpu"), {"roi_align avg centered": 1.0, "roi_align max centered": 1.37})
+    assert "vs avg, paired" in text and "1.37x" in text
