@@ -244,7 +244,8 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
             grid_w = torch.ceil(roi_w / kw).long().clamp(min=0)
             grid_h = torch.ceil(roi_h / kh).long().clamp(min=0)
     if reduction == "max":
-        if not (bool((grid_w == grid_w[0]).all()) and bool((grid_h == grid_h[0]).all())):
+        adaptive = not isinstance(sampling_ratio, tuple) and sampling_ratio <= 0
+        if adaptive and not (bool((grid_w == grid_w[0]).all()) and bool((grid_h == grid_h[0]).all())):
             return _adaptive_max_by_grid(input, rois, output_size, spatial_scale, aligned, sample_layout, grid_h, grid_w)
         if int(grid_w[0]) * int(grid_h[0]) == 0:
             # No sample at all (zero-size boxes with ``aligned``): reads 0, as avg does.
