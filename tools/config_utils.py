@@ -95,10 +95,10 @@ def build_model(model_cfg: DictConfig, *, num_classes: int):
     return instantiate_or_explain(container, what="model")
 
 
-def instantiate_or_explain(node: Any, *, what: str) -> Any:
+def instantiate_or_explain(node: Any, *, what: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` that turns a failure into one line naming what failed."""
     try:
-        return instantiate(node)
+        return instantiate(node, **kwargs)
     except InstantiationException as e:
         cause = e.__cause__
         if isinstance(cause, DetectorError):

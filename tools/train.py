@@ -11,6 +11,7 @@ final evaluation on ``dataset.val``.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import hydra
@@ -19,8 +20,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.tensorboard import SummaryWriter
 
-from config_utils import build_model, console_logging_for, run_cli, validate_train_config
-from detector.data import CocoDetection, build_detection_loader, build_train_augmentation, ensure_synthetic_split
+from config_utils import build_model, console_logging_for, instantiate_or_explain, run_cli, validate_train_config
+from detector.data import CocoDetection, build_detection_loader, build_train_augmentation
 from detector.engine import (
     build_lr_scheduler,
     build_optimizer,
@@ -33,21 +34,27 @@ from detector.errors import ConfigError, DatasetError
 from detector.evaluation import METRIC_KEYS, COCOEvaluator, inference_on_dataset
 from detector.evaluation.visualize import draw_detections
 from detector.utils.env import resolve_device, seed_all
-from detector.utils.io import atomic_write_text
+from detector.utils.io import atomic_write_json, atomic_write_text
 
 
 def prepare_dataset_files(cfg: DictConfig) -> None:
-    """Generate the embedded synthetic dataset on first use (a no-op for user datasets)."""
-    if cfg.dataset.name != "synthetic":
+    """Draw a generated dataset (the embedded one, the held-out family) on first use.
+
+    A dataset config with a ``generator`` node (``_target_`` = a function ``(root, *, split,
+    num_images, seed, **params) -> (images_dir, annotations_file)`` that reuses a complete split on
+    disk) is generated here; user datasets have none and are read as they are.
+    """
+    generator = cfg.dataset.get("generator")
+    if generator is None:
         return
-    gen = OmegaConf.to_container(cfg.dataset.generator, resolve=True)
     for split in ("train", "val"):
         s = cfg.dataset[split]
         if not Path(s.annotations).is_file():
-            print(f"generating the embedded synthetic dataset: {split} split, {s.num_images} images "
+            print(f"generating the {cfg.dataset.name} dataset: {split} split, {s.num_images} images "
                   f"under {cfg.dataset.root} (once; no download)")
-        ensure_synthetic_split(
-            cfg.dataset.root, split=split, num_images=int(s.num_images), seed=int(s.seed), **gen
+        instantiate_or_explain(
+            generator, what=f"dataset {cfg.dataset.name}",
+            root=cfg.dataset.root, split=split, num_images=int(s.num_images), seed=int(s.seed),
         )
 
 
@@ -107,12 +114,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train with a composed config; returns the final metrics."""
     validate_train_config(cfg)
     console_logging_for(bool(cfg.progress))
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    # Hydra's run or job directory; the config's output_dir when called in-process without Hydra.
+    output_dir = Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     seed_all(int(cfg.seed))
 
     train_set, val_set = build_datasets(cfg)
+    started = time.perf_counter()  # after the (one-time) dataset generation
     solver = cfg.solver
     if len(train_set) < solver.ims_per_batch:
         raise DatasetError(
@@ -198,6 +207,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             save_checkpoint=checkpoint, evaluate=evaluate, writer=writer, progress=bool(cfg.progress),
         )
     metrics = {k: summary[k] for k in METRIC_KEYS if k in summary}
+    # Wall time of model building, training and the final evaluation (benchmarks/ablate.py reads it).
+    atomic_write_json(output_dir / "timing.json", {"total_seconds": round(time.perf_counter() - started, 2)})
     print(f"output: {output_dir}")
     print("val " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return metrics

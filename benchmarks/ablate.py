@@ -1,0 +1,213 @@
+"""The ablation harness: recipe knobs, one at a time around a base recipe, over the held-out family.
+
+    python benchmarks/ablate.py                                # every variant on the tuning part
+    python benchmarks/ablate.py --part heldout --variants base,old_defaults,roi_pool
+    python benchmarks/ablate.py --table                         # only rewrite the table from results
+
+A *variant* is a list of Hydra overrides of ``tools/train.py`` (``solver.base_lr=0.02``); a *part* a
+list of dataset configs (``family/photo_small``). For each variant the harness launches one Hydra
+multirun of the real training entry point over the part's datasets::
+
+    python tools/train.py -m dataset=family/a,family/b <budget> <base> <variant> \\
+        output_dir=OUT/runs/<variant> hydra.sweep.subdir=${dataset.name}
+
+so every number comes from the command a user runs (the same model builder, loader and COCO
+evaluation); nothing here builds a model. Results are appended to ``OUT/results.jsonl`` as each
+variant finishes, one line per (variant, dataset), and a point already there is never run again:
+the harness can be killed and restarted (a half-finished training run is redone from the start).
+``OUT/results.md`` gets the table: per variant, the mean over the part's datasets and the
+per-dataset AP, AP50, AP75, APs, and the wall time.
+
+``--jobs 2`` runs two variants side by side, each with ``OMP_NUM_THREADS=1``: on a 2-core machine
+that is as fast as one job with two threads and hides each process's start-up; the wall times in the
+table are then those of one thread.
+
+The spec (``benchmarks/ablation.yaml``) names the budget, the base recipe, the parts and the
+variants; see its comments. Written by hand: Hydra's basic sweeper takes cartesian products only, and
+a one-knob-at-a-time grid with resumable, appended results is not a product.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+METRICS = ("AP", "AP50", "AP75", "APs")
+_RESULTS_LOCK = threading.Lock()  # variants finishing together append to one file
+
+
+def load_spec(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        spec = yaml.safe_load(f)
+    for key in ("budget", "base", "parts", "variants"):
+        if key not in spec:
+            raise SystemExit(f"error: {path}: missing key {key!r}")
+    return spec
+
+
+def read_results(out: Path) -> list[dict]:
+    path = out / "results.jsonl"
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def dataset_name(dataset: str) -> str:
+    return dataset.rsplit("/", 1)[-1]
+
+
+def collect(out: Path, variant: str, overrides: list[str], datasets: list[str]) -> list[dict]:
+    """Append the finished (variant, dataset) points of ``OUT/runs/<variant>`` to results.jsonl."""
+    with _RESULTS_LOCK:
+        return _collect(out, variant, overrides, datasets)
+
+
+def _collect(out: Path, variant: str, overrides: list[str], datasets: list[str]) -> list[dict]:
+    done = {(r["variant"], r["dataset"]) for r in read_results(out)}
+    new = []
+    for dataset in datasets:
+        run_dir = out / "runs" / variant / dataset_name(dataset)
+        metrics_file, timing_file = run_dir / "metrics.json", run_dir / "timing.json"
+        if (variant, dataset) in done or not (metrics_file.is_file() and timing_file.is_file()):
+            continue
+        metrics = json.loads(metrics_file.read_text())
+        timing = json.loads(timing_file.read_text())
+        new.append({
+            "variant": variant, "dataset": dataset, "overrides": overrides,
+            **{k: metrics.get(k) for k in METRICS}, "wall_s": timing["total_seconds"],
+            "run_dir": str(run_dir),
+        })  # fmt: skip
+    if new:
+        with open(out / "results.jsonl", "a", encoding="utf-8") as f:
+            for row in new:
+                f.write(json.dumps(row) + "\n")
+    return new
+
+
+def prepare_datasets(datasets: list[str]) -> None:
+    """Draw the part's generated datasets once, before jobs that would draw them side by side."""
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    from hydra import compose, initialize_config_dir
+    from train import prepare_dataset_files
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+        for dataset in datasets:
+            prepare_dataset_files(compose("train", overrides=[f"dataset={dataset}"]))
+
+
+def run_variant(out: Path, spec: dict, variant: str, datasets: list[str], threads: int | None, log) -> None:
+    done = {(r["variant"], r["dataset"]) for r in read_results(out)}
+    todo = [d for d in datasets if (variant, d) not in done]
+    overrides = list(spec["variants"][variant] or [])
+    if not todo:
+        return
+    command = [
+        sys.executable, str(REPO_ROOT / "tools" / "train.py"), "-m", f"dataset={','.join(todo)}",
+        *spec["budget"], *(spec["base"] or []), *overrides,
+        f"output_dir={out / 'runs' / variant}", "hydra.sweep.subdir=${dataset.name}",
+    ]  # fmt: skip
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    log(f"[{time.strftime('%H:%M:%S')}] start {variant} on {', '.join(map(dataset_name, todo))}")
+    with open(out / "logs" / f"{variant}.log", "a", encoding="utf-8") as f:
+        proc = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    new = collect(out, variant, overrides, todo)
+    status = "done" if proc.returncode == 0 else f"exit {proc.returncode} (see logs/{variant}.log)"
+    summary = ", ".join(f"{dataset_name(r['dataset'])} AP {r['AP']:.3f}" for r in new)
+    log(f"[{time.strftime('%H:%M:%S')}] {status} {variant}: {summary}")
+
+
+def _fmt(v) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def make_table(rows: list[dict], part: str, datasets: list[str], variants: list[str]) -> str:
+    """Markdown: per variant the mean over ``datasets`` (only when all are done) and per-dataset AP."""
+    by = {(r["variant"], r["dataset"]): r for r in rows}
+    names = [dataset_name(d) for d in datasets]
+    header = ["variant", *(f"mean {m}" for m in METRICS), *(f"{n} AP" for n in names), "wall s", "overrides"]
+    lines = [f"### {part}: {', '.join(names)}", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]  # fmt: skip
+    for variant in variants:
+        cells = [by.get((variant, d)) for d in datasets]
+        if not any(cells):
+            continue
+        complete = all(cells)
+        means = [
+            sum(c[m] for c in cells) / len(cells) if complete and all(c[m] is not None for c in cells) else None
+            for m in METRICS
+        ]
+        wall = [c["wall_s"] for c in cells if c]
+        overrides = next(c for c in cells if c)["overrides"]
+        lines.append("| " + " | ".join([
+            variant, *map(_fmt, means), *(_fmt(c["AP"]) if c else "…" for c in cells),
+            f"{sum(wall) / len(wall):.0f}", " ".join(f"`{o}`" for o in overrides) or "(base)",
+        ]) + " |")  # fmt: skip
+    lines += ["", "AP..APs in %, COCO (pycocotools) on each dataset's val split; mean over the part's "
+              "datasets (shown once every dataset is done); wall s: mean seconds per run, start-up and "
+              "evaluation included."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(out: Path, spec: dict) -> str:
+    rows = read_results(out)
+    text = "".join(
+        make_table(rows, part, datasets, list(spec["variants"])) + "\n"
+        for part, datasets in spec["parts"].items()
+    )
+    (out / "results.md").write_text(text, encoding="utf-8")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--spec", type=Path, default=REPO_ROOT / "benchmarks" / "ablation.yaml")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "ablation")
+    parser.add_argument("--part", default="tuning", help="a key of the spec's parts")
+    parser.add_argument("--variants", default="", help="comma-separated variant names (default: all)")
+    parser.add_argument("--jobs", type=int, default=1, help="variants run side by side (1 thread each if > 1)")
+    parser.add_argument("--table", action="store_true", help="only rewrite results.md from results.jsonl")
+    args = parser.parse_args(argv)
+
+    spec = load_spec(args.spec)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "logs").mkdir(exist_ok=True)
+    if not args.table:
+        if args.part not in spec["parts"]:
+            raise SystemExit(f"error: --part {args.part!r}: the spec's parts are {', '.join(spec['parts'])}")
+        variants = [v for v in args.variants.split(",") if v] or list(spec["variants"])
+        unknown = [v for v in variants if v not in spec["variants"]]
+        if unknown:
+            raise SystemExit(f"error: --variants: {unknown[0]!r} is not in {args.spec}")
+        datasets = list(spec["parts"][args.part])
+        threads = 1 if args.jobs > 1 else None
+        prepare_datasets(datasets)
+
+        def log(message: str) -> None:
+            print(message, flush=True)
+            with open(args.out / "ablation.log", "a", encoding="utf-8") as f:
+                f.write(message + "\n")
+
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            futures = [pool.submit(run_variant, args.out, spec, v, datasets, threads, log) for v in variants]
+            for future in futures:
+                future.result()
+    print(write_tables(args.out, spec), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
