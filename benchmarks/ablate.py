@@ -96,7 +96,7 @@ def _collect(out: Path, variant: str, overrides: list[str], datasets: list[str])
     return new
 
 
-def prepare_datasets(datasets: list[str]) -> None:
+def prepare_datasets(datasets: list[str], overrides: list[str]) -> None:
     """Draw the part's generated datasets once, before jobs that would draw them side by side."""
     sys.path.insert(0, str(REPO_ROOT / "tools"))
     from hydra import compose, initialize_config_dir
@@ -104,7 +104,7 @@ def prepare_datasets(datasets: list[str]) -> None:
 
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
         for dataset in datasets:
-            prepare_dataset_files(compose("train", overrides=[f"dataset={dataset}"]))
+            prepare_dataset_files(compose("train", overrides=[f"dataset={dataset}", *overrides]))
 
 
 def run_variant(out: Path, spec: dict, variant: str, datasets: list[str], threads: int | None, log) -> None:
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: --variants: {unknown[0]!r} is not in {args.spec}")
         datasets = list(spec["parts"][args.part])
         threads = 1 if args.jobs > 1 else None
-        prepare_datasets(datasets)
+        prepare_datasets(datasets, [*spec["budget"], *(spec["base"] or [])])
 
         def log(message: str) -> None:
             print(message, flush=True)

@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from detector.engine.solver import scaled_lr
 from detector.errors import ConfigError, DetectorError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +29,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 OmegaConf.register_new_resolver("vgg_channels", lambda w: max(1, int(round(512 * float(w)))), replace=True)
 # ${reciprocal:s}: 1 / s, the pooler's spatial_scale from the backbone stride (so they cannot disagree).
 OmegaConf.register_new_resolver("reciprocal", lambda s: 1.0 / float(s), replace=True)
+# ${scaled_lr:lr,batch,ref_batch,width,ref_width,exponent}: the solver's lr from a reference recipe
+# (detector.engine.scaled_lr: linear in the batch, a power of the width; see configs/solver/sgd.yaml).
+OmegaConf.register_new_resolver(
+    "scaled_lr",
+    lambda lr, batch, ref_batch, width, ref_width, exponent: scaled_lr(
+        reference_lr=float(lr), ims_per_batch=int(batch), reference_batch=int(ref_batch),
+        width=float(width), reference_width=float(ref_width), width_exponent=float(exponent),
+    ),
+    replace=True,
+)
 # ${repo_root:}: the checkout's root, so the embedded dataset lands in datasets/ whatever the cwd.
 OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
 

@@ -17,6 +17,34 @@ from torch import nn
 _NORM_TYPES = (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm, nn.LayerNorm, nn.SyncBatchNorm)
 
 
+def scaled_lr(
+    *,
+    reference_lr: float,
+    ims_per_batch: int,
+    reference_batch: int,
+    width: float = 1.0,
+    reference_width: float = 1.0,
+    width_exponent: float = 0.0,
+) -> float:
+    """The learning rate of a recipe stated at a reference batch size and model width.
+
+    ``lr = reference_lr * (ims_per_batch / reference_batch) * (reference_width / width) ** width_exponent``
+
+    The batch factor is the linear scaling rule (Goyal et al. 2017): k times the images per step,
+    k times the step. The width factor is what the ablation (README "Defaults", benchmarks/) measured
+    for this from-scratch VGG16-BN: a wider network wants a smaller lr; ``width_exponent = 0`` turns
+    it off. Raises ValueError on non-positive inputs.
+    """
+    for name, value in (("reference_lr", reference_lr), ("ims_per_batch", ims_per_batch),
+                        ("reference_batch", reference_batch), ("width", width),
+                        ("reference_width", reference_width)):  # fmt: skip
+        if not value > 0:
+            raise ValueError(f"scaled_lr: {name} must be > 0, got {value!r}")
+    batch_factor = ims_per_batch / reference_batch
+    width_factor = (reference_width / width) ** width_exponent
+    return float(reference_lr * batch_factor * width_factor)
+
+
 def build_optimizer(
     model: nn.Module, *, base_lr: float, momentum: float, weight_decay: float
 ) -> torch.optim.SGD:

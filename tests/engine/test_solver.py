@@ -48,3 +48,20 @@ def test_start_iter_fast_forwards_a_fresh_schedule():
     opt.step()
     sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 51 / 100)))
+
+
+def test_scaled_lr_linear_in_batch_and_power_of_width():
+    from detector.engine import scaled_lr
+
+    ref = dict(reference_lr=0.04, reference_batch=4, reference_width=0.125)
+    assert scaled_lr(**ref, ims_per_batch=4, width=0.125, width_exponent=1.0) == pytest.approx(0.04)
+    assert scaled_lr(**ref, ims_per_batch=8, width=0.125, width_exponent=1.0) == pytest.approx(0.08)
+    assert scaled_lr(**ref, ims_per_batch=2, width=0.125, width_exponent=1.0) == pytest.approx(0.02)
+    # Twice the width at exponent 1 halves the lr; exponent 0.5 divides it by sqrt(2); 0 ignores width.
+    assert scaled_lr(**ref, ims_per_batch=4, width=0.25, width_exponent=1.0) == pytest.approx(0.02)
+    assert scaled_lr(**ref, ims_per_batch=4, width=0.25, width_exponent=0.5) == pytest.approx(0.04 / math.sqrt(2))
+    assert scaled_lr(**ref, ims_per_batch=4, width=0.25, width_exponent=0.0) == pytest.approx(0.04)
+    # Batch and width compose multiplicatively.
+    assert scaled_lr(**ref, ims_per_batch=16, width=0.5, width_exponent=1.0) == pytest.approx(0.04 * 4 / 4)
+    with pytest.raises(ValueError, match="ims_per_batch"):
+        scaled_lr(**ref, ims_per_batch=0, width=0.125)
