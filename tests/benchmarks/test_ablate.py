@@ -94,3 +94,29 @@ def test_unknown_variant_is_one_line(grid):
     tmp, out = grid
     with pytest.raises(SystemExit, match="'nope' is not in"):
         ablate.main(["--spec", str(tmp / "spec.yaml"), "--out", str(out), "--part", "tiny", "--variants", "nope"])
+
+
+def test_the_committed_spec_splits_the_family_and_names_real_configs():
+    spec = ablate.load_spec(ROOT / "benchmarks" / "ablation.yaml")
+    tuning, heldout = set(spec["parts"]["tuning"]), set(spec["parts"]["heldout"])
+    assert tuning and heldout and not tuning & heldout
+    family = {f"family/{p.stem}" for p in (ROOT / "configs" / "dataset" / "family").glob("[!_]*.yaml")}
+    assert tuning | heldout == family
+    generators = {(ROOT / "configs" / "dataset" / f"{d}.yaml").read_text().count("scenes.ensure_scenes_split") for d in heldout}
+    assert generators == {0, 1}  # the held-out part has members of both generators
+
+
+def test_goals_table_compares_defaults_with_best_old_and_roipool():
+    def row(variant, dataset, ap):
+        return {"variant": variant, "dataset": dataset, "AP": ap, "AP50": ap, "AP75": ap, "APs": ap,
+                "wall_s": 1.0, "overrides": []}  # fmt: skip
+
+    rows = [row("base", "family/a", 0.30), row("lr_x2", "family/a", 0.32), row("old_defaults", "family/a", 0.20),
+            row("roi_pool", "family/a", 0.40), row("base", "family/b", 0.5)]  # fmt: skip
+    text = ablate.goals_table(rows, "heldout", ["family/a", "family/b"])
+    a = next(line for line in text.splitlines() if line.startswith("| a |"))
+    # RoIPool is never "the best recipe" (it is the comparison, not a recipe knob).
+    assert a == "| a | 30.0 | 32.0 (lr_x2) | 0.94 | 20.0 | 40.0 | -10.0 |"
+    b = next(line for line in text.splitlines() if line.startswith("| b |"))
+    assert b == "| b | 50.0 | 50.0 (base) | 1.00 | … | … | … |"
+    assert ablate.goals_table(rows, "x", ["family/c"]) == ""

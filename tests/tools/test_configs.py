@@ -11,7 +11,9 @@ from conftest import ROOT, compose_config
 CONFIGS = ROOT / "configs"
 POOLERS = sorted(p.stem for p in (CONFIGS / "model" / "pooler").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
-DATASETS = sorted(p.stem for p in (CONFIGS / "dataset").glob("*.yaml"))
+DATASETS = sorted(p.stem for p in (CONFIGS / "dataset").glob("*.yaml")) + sorted(
+    f"family/{p.stem}" for p in (CONFIGS / "dataset" / "family").glob("*.yaml") if not p.stem.startswith("_")
+)
 SOLVERS = sorted(p.stem for p in (CONFIGS / "solver").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 
