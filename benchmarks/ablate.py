@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "ablation")
     parser.add_argument("--part", default="tuning", help="a key of the spec's parts")
     parser.add_argument("--variants", default="", help="comma-separated variant names (default: all)")
+    parser.add_argument("--datasets", default="", help="comma-separated subset of the part's datasets")
     parser.add_argument("--jobs", type=int, default=1, help="variants run side by side (1 thread each if > 1)")
     parser.add_argument("--table", action="store_true", help="only rewrite results.md from results.jsonl")
     args = parser.parse_args(argv)
@@ -223,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"error: --variants: {unknown[0]!r} is not in {args.spec}")
         datasets = list(spec["parts"][args.part])
+        if args.datasets:
+            subset = [d for d in args.datasets.split(",") if d]
+            outside = [d for d in subset if d not in datasets]
+            if outside:
+                raise SystemExit(f"error: --datasets: {outside[0]!r} is not in part {args.part!r}")
+            datasets = subset
         threads = 1 if args.jobs > 1 else None
         prepare_datasets(datasets, [*spec["budget"], *(spec["base"] or [])])
 
