@@ -108,9 +108,11 @@ def prepare_datasets(datasets: list[str], overrides: list[str]) -> None:
 
 
 def run_variant(out: Path, spec: dict, variant: str, datasets: list[str], threads: int | None, log) -> None:
+    overrides = list(spec["variants"][variant] or [])
+    # A run that finished after its harness was killed counts: its directory holds the results.
+    collect(out, variant, overrides, datasets)
     done = {(r["variant"], r["dataset"]) for r in read_results(out)}
     todo = [d for d in datasets if (variant, d) not in done]
-    overrides = list(spec["variants"][variant] or [])
     if not todo:
         return
     command = [

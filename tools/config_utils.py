@@ -64,6 +64,12 @@ def validate_train_config(cfg: DictConfig) -> None:
     """Check the values a user is most likely to type on the command line."""
     _check_number(cfg, "solver.max_iter", integer=True, minimum=1)
     _check_number(cfg, "solver.ims_per_batch", integer=True, minimum=1)
+    if OmegaConf.select(cfg, "solver.reference_lr") is not None:  # the lr rule's inputs, before base_lr
+        _check_number(cfg, "solver.reference_lr", minimum=0, exclusive=True)
+        _check_number(cfg, "solver.reference_batch", integer=True, minimum=1)
+        _check_number(cfg, "solver.reference_width", minimum=0, exclusive=True)
+        _check_number(cfg, "solver.width_exponent")
+        _check_number(cfg, "model.backbone.width", minimum=0, exclusive=True)
     _check_number(cfg, "solver.base_lr", minimum=0, exclusive=True)
     _check_number(cfg, "solver.momentum", minimum=0)
     _check_number(cfg, "solver.weight_decay", minimum=0)

@@ -109,3 +109,30 @@ def test_every_operator_variant_through_config(overrides):
         assert str(attr).lower() == value
     losses = net.train()([torch.rand(3, 96, 128)], [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([1])}])
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_base_lr_follows_batch_and_width_through_the_config():
+    from detector.engine import scaled_lr
+
+    def lr(*overrides):
+        return compose_config("train", list(overrides)).solver.base_lr
+
+    s = compose_config("train").solver
+    ref = lr()
+    assert ref == pytest.approx(s.reference_lr)  # the defaults are the reference recipe
+    assert lr("solver.ims_per_batch=8") == pytest.approx(2 * ref)  # linear scaling
+    assert lr("solver.ims_per_batch=8", "model.backbone.width=0.25") == pytest.approx(scaled_lr(
+        reference_lr=s.reference_lr, ims_per_batch=8, reference_batch=s.reference_batch, width=0.25,
+        reference_width=s.reference_width, width_exponent=s.width_exponent,
+    ))  # fmt: skip
+    assert lr("solver.width_exponent=1.0", "model.backbone.width=0.25") == pytest.approx(
+        ref * s.reference_width / 0.25)
+    assert lr("solver.base_lr=0.5") == 0.5  # an explicit lr wins
+
+
+def test_bad_lr_rule_input_is_one_line_naming_the_key():
+    from config_utils import validate_train_config
+    from detector.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"solver.reference_batch must be >= 1, got 0"):
+        validate_train_config(compose_config("train", ["solver.reference_batch=0"]))
