@@ -68,24 +68,24 @@ def dataset_name(dataset: str) -> str:
     return dataset.rsplit("/", 1)[-1]
 
 
-def collect(out: Path, variant: str, overrides: list[str], datasets: list[str]) -> list[dict]:
-    """Append the finished (variant, dataset) points of ``OUT/runs/<variant>`` to results.jsonl."""
+def collect(out: Path, variant: str, overrides: list[str], datasets: list[str], seed: int = 0) -> list[dict]:
+    """Append the finished (variant, dataset, seed) points of ``OUT/runs/<variant>`` to results.jsonl."""
     with _RESULTS_LOCK:
-        return _collect(out, variant, overrides, datasets)
+        return _collect(out, variant, overrides, datasets, seed)
 
 
-def _collect(out: Path, variant: str, overrides: list[str], datasets: list[str]) -> list[dict]:
-    done = {(r["variant"], r["dataset"]) for r in read_results(out)}
+def _collect(out: Path, variant: str, overrides: list[str], datasets: list[str], seed: int = 0) -> list[dict]:
+    done = {point(r) for r in read_results(out)}
     new = []
     for dataset in datasets:
-        run_dir = out / "runs" / variant / dataset_name(dataset)
+        run_dir = out / "runs" / variant / run_name(dataset, seed)
         metrics_file, timing_file = run_dir / "metrics.json", run_dir / "timing.json"
-        if (variant, dataset) in done or not (metrics_file.is_file() and timing_file.is_file()):
+        if (variant, dataset, seed) in done or not (metrics_file.is_file() and timing_file.is_file()):
             continue
         metrics = json.loads(metrics_file.read_text())
         timing = json.loads(timing_file.read_text())
         new.append({
-            "variant": variant, "dataset": dataset, "overrides": overrides,
+            "variant": variant, "dataset": dataset, "seed": seed, "overrides": overrides,
             **{k: metrics.get(k) for k in METRICS}, "wall_s": timing["total_seconds"],
             "run_dir": str(run_dir),
         })  # fmt: skip
@@ -94,6 +94,15 @@ def _collect(out: Path, variant: str, overrides: list[str], datasets: list[str])
             for row in new:
                 f.write(json.dumps(row) + "\n")
     return new
+
+
+def point(row: dict) -> tuple[str, str, int]:
+    """A result's key; rows written before seeds were recorded are seed 0."""
+    return row["variant"], row["dataset"], int(row.get("seed", 0))
+
+
+def run_name(dataset: str, seed: int) -> str:
+    return dataset_name(dataset) + (f"_seed{seed}" if seed else "")
 
 
 def prepare_datasets(datasets: list[str], overrides: list[str]) -> None:
@@ -107,33 +116,66 @@ def prepare_datasets(datasets: list[str], overrides: list[str]) -> None:
             prepare_dataset_files(compose("train", overrides=[f"dataset={dataset}", *overrides]))
 
 
-def run_variant(out: Path, spec: dict, variant: str, datasets: list[str], threads: int | None, log) -> None:
+def run_variant(out: Path, spec: dict, variant: str, datasets: list[str], threads: int | None, log,
+                seeds: tuple[int, ...] = (0,)) -> None:
     overrides = list(spec["variants"][variant] or [])
+    for seed in seeds:
+        _run_seed(out, spec, variant, overrides, datasets, threads, log, seed)
+
+
+def _run_seed(out, spec, variant, overrides, datasets, threads, log, seed: int) -> None:
     # A run that finished after its harness was killed counts: its directory holds the results.
-    collect(out, variant, overrides, datasets)
-    done = {(r["variant"], r["dataset"]) for r in read_results(out)}
-    todo = [d for d in datasets if (variant, d) not in done]
+    collect(out, variant, overrides, datasets, seed)
+    done = {point(r) for r in read_results(out)}
+    todo = [d for d in datasets if (variant, d, seed) not in done]
     if not todo:
         return
+    subdir = "${dataset.name}" + (f"_seed{seed}" if seed else "")
     command = [
         sys.executable, str(REPO_ROOT / "tools" / "train.py"), "-m", f"dataset={','.join(todo)}",
-        *spec["budget"], *(spec["base"] or []), *overrides,
-        f"output_dir={out / 'runs' / variant}", "hydra.sweep.subdir=${dataset.name}",
+        *spec["budget"], *(spec["base"] or []), *overrides, f"seed={seed}",
+        f"output_dir={out / 'runs' / variant}", f"hydra.sweep.subdir={subdir}",
     ]  # fmt: skip
     env = dict(os.environ)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    log(f"[{time.strftime('%H:%M:%S')}] start {variant} on {', '.join(map(dataset_name, todo))}")
+    log(f"[{time.strftime('%H:%M:%S')}] start {variant} seed {seed} on {', '.join(map(dataset_name, todo))}")
     new = []
     with open(out / "logs" / f"{variant}.log", "a", encoding="utf-8") as f:
         proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
         while proc.poll() is None:  # append each dataset's point as soon as its run has finished
             time.sleep(5)
-            new += collect(out, variant, overrides, todo)
-    new += collect(out, variant, overrides, todo)
+            new += collect(out, variant, overrides, todo, seed)
+    new += collect(out, variant, overrides, todo, seed)
     status = "done" if proc.returncode == 0 else f"exit {proc.returncode} (see logs/{variant}.log)"
     summary = ", ".join(f"{dataset_name(r['dataset'])} AP {r['AP']:.3f}" for r in new)
-    log(f"[{time.strftime('%H:%M:%S')}] {status} {variant}: {summary}")
+    log(f"[{time.strftime('%H:%M:%S')}] {status} {variant} seed {seed}: {summary}")
+
+
+def aggregate(rows: list[dict]) -> dict[tuple[str, str], dict]:
+    """(variant, dataset) -> the mean of each metric over its seeds, with ``n`` and the AP range."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["dataset"]), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        agg = {"variant": key[0], "dataset": key[1], "n": len(rs), "overrides": rs[0]["overrides"],
+               "wall_s": _mean([r["wall_s"] for r in rs])}  # fmt: skip
+        for m in METRICS:
+            agg[m] = _mean([r[m] for r in rs if r[m] is not None])
+        aps = [r["AP"] for r in rs if r["AP"] is not None]
+        agg["AP_range"] = (min(aps), max(aps)) if len(aps) > 1 else None
+        out[key] = agg
+    return out
+
+
+def _ap_cell(c: dict | None) -> str:
+    if c is None:
+        return "…"
+    if c["AP_range"] is None:
+        return _fmt(c["AP"])
+    lo, hi = c["AP_range"]
+    return f"{_fmt(c['AP'])} [{_fmt(lo)}–{_fmt(hi)}]"
 
 
 def _mean(values: list[float]) -> float | None:
@@ -145,8 +187,11 @@ def _fmt(v) -> str:
 
 
 def make_table(rows: list[dict], part: str, datasets: list[str], variants: list[str]) -> str:
-    """Markdown: per variant the mean over ``datasets`` (only when all are done) and per-dataset AP."""
-    by = {(r["variant"], r["dataset"]): r for r in rows}
+    """Markdown: per variant the mean over ``datasets`` (only when all are done) and per-dataset AP.
+
+    Several seeds of a point are averaged first; their AP range is shown as ``mean [min–max]``.
+    """
+    by = aggregate(rows)
     names = [dataset_name(d) for d in datasets]
     header = ["variant", *(f"mean {m}" for m in METRICS), *(f"{n} AP" for n in names), "wall s", "overrides"]
     lines = [f"### {part}: {', '.join(names)}", "", "| " + " | ".join(header) + " |",
@@ -161,7 +206,7 @@ def make_table(rows: list[dict], part: str, datasets: list[str], variants: list[
         wall = [c["wall_s"] for c in cells if c]
         overrides = next(c for c in cells if c)["overrides"]
         lines.append("| " + " | ".join([
-            variant, *map(_fmt, means), *(_fmt(c["AP"]) if c else "…" for c in cells),
+            variant, *map(_fmt, means), *map(_ap_cell, cells),
             f"{sum(wall) / len(wall):.0f}", " ".join(f"`{o}`" for o in overrides) or "(base)",
         ]) + " |")  # fmt: skip
     lines += ["", "AP..APs in %, COCO (pycocotools) on each dataset's val split; mean over the part's "
@@ -176,7 +221,7 @@ def goals_table(rows: list[dict], part: str, datasets: list[str]) -> str:
     Written only for a part that has ``base`` results; "best" is the highest AP of any variant on that
     dataset (``base`` included), so ``base / best >= 0.9`` is the "within 10 %" goal of the README.
     """
-    by = {(r["variant"], r["dataset"]): r for r in rows}
+    by = aggregate(rows)
     if not any(("base", d) in by for d in datasets):
         return ""
     lines = [f"### {part}: the base recipe against the best variant, the old defaults and RoIPool", "",
@@ -186,13 +231,13 @@ def goals_table(rows: list[dict], part: str, datasets: list[str]) -> str:
         base = by.get(("base", d))
         if base is None or base["AP"] is None:
             continue
-        scored = [r for r in rows if r["dataset"] == d and r["AP"] is not None and r["variant"] != "roi_pool"]
+        scored = [r for r in by.values() if r["dataset"] == d and r["AP"] is not None and r["variant"] != "roi_pool"]
         best = max(scored, key=lambda r: r["AP"])
         old, pool = by.get(("old_defaults", d)), by.get(("roi_pool", d))
         ratio = f"{base['AP'] / best['AP']:.2f}" if best["AP"] > 0 else "—"
         gap = f"{100 * (base['AP'] - pool['AP']):+.1f}" if pool and pool["AP"] is not None else "…"
-        lines.append(f"| {dataset_name(d)} | {_fmt(base['AP'])} | {_fmt(best['AP'])} ({best['variant']}) | {ratio} | "
-                     f"{_fmt(old['AP']) if old else '…'} | {_fmt(pool['AP']) if pool else '…'} | {gap} |")
+        lines.append(f"| {dataset_name(d)} | {_ap_cell(base)} | {_fmt(best['AP'])} ({best['variant']}) | {ratio} | "
+                     f"{_ap_cell(old)} | {_ap_cell(pool)} | {gap} |")
     return "\n".join(lines) + "\n\n"
 
 
@@ -213,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part", default="tuning", help="a key of the spec's parts")
     parser.add_argument("--variants", default="", help="comma-separated variant names (default: all)")
     parser.add_argument("--datasets", default="", help="comma-separated subset of the part's datasets")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; each point runs once per seed")
     parser.add_argument("--jobs", type=int, default=1, help="variants run side by side (1 thread each if > 1)")
     parser.add_argument("--table", action="store_true", help="only rewrite results.md from results.jsonl")
     args = parser.parse_args(argv)
@@ -243,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(message + "\n")
 
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            futures = [pool.submit(run_variant, args.out, spec, v, datasets, threads, log) for v in variants]
+            seeds = tuple(int(x) for x in args.seeds.split(",") if x)
+            futures = [pool.submit(run_variant, args.out, spec, v, datasets, threads, log, seeds) for v in variants]
             for future in futures:
                 future.result()
     print(write_tables(args.out, spec), end="")

@@ -27,7 +27,7 @@ def grid(tmp_path_factory):
             "dataset.val.num_images=3", "dataset.generator.min_image_size=64",
             "dataset.generator.max_image_size=96", *TINY_MODEL, "solver.max_iter=3",
             "solver.ims_per_batch=2", "solver.warmup_iters=1", "checkpoint_period=0", "num_workers=0",
-            "progress=false", "device=cpu", "seed=0",
+            "progress=false", "device=cpu",
         ],
         "base": ["model.rpn.post_nms_topk_train=64"],
         "parts": {"tiny": ["family/texture_imbalanced"]},
@@ -86,7 +86,7 @@ def test_rerun_skips_done_points_and_redoes_a_missing_one(grid):
     before = (out / "ablation.log").read_text().count(" start ")
     assert ablate.main(["--spec", str(tmp / "spec.yaml"), "--out", str(out), "--part", "tiny"]) == 0
     log = (out / "ablation.log").read_text()
-    assert log.count(" start ") == before + 1 and log.rstrip().splitlines()[-1].split()[2] == "rois_b:"
+    assert log.count(" start ") == before + 1 and log.rstrip().splitlines()[-1].split()[2:5] == ["rois_b", "seed", "0:"]
     assert sorted(r["variant"] for r in _rows(out)) == ["lr_a", "lr_b", "rois_a", "rois_b"]
 
 
@@ -120,3 +120,18 @@ def test_goals_table_compares_defaults_with_best_old_and_roipool():
     b = next(line for line in text.splitlines() if line.startswith("| b |"))
     assert b == "| b | 50.0 | 50.0 (base) | 1.00 | … | … | … |"
     assert ablate.goals_table(rows, "x", ["family/c"]) == ""
+
+
+def test_more_seeds_run_only_the_new_ones_and_the_table_shows_their_range(grid):
+    tmp, out = grid
+    assert ablate.main(["--spec", str(tmp / "spec.yaml"), "--out", str(out), "--part", "tiny",
+                        "--variants", "lr_a", "--seeds", "0,1"]) == 0  # fmt: skip
+    rows = [r for r in _rows(out) if r["variant"] == "lr_a"]
+    assert sorted(r.get("seed", 0) for r in rows) == [0, 1]
+    seed1 = next(r for r in rows if r.get("seed") == 1)
+    assert seed1["run_dir"].endswith("texture_imbalanced_seed1")
+    assert yaml.safe_load(open(f"{seed1['run_dir']}/config.yaml"))["seed"] == 1
+    agg = ablate.aggregate(rows)[("lr_a", "family/texture_imbalanced")]
+    assert agg["n"] == 2 and agg["AP"] == pytest.approx(sum(r["AP"] for r in rows) / 2)
+    line = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| lr_a |"))
+    assert "[" in line and "–" in line  # mean [min–max] over the two seeds
