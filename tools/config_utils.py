@@ -39,6 +39,10 @@ OmegaConf.register_new_resolver(
     ),
     replace=True,
 )
+# ${fractions_of:n,[f, ...]}: the iterations at fractions f of n (the step schedule's milestones).
+OmegaConf.register_new_resolver(
+    "fractions_of", lambda n, fractions: [int(round(int(n) * float(f))) for f in fractions], replace=True
+)
 # ${repo_root:}: the checkout's root, so the embedded dataset lands in datasets/ whatever the cwd.
 OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
 

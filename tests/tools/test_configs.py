@@ -136,3 +136,10 @@ def test_bad_lr_rule_input_is_one_line_naming_the_key():
 
     with pytest.raises(ConfigError, match=r"solver.reference_batch must be >= 1, got 0"):
         validate_train_config(compose_config("train", ["solver.reference_batch=0"]))
+
+
+def test_step_milestones_follow_max_iter():
+    assert list(compose_config("train").solver.steps) == [1200]  # 80 % of the default 1500
+    assert list(compose_config("train", ["solver.max_iter=400"]).solver.steps) == [320]
+    assert list(compose_config("train", ["solver.step_fractions=[0.5,0.75]", "solver.max_iter=100"]).solver.steps) == [50, 75]
+    assert list(compose_config("train", ["solver.steps=[7]"]).solver.steps) == [7]
