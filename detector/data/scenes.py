@@ -231,8 +231,7 @@ def _draw_scene(rng: np.random.Generator, photos: list[np.ndarray], p: dict[str,
     # owner[y, x]: index of the object on top at that pixel (-1: background), for visible extents.
     owner = np.full((height, width), -1, dtype=np.int32)
     freq = 1.0 / np.arange(1, p["num_classes"] + 1) ** p["imbalance"]
-    # Shuffled once per split seed would be nicer; a fixed order keeps "class 1 is the most common".
-    freq /= freq.sum()
+    freq /= freq.sum()  # a fixed order: class 1 is the most common, class K the rarest
     short = min(height, width)
     placed: list[tuple[int, np.ndarray, float]] = []  # (label, box xyxy, full area)
     for _ in range(int(rng.integers(p["min_objects"], p["max_objects"] + 1))):
