@@ -31,9 +31,10 @@ def scaled_lr(
     ``lr = reference_lr * (ims_per_batch / reference_batch) * (reference_width / width) ** width_exponent``
 
     The batch factor is the linear scaling rule (Goyal et al. 2017): k times the images per step,
-    k times the step. The width factor is what the ablation (README "Defaults", benchmarks/) measured
-    for this from-scratch VGG16-BN: a wider network wants a smaller lr; ``width_exponent = 0`` turns
-    it off. Raises ValueError on non-positive inputs.
+    k times the step. The width factor is a hypothesis the ablation (README "Defaults",
+    benchmarks/) tested for this from-scratch VGG16-BN: ``width_exponent = 1`` (a wider network wants
+    a smaller lr) fitted the tuning datasets but was not confirmed on the held-out ones, so the
+    configs default to 0, which turns it off. Raises ValueError on non-positive inputs.
     """
     for name, value in (("reference_lr", reference_lr), ("ims_per_batch", ims_per_batch),
                         ("reference_batch", reference_batch), ("width", width),
