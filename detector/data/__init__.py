@@ -1,12 +1,16 @@
-"""Data: the embedded synthetic dataset, the COCO loader, augmentation and batching.
+"""Data: the dataset contract, the COCO/VOC/YOLO readers, the generated datasets, augmentation, batching.
 
-Every dataset, the embedded synthetic one included, is COCO instances JSON plus image files on disk
-and goes through :class:`CocoDetection`; a batch is a list of images of different sizes and a list of
-target dicts (torchvision's detection contract), built by :func:`build_detection_loader`.
+Every format implements one contract, :class:`DetectionDataset` (see :mod:`detector.data.dataset`):
+``dataset[i] -> (image float32 [3, H, W] RGB 0..1, target dict(boxes float32 [N, 4] xyxy pixels,
+labels int64 [N] 1..K, image_id, orig_size))`` plus ``class_names``, ``num_classes`` and the ground
+truth the evaluation scores against (``coco``, ``label_to_cat_id``). A batch is a list of images of
+different sizes and a list of target dicts (torchvision's detection contract), built by
+:func:`build_detection_loader`.
 """
 
 from detector.data.collate import build_detection_loader, collate_detection
 from detector.data.coco import CocoDetection
+from detector.data.dataset import DetectionDataset
 from detector.data.synthetic import (
     SYNTHETIC_CLASSES,
     SYNTHETIC_VERSION,
@@ -19,6 +23,7 @@ __all__ = [
     "SYNTHETIC_CLASSES",
     "SYNTHETIC_VERSION",
     "CocoDetection",
+    "DetectionDataset",
     "build_detection_loader",
     "build_train_augmentation",
     "collate_detection",

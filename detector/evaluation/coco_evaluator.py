@@ -130,6 +130,28 @@ def _check_results(coco_gt: COCO, results: Sequence[Mapping[str, Any]]) -> None:
         )
 
 
+class _COCOevalWithIgnore(COCOeval):
+    """``COCOeval`` that also ignores ground truth flagged ``ignore`` or ``difficult``.
+
+    pycocotools sets ``ignore = iscrowd`` for every box, erasing a dataset's own flags; this puts
+    them back after its ``_prepare``. An ignored box is neither a miss nor, when a detection matches
+    it, a false positive, as VOC's difficult objects. Unlike a crowd region it keeps the ordinary IoU
+    and matches one detection only: a second detection on it counts as a false positive (the VOC
+    devkit ignores every detection on a difficult box; its own columns do).
+    """
+
+    def __init__(self, *args: Any, ignored_ids: set[int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ignored_ids = ignored_ids
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        for gts in self._gts.values():
+            for gt in gts:
+                if gt["id"] in self._ignored_ids:
+                    gt["ignore"] = 1
+
+
 def make_cocoeval(
     coco_gt: COCO, results: Sequence[Mapping[str, Any]], *, img_ids: Iterable[int] | None = None
 ) -> COCOeval:
@@ -158,7 +180,9 @@ def make_cocoeval(
             coco_dt = coco_gt.loadRes([dict(r) for r in results])
         else:
             coco_dt = _empty_results_coco(coco_gt)
-        coco_eval = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        ignored = {a["id"] for a in original.dataset.get("annotations", [])
+                   if a.get("ignore", 0) or a.get("difficult", 0)}
+        coco_eval = _COCOevalWithIgnore(coco_gt, coco_dt, iouType="bbox", ignored_ids=ignored)
         if img_ids is not None:
             coco_eval.params.imgIds = sorted(int(i) for i in img_ids)
         coco_eval.evaluate()

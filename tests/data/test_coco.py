@@ -74,8 +74,10 @@ def test_targets_drop_crowd_ignore_and_degenerate_and_clip(simple):
     assert target["labels"].tolist() == [3, 1, 2]
     assert target["image_id"] == 5 and target["orig_size"] == (30, 40)
     assert ds[1][1]["boxes"].tolist() == [[0, 0, 5, 4]]
-    # The COCO object keeps everything (crowd regions too) for the evaluation.
-    assert len(ds.coco.getAnnIds()) == 8 and len(ds.coco.getAnnIds(iscrowd=True)) == 1
+    # The evaluation's ground truth follows the same rule: crowd and ignore regions stay (scored as
+    # ignored), the two unusable boxes are gone from it too, the clipped ones are clipped there too.
+    assert ds.coco.getAnnIds() == [1, 2, 3, 4, 7, 8] and len(ds.coco.getAnnIds(iscrowd=True)) == 1
+    assert ds.coco.anns[4]["bbox"] == [30, 20, 10, 10] and ds.coco.anns[4]["area"] == 100
 
 
 def test_loading_prints_nothing(simple, capsys):
@@ -150,8 +152,13 @@ def test_any_image_mode_becomes_three_channel_rgb(tmp_path, mode, suffix):
 def test_missing_image_raises_naming_the_file(simple):
     images_dir, ann_file = simple
     (images_dir / "b.png").unlink()
-    ds = CocoDetection(images=images_dir, annotations=ann_file)
-    ds[0]
+    (images_dir / "a.png").unlink()
+    # Every missing file is found at once, before training starts (a stat per image).
+    with pytest.raises(DatasetError, match=r"instances\.json: 2 of 2 image files not found under .* \(a\.png, b\.png\)") as err:
+        CocoDetection(images=images_dir, annotations=ann_file)
+    assert "\n" not in str(err.value)
+    # Without the check, the file that disappears later is named when it is read.
+    ds = CocoDetection(images=images_dir, annotations=ann_file, check_files=False)
     with pytest.raises(DatasetError, match=r"b\.png: image file not found") as err:
         ds[1]
     assert "\n" not in str(err.value)
@@ -168,7 +175,7 @@ def test_unreadable_image_raises_naming_the_file(simple):
 def test_image_size_differing_from_json_raises(simple):
     images_dir, ann_file = simple
     Image.new("RGB", (30, 40)).save(images_dir / "a.png")  # transposed
-    with pytest.raises(DatasetError, match=r"a\.png: image is 30x40 but instances\.json says 40x30"):
+    with pytest.raises(DatasetError, match=r"a\.png: image is 30x40 but .*instances\.json says 40x30"):
         CocoDetection(images=images_dir, annotations=ann_file)[0]
 
 
@@ -192,7 +199,7 @@ def test_bad_json_raises_with_file_line_and_column(tmp_path):
             '{"images": [{"id": 1, "file_name": "a", "width": 2, "height": 2}], '
             '"annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0]}], '
             '"categories": [{"id": 1, "name": "x"}]}',
-            r"annotation 1 has bbox \[0, 0\]",
+            r"annotation id 1 has bbox \[0, 0\]",
         ),
     ],
 )
@@ -223,7 +230,8 @@ def test_coco_sample_edge_cases(tmp_path):
         ds = CocoDetection(images=tmp_path, annotations=ann_file)
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1, messages  # one warning per dataset, not per annotation
-    assert "coco_sample.json" in messages[0] and "skipped 1 annotation" in messages[0] and "[3]" in messages[0]
+    assert "coco_sample.json" in messages[0] and "category_id not in 'categories' (e.g. 3)" in messages[0]
+    assert "3 dropped" in messages[0] and "zero or negative size" in messages[0]
 
     assert ds.class_names == ("bus", "car") and ds.ids == [0, 1, 2, 3]
     targets = {ds[i][1]["image_id"]: ds[i][1] for i in range(len(ds))}
