@@ -42,8 +42,9 @@ TINY_MODEL = [
 ]
 
 
-def tiny_model(num_classes: int = 3, overrides: list[str] | None = None):
+def tiny_model(num_classes: int = 3, overrides: list[str] | None = None, class_names=None):
     from config_utils import build_model
 
     cfg = compose_config("train", TINY_MODEL + (overrides or []))
-    return build_model(cfg.model, num_classes=num_classes)
+    names = class_names if class_names is not None else [f"class{i}" for i in range(1, num_classes + 1)]
+    return build_model(cfg.model, class_names=names)

@@ -7,11 +7,12 @@ resolvers the YAML files use, and instantiates the model and datasets with ``hyd
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from detector.data import DetectionDataset
 from detector.engine.solver import scaled_lr
-from detector.errors import ConfigError, DetectorError
+from detector.errors import ConfigError, DatasetError, DetectorError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# ${vgg_channels:w}: conv5_3 channels of a VGG16 with width multiplier w (512 * w, as the backbone).
-OmegaConf.register_new_resolver("vgg_channels", lambda w: max(1, int(round(512 * float(w)))), replace=True)
-# ${reciprocal:s}: 1 / s, the pooler's spatial_scale from the backbone stride (so they cannot disagree).
-OmegaConf.register_new_resolver("reciprocal", lambda s: 1.0 / float(s), replace=True)
 # ${scaled_lr:lr,batch,ref_batch,width,ref_width,exponent}: the solver's lr from a reference recipe
 # (detector.engine.scaled_lr: linear in the batch, a power of the width; see configs/solver/sgd.yaml).
 OmegaConf.register_new_resolver(
@@ -88,45 +86,99 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check_number(cfg, "log_period", integer=True, minimum=1)
     validate_model_config(cfg)
     for split in ("train", "val"):
-        for field in ("images", "annotations"):
-            value = _get(cfg, f"dataset.{split}.{field}")
-            if not isinstance(value, str) or not value:
-                raise ConfigError(f"dataset.{split}.{field} must be a path, got {value!r}")
+        node = _get(cfg, f"dataset.{split}")
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise ConfigError(f"dataset.{split} must be a dataset node with a _target_ (see configs/dataset/)")
 
 
 def validate_model_config(cfg: DictConfig) -> None:
     _check_number(cfg, "model.backbone.width", minimum=0, exclusive=True)
     _check_number(cfg, "model.pooler.output_size", integer=True, minimum=1)
-    _check_number(cfg, "model.pooler.spatial_scale", minimum=0, exclusive=True)
     if _get(cfg, "model.backbone.stride") not in (16, 32):
         raise ConfigError(f"model.backbone.stride must be 16 or 32, got {_get(cfg, 'model.backbone.stride')!r}")
 
 
-def build_model(model_cfg: DictConfig, *, num_classes: int):
-    """Instantiate ``cfg.model`` with ``num_classes`` filled in (the dataset decides K)."""
-    model_cfg = model_cfg.copy()
-    OmegaConf.set_struct(model_cfg, False)
-    model_cfg.num_classes = int(num_classes)
-    # The model node is instantiated from a config detached from its root: resolve first, so the
-    # ${model.*} interpolations are read from the full config, then drop the helper keys.
-    cfg = OmegaConf.create({"model": model_cfg})
-    container = OmegaConf.to_container(cfg, resolve=True)["model"]
-    for key in ("num_classes", "backbone_channels", "pooler", "defaults"):
-        container.pop(key, None)
-    return instantiate_or_explain(container, what="model")
+def build_model(model_cfg: DictConfig | dict, *, class_names: Sequence[str]):
+    """Build ``cfg.model`` part by part, filling in what the data and the built parts know.
+
+    One value, one place: the number of classes comes from ``class_names`` (the dataset's), the
+    channels of the heads from the built backbone (``out_channels``), the stride of the anchors and
+    the pooler's ``spatial_scale`` from the backbone's ``stride``, the RPN head's anchors per cell
+    from the built anchor generator, the box head's input size from the pooler's ``output_size``.
+    The config names each part's ``_target_`` and its own hyper-parameters only. Without an ``rpn``
+    node (or ``rpn: null``) the model is a Fast R-CNN (proposals from outside).
+    """
+    if isinstance(model_cfg, DictConfig):
+        # Resolve inside the full config, so ${model.*} interpolations find their targets.
+        c = OmegaConf.to_container(OmegaConf.create({"model": model_cfg}), resolve=True)["model"]
+    else:
+        c = copy.deepcopy(model_cfg)
+    c.pop("defaults", None)
+    num_classes = len(class_names)
+    if num_classes < 1:
+        raise ConfigError("the dataset has no classes: nothing to build a detector for")
+
+    backbone = instantiate_or_explain(c["backbone"], what="model.backbone")
+    stride, channels = int(backbone.stride), int(backbone.out_channels)
+    pooler = instantiate_or_explain(c["pooler"], what="model.pooler", spatial_scale=1.0 / stride)
+    heads = dict(c["roi_heads"])
+    box_head = instantiate_or_explain(
+        heads.pop("box_head"), what="model.roi_heads.box_head", in_channels=channels, pooled_size=pooler.output_size
+    )
+    predictor = instantiate_or_explain(
+        heads.pop("predictor"), what="model.roi_heads.predictor", in_features=box_head.out_features,
+        num_classes=num_classes,
+    )
+    roi_heads = instantiate_or_explain(
+        heads, what="model.roi_heads", pooler=pooler, box_head=box_head, predictor=predictor
+    )
+    rpn = None
+    if c.get("rpn") is not None:
+        rpn_cfg = dict(c["rpn"])
+        anchors = instantiate_or_explain(
+            rpn_cfg.pop("anchor_generator"), what="model.rpn.anchor_generator", stride=stride
+        )
+        head = instantiate_or_explain(
+            rpn_cfg.pop("head"), what="model.rpn.head", in_channels=channels,
+            num_anchors=anchors.num_anchors_per_location,
+        )
+        rpn = instantiate_or_explain(rpn_cfg, what="model.rpn", head=head, anchor_generator=anchors)
+    transform = instantiate_or_explain(c["transform"], what="model.transform")
+    return instantiate_or_explain(
+        {"_target_": c["_target_"]}, what="model", backbone=backbone, rpn=rpn, roi_heads=roi_heads,
+        transform=transform,
+    )
 
 
 def instantiate_or_explain(node: Any, *, what: str, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` that turns a failure into one line naming what failed."""
+    """``hydra.utils.instantiate`` that turns a failure into one line naming the config key.
+
+    An error the library raises about its own arguments (``stride must be 16 or 32``) comes back
+    prefixed with the config node it was built from (``model.backbone: stride must be ...``), which
+    is what a user types.
+    """
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as e:
         cause = e.__cause__
         if isinstance(cause, DetectorError):
-            raise cause from None
+            raise type(cause)(f"{what}: {cause}") from None
         first = str(e).strip().splitlines()[0]
         detail = f" ({cause.__class__.__name__}: {cause})" if cause is not None else ""
         raise ConfigError(f"cannot build {what}: {first}{detail}") from None
+
+
+def check_split(dataset: DetectionDataset, key: str, reference: DetectionDataset | None = None) -> None:
+    """An evaluation split must have images, ground truth, and the reference's classes (one line each)."""
+    if len(dataset) == 0:
+        raise DatasetError(f"{dataset.source}: the {key} split has no images; every metric would be undefined")
+    if not dataset.coco.getAnnIds():
+        raise DatasetError(f"{dataset.source}: the {key} split has no ground-truth boxes to score against")
+    if reference is not None and dataset.class_names != reference.class_names:
+        raise DatasetError(
+            f"{dataset.source}: classes {list(dataset.class_names)} differ from {reference.source}'s "
+            f"{list(reference.class_names)}"
+        )
 
 
 def console_logging_for(progress: bool) -> None:

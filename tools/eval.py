@@ -14,21 +14,27 @@ true-positive IoU histogram, AP by object size).
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from config_utils import build_model, run_cli
-from detector.data import CocoDetection, build_detection_loader
+from config_utils import build_model, check_split, instantiate_or_explain, run_cli
+from detector.data import DetectionDataset, build_detection_loader
 from detector.engine import load_checkpoint
-from detector.errors import CheckpointError, ConfigError
+from detector.errors import CheckpointError, ConfigError, DatasetError
 from detector.evaluation import METRIC_KEYS, COCOEvaluator, inference_on_dataset, make_cocoeval
 from detector.evaluation.analysis import analyze
+from detector.evaluation.coco_evaluator import summarize
 from detector.evaluation.plots import plot_all
+from detector.evaluation.report import format_markdown, format_table, json_safe
+from detector.evaluation.voc import write_voc_results
 from detector.utils.env import resolve_device
 from detector.utils.io import atomic_write_json, atomic_write_text
 
@@ -50,33 +56,92 @@ def describe_pooler(model_cfg: dict) -> str:
     return f"{name}({', '.join(parts)})"
 
 
-def val_dataset_for(cfg: DictConfig, stored: dict) -> CocoDetection:
-    """The val split from the command line's ``dataset=...``, else from the checkpoint's config."""
-    if cfg.get("dataset") is not None:
-        val = cfg.dataset.val
-        return CocoDetection(images=val.images, annotations=val.annotations)
-    val = stored["dataset"]["val"]
-    return CocoDetection(images=val["images"], annotations=val["annotations"])
+def build_eval_dataset(node: Any, *, what: str) -> DetectionDataset:
+    """A val split from a dataset node (``_target_``); a checkpoint of an older layout had none."""
+    node = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    if "_target_" not in node and {"images", "annotations"} <= node.keys():
+        node = {"_target_": "detector.data.CocoDetection", "images": node["images"], "annotations": node["annotations"]}
+    dataset = instantiate_or_explain(node, what=what)
+    check_split(dataset, what)
+    return dataset
 
 
-def json_safe(obj):
-    """NaN (AP undefined: no ground truth of that kind) -> null, so the files stay strict JSON."""
-    if isinstance(obj, float) and obj != obj:
-        return None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
+def load_results_file(path: Path, dataset: DetectionDataset) -> list[dict]:
+    """COCO results of any detector, with ids mapped to ``dataset``'s (see :func:`match_results`)."""
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: results file not found") from None
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    if not isinstance(results, list):
+        raise DatasetError(f"{path}: expected a JSON list of detections (COCO results format)")
+    return match_results(results, dataset, source=str(path))
+
+
+def match_results(results: list, dataset: DetectionDataset, *, source: str) -> list[dict]:
+    """Map each detection's ``image_id`` and ``category_id`` onto the dataset's.
+
+    So that files from other tools work unchanged, ``image_id`` may be the dataset's image id or the
+    image's file name (with or without folders and extension, e.g. VOC's ``2007_000027``), and
+    ``category_id`` the dataset's category id or the class name. Anything that matches nothing is
+    one line naming the first unknown value.
+    """
+    images = dataset.coco.imgs
+    by_name: dict[str, int] = {}
+    for image_id, info in images.items():
+        name = Path(str(info["file_name"]))
+        for key in (str(info["file_name"]), name.name, name.stem):
+            by_name.setdefault(key, image_id)
+    cats = dataset.coco.cats
+    by_class = {str(c["name"]): cat_id for cat_id, c in cats.items()}
+    out = []
+    for i, r in enumerate(results):
+        if not isinstance(r, dict) or not {"image_id", "category_id", "bbox", "score"} <= r.keys():
+            raise DatasetError(f"{source}: detection {i} lacks image_id, category_id, bbox or score: {r!r:.120}")
+        image_id, cat = r["image_id"], r["category_id"]
+        if not (isinstance(image_id, int) and image_id in images):
+            if str(image_id) not in by_name:
+                raise DatasetError(
+                    f"{source}: detection {i} has image_id {image_id!r}, which is neither an image id "
+                    f"nor an image file name of {dataset.source}"
+                )
+            image_id = by_name[str(image_id)]
+        if not (isinstance(cat, int) and cat in cats):
+            if str(cat) not in by_class:
+                raise DatasetError(
+                    f"{source}: detection {i} has category_id {cat!r}, which is neither a category id "
+                    f"nor a class name of {dataset.source} ({', '.join(dataset.class_names)})"
+                )
+            cat = by_class[str(cat)]
+        out.append({"image_id": int(image_id), "category_id": int(cat), "bbox": [float(v) for v in r["bbox"]],
+                    "score": float(r["score"])})
+    return out
+
+
+def load_model(path: Path, state: dict, stored: dict, device) -> tuple[torch.nn.Module, list[str]]:
+    """Rebuild the model from the config and class names stored in its checkpoint."""
+    class_names = list(state.get("extra", {}).get("dataset", {}).get("class_names", []))
+    if not class_names:
+        raise CheckpointError(f"{path} stores no class names; it was not written by tools/train.py")
+    model_cfg = copy.deepcopy(stored["model"])
+    model_cfg["backbone"]["weights"] = None  # the checkpoint brings every weight: load nothing first
+    model = build_model(model_cfg, class_names=class_names)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit its stored config: {str(e).splitlines()[0]}") from None
+    return model.to(device), class_names
 
 
 def evaluate(cfg: DictConfig) -> list[dict]:
-    checkpoints = cfg.checkpoints
-    if isinstance(checkpoints, str):
-        checkpoints = [checkpoints]
-    if not isinstance(checkpoints, (list, ListConfig)) or not checkpoints:
-        raise ConfigError(f"checkpoints must be a list of checkpoint files, got {checkpoints!r}")
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    checkpoints = list(_as_list(cfg.get("checkpoints"), "checkpoints"))
+    results_files = list(_as_list(cfg.get("results"), "results"))
+    if not checkpoints and not results_files:
+        raise ConfigError("nothing to evaluate: pass checkpoints='[A.pth,...]' and/or results='[A.json,...]'")
+    if results_files and cfg.get("dataset") is None:
+        raise ConfigError("results=... needs dataset=... (the ground truth the detections were made on)")
+    output_dir = Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.output_dir)
     device = resolve_device(cfg.device)
 
     # Read every checkpoint first: a mistake in the last one should not cost the first one's eval.
@@ -89,55 +154,58 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             raise CheckpointError(f"{path} holds no training config; it was not written by tools/train.py")
         states.append((path, state, stored))
     if cfg.get("dataset") is None:
-        vals = {str(stored["dataset"]["val"]["annotations"]) for _, _, stored in states}
+        vals = {json.dumps(stored["dataset"]["val"], sort_keys=True) for _, _, stored in states}
         if len(vals) > 1:
             raise CheckpointError(
-                f"the checkpoints were trained on different datasets ({', '.join(sorted(vals))}); "
-                f"pass dataset=... to evaluate them all on one"
+                f"the checkpoints were trained on different datasets; pass dataset=... to evaluate them all on one"
             )
+    shared = build_eval_dataset(cfg.dataset.val, what="dataset.val") if cfg.get("dataset") is not None else None
 
     rows, analyses = [], {}
-    for i, (path, state, stored) in enumerate(states):
-        dataset = val_dataset_for(cfg, stored)
-        trained_classes = list(state.get("extra", {}).get("dataset", {}).get("class_names", []))
-        if trained_classes and trained_classes != list(dataset.class_names):
-            raise CheckpointError(
-                f"{path} was trained on classes {trained_classes} but the evaluation dataset "
-                f"has {list(dataset.class_names)}"
+    entries = [("checkpoint", s) for s in states] + [("results", Path(str(p))) for p in results_files]
+    for i, (kind, entry) in enumerate(entries):
+        if kind == "checkpoint":
+            path, state, stored = entry
+            dataset = shared or build_eval_dataset(stored["dataset"]["val"], what="the checkpoint's dataset.val")
+            model, class_names = load_model(path, state, stored, device)
+            if class_names != list(dataset.class_names):
+                raise CheckpointError(
+                    f"{path} was trained on classes {class_names} but {dataset.source} has "
+                    f"{list(dataset.class_names)}"
+                )
+            label = describe_pooler(stored["model"])
+            name = f"{i}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', path.parent.name + '_' + path.stem)}"
+            loader = build_detection_loader(
+                dataset, batch_size=int(cfg.batch_size), shuffle=False, num_workers=int(cfg.num_workers)
             )
-        model_cfg = OmegaConf.create(stored["model"])
-        model_cfg.backbone.weights = None  # the checkpoint brings every weight: load nothing first
-        model = build_model(model_cfg, num_classes=dataset.num_classes)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise CheckpointError(f"{path}: weights do not fit its stored config: {str(e).splitlines()[0]}") from None
-        model.to(device)
-        name = f"{i}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', path.parent.name + '_' + path.stem)}"
-        loader = build_detection_loader(
-            dataset, batch_size=int(cfg.batch_size), shuffle=False, num_workers=int(cfg.num_workers)
-        )
-        evaluator = COCOEvaluator(
-            coco_gt=dataset.coco, label_to_cat_id=dataset.label_to_cat_id, output_dir=output_dir / name
-        )
-        metrics = inference_on_dataset(
-            model, loader, evaluator, device=device, progress=bool(cfg.progress), desc=name
-        )
-        results = json.loads((output_dir / name / "coco_results.json").read_text())
-        # The same images the metrics columns scored (every image of the split).
-        analysis = analyze(make_cocoeval(dataset.coco, results, img_ids=dataset.ids))
+            evaluator = COCOEvaluator(
+                coco_gt=dataset.coco, label_to_cat_id=dataset.label_to_cat_id, output_dir=output_dir / name
+            )
+            metrics = inference_on_dataset(
+                model, loader, evaluator, device=device, progress=bool(cfg.progress), desc=name
+            )
+            coco_eval, results, speed = evaluator.coco_eval, evaluator.results, metrics.get("images_per_second")
+            extra = {"checkpoint": str(path), "pooler": label, "iteration": int(state.get("iteration", -1))}
+        else:
+            path, dataset = entry, shared
+            results = load_results_file(path, dataset)
+            name = f"{i}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', path.stem)}"
+            # Every image of the split is scored: an image the other tool found nothing in is a miss.
+            coco_eval = make_cocoeval(dataset.coco, results, img_ids=dataset.ids)
+            metrics, _ = summarize(coco_eval)
+            atomic_write_json(output_dir / name / "metrics.json", json_safe(metrics))
+            label, speed, extra = path.name, None, {"results": str(path)}
+        analysis = analyze(coco_eval, voc_protocol=str(cfg.voc_protocol))
         atomic_write_json(output_dir / name / "analysis.json", json_safe(analysis))
-        label = f"{i}: {describe_pooler(stored['model'])}"
-        analyses[label] = analysis
+        if bool(cfg.voc_results):
+            written = write_voc_results(results, dataset, output_dir / name / "voc_results")
+            print(f"{name}: VOC devkit results files in {written}")
+        analyses[f"{i}: {label}"] = analysis
         rows.append({
-            "checkpoint": str(path),
-            "pooler": describe_pooler(stored["model"]),
-            "iteration": int(state.get("iteration", -1)),
+            "model": label, "source": str(path), **extra,
             **{k: metrics.get(k) for k in METRIC_KEYS},
-            "VOC07": analysis["VOC07_mAP50"],
-            "VOC": analysis["VOC_mAP50"],
-            "TP_IoU": analysis["mean_tp_iou"],
-            "images_per_second": metrics.get("images_per_second"),
+            "VOC07": analysis["VOC07_mAP50"], "VOC": analysis["VOC_mAP50"], "TP_IoU": analysis["mean_tp_iou"],
+            "images_per_second": speed,
         })
 
     atomic_write_json(output_dir / "comparison.json", json_safe(rows))
@@ -149,39 +217,14 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     return rows
 
 
-COLUMNS = (*METRIC_KEYS, "VOC07", "VOC", "TP_IoU")
-LEGEND = (
-    "AP..APl: COCO (pycocotools), in %; VOC07: VOC2007 11-point mAP@0.5; VOC: VOC2010+ area mAP@0.5; "
-    "TP_IoU: mean IoU of the true positives at IoU 0.5; img/s: end-to-end inference speed"
-)
-
-
-def _pct(v) -> str:
-    return "nan" if v is None or v != v else f"{100 * v:.2f}"
-
-
-def format_table(rows: list[dict]) -> str:
-    header = f"{'#':>2}  {'pooler':<30} " + " ".join(f"{k:>6}" for k in COLUMNS) + f" {'img/s':>7}  checkpoint"
-    lines = [header, "-" * len(header)]
-    for i, r in enumerate(rows):
-        lines.append(
-            f"{i:>2}  {r['pooler']:<30} " + " ".join(f"{_pct(r[k]):>6}" for k in COLUMNS)
-            + f" {r['images_per_second'] or 0:7.1f}  {r['checkpoint']}"
-        )
-    return "\n".join(lines) + "\n" + LEGEND
-
-
-def format_markdown(rows: list[dict]) -> str:
-    lines = [
-        "| # | pooler | " + " | ".join(COLUMNS) + " | img/s | checkpoint |",
-        "|---|---|" + "---:|" * len(COLUMNS) + "---:|---|",
-    ]
-    for i, r in enumerate(rows):
-        lines.append(
-            f"| {i} | {r['pooler']} | " + " | ".join(_pct(r[k]) for k in COLUMNS)
-            + f" | {r['images_per_second'] or 0:.1f} | `{r['checkpoint']}` |"
-        )
-    return "\n".join(lines) + "\n\n" + LEGEND + "\n"
+def _as_list(value: Any, key: str) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, ListConfig)):
+        raise ConfigError(f"{key} must be a list of files, got {value!r}")
+    return list(value)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")

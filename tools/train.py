@@ -17,11 +17,13 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
-from config_utils import build_model, console_logging_for, instantiate_or_explain, run_cli, validate_train_config
-from detector.data import CocoDetection, build_detection_loader, build_train_augmentation
+from config_utils import (
+    build_model, check_split, console_logging_for, instantiate_or_explain, run_cli, validate_train_config,
+)
+from detector.data import DetectionDataset, build_detection_loader
 from detector.engine import (
     build_lr_scheduler,
     build_optimizer,
@@ -37,49 +39,18 @@ from detector.utils.env import resolve_device, seed_all
 from detector.utils.io import atomic_write_json, atomic_write_text
 
 
-def prepare_dataset_files(cfg: DictConfig) -> None:
-    """Draw a generated dataset (the embedded one, the held-out family) on first use.
+def build_datasets(cfg: DictConfig) -> tuple[DetectionDataset, DetectionDataset]:
+    """The train split (with ``cfg.augmentation``) and the val split (no augmentation), from config.
 
-    A dataset config with a ``generator`` node (``_target_`` = a function ``(root, *, split,
-    num_images, seed, **params) -> (images_dir, annotations_file)`` that reuses a complete split on
-    disk) is generated here; user datasets have none and are read as they are.
+    Each split node names its dataset class or factory with ``_target_`` (``configs/dataset/``): COCO
+    JSON, VOC, YOLO or a generated set all build the same way. The classes come from the data.
     """
-    generator = cfg.dataset.get("generator")
-    if generator is None:
-        return
-    for split in ("train", "val"):
-        s = cfg.dataset[split]
-        if not Path(s.annotations).is_file():
-            print(f"generating the {cfg.dataset.name} dataset: {split} split, {s.num_images} images "
-                  f"under {cfg.dataset.root} (once; no download)")
-        instantiate_or_explain(
-            generator, what=f"dataset {cfg.dataset.name}",
-            root=cfg.dataset.root, split=split, num_images=int(s.num_images), seed=int(s.seed),
-        )
-
-
-def build_datasets(cfg: DictConfig) -> tuple[CocoDetection, CocoDetection]:
-    prepare_dataset_files(cfg)
-    train_set = CocoDetection(
-        images=cfg.dataset.train.images,
-        annotations=cfg.dataset.train.annotations,
-        transforms=build_train_augmentation(hflip_prob=float(cfg.hflip_prob)),
-        skip_empty=True,
-    )
-    val_set = CocoDetection(images=cfg.dataset.val.images, annotations=cfg.dataset.val.annotations)
+    augmentation = instantiate_or_explain(cfg.augmentation, what="augmentation")
+    train_set = instantiate_or_explain(cfg.dataset.train, what="dataset.train", transforms=augmentation, skip_empty=True)
+    val_set = instantiate_or_explain(cfg.dataset.val, what="dataset.val")
+    check_split(val_set, "dataset.val", train_set)
     if len(train_set) == 0:
-        raise DatasetError(f"{cfg.dataset.train.annotations}: no image with a usable box to train on")
-    if val_set.class_names != train_set.class_names:
-        raise DatasetError(
-            f"{cfg.dataset.val.annotations}: categories {list(val_set.class_names)} differ from the "
-            f"training set's {list(train_set.class_names)}"
-        )
-    expected = cfg.dataset.get("num_classes")
-    if expected is not None and expected != train_set.num_classes:
-        raise ConfigError(
-            f"dataset.num_classes={expected} but {cfg.dataset.train.annotations} has "
-            f"{train_set.num_classes} categories"
-        )
+        raise DatasetError(f"{train_set.source}: no image with a usable box to train on (dataset.train)")
     return train_set, val_set
 
 
@@ -125,11 +96,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     solver = cfg.solver
     if len(train_set) < solver.ims_per_batch:
         raise DatasetError(
-            f"{cfg.dataset.train.annotations}: {len(train_set)} usable images, fewer than "
+            f"{train_set.source}: {len(train_set)} usable images, fewer than "
             f"solver.ims_per_batch={solver.ims_per_batch}"
         )
-    with open_dict(cfg):
-        cfg.model.num_classes = train_set.num_classes  # K comes from the data
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
     last = find_last_checkpoint(output_dir) if cfg.resume else None
@@ -140,7 +109,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # The checkpoint brings every weight: do not load (or download) pretrained ones first.
         model_cfg = model_cfg.copy()
         model_cfg.backbone.weights = None
-    model = build_model(model_cfg, num_classes=train_set.num_classes).to(device)
+    model = build_model(model_cfg, class_names=train_set.class_names).to(device)
     optimizer = build_optimizer(
         model, base_lr=solver.base_lr, momentum=solver.momentum, weight_decay=solver.weight_decay
     )
@@ -166,7 +135,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     dataset_info = {
         "class_names": list(train_set.class_names),
         "label_to_cat_id": {int(k): int(v) for k, v in train_set.label_to_cat_id.items()},
-        "train_annotations": str(cfg.dataset.train.annotations),
+        "train_source": train_set.source,
     }
 
     loader = build_detection_loader(

@@ -57,7 +57,7 @@ def true_positive_ious(coco_eval: COCOeval, iou_index: int = 0) -> list[float]:
     return ious
 
 
-def voc_metrics(coco_eval: COCOeval, iou_thresh: float = 0.5) -> dict[str, float]:
+def voc_metrics(coco_eval: COCOeval, iou_thresh: float = 0.5, protocol: str = "devkit") -> dict[str, float]:
     """VOC07 11-point and VOC2010+ area mAP on the images and categories ``coco_eval`` scored."""
     img_ids = set(coco_eval.params.imgIds)
     # The flags as loaded (make_cocoeval records them before pycocotools overwrites ``ignore``).
@@ -70,17 +70,20 @@ def voc_metrics(coco_eval: COCOeval, iou_thresh: float = 0.5) -> dict[str, float
         (a["image_id"], a["category_id"], a["score"], _xyxy(a["bbox"]))
         for a in coco_eval.cocoDt.dataset.get("annotations", []) if a["image_id"] in img_ids
     ]
-    voc07, _ = voc_map(dets, gt, iou_thresh=iou_thresh, use_07_metric=True)
-    voc_area, _ = voc_map(dets, gt, iou_thresh=iou_thresh, use_07_metric=False)
+    voc07, _ = voc_map(dets, gt, iou_thresh=iou_thresh, use_07_metric=True, protocol=protocol)
+    voc_area, _ = voc_map(dets, gt, iou_thresh=iou_thresh, use_07_metric=False, protocol=protocol)
     return {"VOC07_mAP50": voc07, "VOC_mAP50": voc_area}
 
 
-def analyze(coco_eval: COCOeval, class_names: dict[int, str] | None = None) -> dict[str, Any]:
+def analyze(
+    coco_eval: COCOeval, class_names: dict[int, str] | None = None, *, voc_protocol: str = "devkit"
+) -> dict[str, Any]:
     """Everything the comparison table and plots need, as plain Python values.
 
     Args:
         coco_eval: evaluated and accumulated.
         class_names: category id -> name (default: the ground truth's names).
+        voc_protocol: ``devkit`` or ``continuous`` (:mod:`detector.evaluation.voc`).
 
     Returns:
         dict with ``iou_thresholds``, ``ap_per_iou``, ``per_class`` ({name: {"AP", "AP50"}}),
@@ -121,5 +124,5 @@ def analyze(coco_eval: COCOeval, class_names: dict[int, str] | None = None) -> d
         "ap_by_size": ap_by_size,
         "tp_ious": tp_ious,
         "mean_tp_iou": float(np.mean(tp_ious)) if tp_ious else float("nan"),
-        **voc_metrics(coco_eval),
+        **voc_metrics(coco_eval, protocol=voc_protocol),
     }

@@ -191,6 +191,18 @@ def make_cocoeval(
     return coco_eval
 
 
+def summarize(coco_eval: COCOeval) -> tuple[dict[str, float], str]:
+    """The six :data:`METRIC_KEYS` of an evaluated ``COCOeval`` and its 12-line summary text."""
+    summary_buf = io.StringIO()
+    with contextlib.redirect_stdout(summary_buf):
+        coco_eval.summarize()
+    metrics = {
+        key: (float("nan") if value < 0 else float(value))
+        for key, value in zip(METRIC_KEYS, coco_eval.stats[: len(METRIC_KEYS)])
+    }
+    return metrics, summary_buf.getvalue()
+
+
 def run_cocoeval(
     coco_gt: COCO, results: Sequence[Mapping[str, Any]], *, img_ids: Iterable[int] | None = None
 ) -> tuple[dict[str, float], str]:
@@ -207,15 +219,7 @@ def run_cocoeval(
         ``(metrics, summary)``: :data:`METRIC_KEYS` -> fraction in [0, 1] or NaN (no ground truth in
         that area range), and the standard 12-line ``COCOeval.summarize()`` text.
     """
-    coco_eval = make_cocoeval(coco_gt, results, img_ids=img_ids)
-    summary_buf = io.StringIO()
-    with contextlib.redirect_stdout(summary_buf):
-        coco_eval.summarize()
-    metrics = {
-        key: (float("nan") if value < 0 else float(value))
-        for key, value in zip(METRIC_KEYS, coco_eval.stats[: len(METRIC_KEYS)])
-    }
-    return metrics, summary_buf.getvalue()
+    return summarize(make_cocoeval(coco_gt, results, img_ids=img_ids))
 
 
 def evaluate_coco(
@@ -260,6 +264,10 @@ class COCOEvaluator:
 
     Attributes:
         summary: the 12-line ``COCOeval`` summary of the last :meth:`evaluate` ("" before).
+        results: the COCO results of the last :meth:`evaluate` (what ``coco_results.json`` holds).
+        coco_eval: the evaluated ``COCOeval`` of the last :meth:`evaluate` (None before, or when
+            nothing was processed), for :mod:`detector.evaluation.analysis`: kept so that nobody
+            has to read the results back and run COCOeval a second time.
     """
 
     def __init__(
@@ -280,12 +288,16 @@ class COCOEvaluator:
         self.label_to_cat_id = dict(label_to_cat_id)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.summary = ""
+        self.results: list[dict] = []
+        self.coco_eval: COCOeval | None = None
         self._predictions: dict[int, dict[str, Any]] = {}
 
     def reset(self) -> None:
         """Forget everything processed so far (call before each evaluation pass)."""
         self._predictions = {}
         self.summary = ""
+        self.results = []
+        self.coco_eval = None
 
     def process(
         self, targets: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping[str, Any]]
@@ -316,10 +328,10 @@ class COCOEvaluator:
             nothing was processed), plus ``num_images`` and ``num_detections``.
         """
         results = predictions_to_coco_results(self._predictions, self.label_to_cat_id)
+        self.results = results
         if self._predictions:
-            metrics, self.summary = run_cocoeval(
-                self.coco_gt, results, img_ids=self._predictions.keys()
-            )
+            self.coco_eval = make_cocoeval(self.coco_gt, results, img_ids=self._predictions.keys())
+            metrics, self.summary = summarize(self.coco_eval)
         else:
             # COCOeval over zero images would also yield all -1; say so directly.
             metrics, self.summary = {key: float("nan") for key in METRIC_KEYS}, ""

@@ -41,18 +41,18 @@ class FasterRCNN(nn.Module):
         self.rpn = rpn
         self.roi_heads = roi_heads
         self.transform = transform
-        # The pooler's spatial_scale and the anchors' stride are explicit config values (libraries
-        # that guess them from tensor shapes get them wrong for padded inputs); check they agree.
+        # The pooler's spatial_scale and the anchors' stride are explicit arguments (libraries that
+        # guess them from tensor shapes get them wrong for padded inputs); check they agree.
         stride = getattr(backbone, "stride", None)
         scale = getattr(roi_heads.pooler, "spatial_scale", None)
         if stride is not None and scale is not None and abs(scale * stride - 1.0) > 1e-6:
             raise ConfigError(
-                f"model.roi_heads.pooler.spatial_scale={scale} does not match the backbone stride "
-                f"{stride}: set it to {1.0 / stride}"
+                f"the pooler's spatial_scale={scale} does not match the backbone stride {stride}: "
+                f"build it with spatial_scale={1.0 / stride}"
             )
         if rpn is not None and stride is not None and rpn.anchor_generator.stride != stride:
             raise ConfigError(
-                f"model.rpn.anchor_generator.stride={rpn.anchor_generator.stride} does not match the "
+                f"the anchor generator's stride={rpn.anchor_generator.stride} does not match the "
                 f"backbone stride {stride}"
             )
 

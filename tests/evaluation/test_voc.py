@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from detector.evaluation.voc import voc_ap, voc_map
+from detector.evaluation.voc import DEVKIT_LEVELS, voc_ap, voc_map
 
 # Three objects of class 1 in one image; detections in score order: hit, miss, hit (third object
 # never found). recall = [1/3, 1/3, 2/3], precision = [1, 1/2, 2/3].
@@ -56,6 +56,93 @@ def test_voc_ap_direct():
     assert math.isnan(voc_map([], [])[0])
 
 
-def test_eleven_point_counts_exact_tenths():
-    # recall .1, .2, .3 at precision 1: levels 0, .1, .2, .3 count -> 4/11 (linspace's 0.30000000000000004 would drop one).
-    assert voc_ap(np.array([0.1, 0.2, 0.3]), np.array([1.0, 1.0, 1.0]), use_07_metric=True) == pytest.approx(4 / 11)
+def test_eleven_point_levels_are_matlabs():
+    # recall .1, .2, .3 at precision 1. The devkit's 0:0.1:1 has 0.30000000000000004 as its 4th level,
+    # which a recall of exactly 3/10 misses: 3/11. The continuous variant's exact tenths count it: 4/11.
+    rec, prec = np.array([0.1, 0.2, 0.3]), np.array([1.0, 1.0, 1.0])
+    assert voc_ap(rec, prec, use_07_metric=True) == pytest.approx(3 / 11)
+    assert voc_ap(rec, prec, use_07_metric=True, protocol="continuous") == pytest.approx(4 / 11)
+    assert DEVKIT_LEVELS[3] == 0.30000000000000004 and DEVKIT_LEVELS[6] == 0.6 and DEVKIT_LEVELS[7] == 0.7
+
+
+def test_issue_case_tp_tp_tp_fp_fp_fp_tp_with_ten_objects():
+    gt = [(i, 1, [0, 0, 10, 10], False) for i in range(10)]
+    hits = [True, True, True, False, False, False, True]
+    dets = [(i if hit else 100 + i, 1, 1.0 - 0.1 * i, [0, 0, 10, 10]) for i, hit in enumerate(hits)]
+    assert voc_map(dets, gt, use_07_metric=True)[0] == pytest.approx(0.3766, abs=1e-4)
+    assert voc_map(dets, gt, use_07_metric=True, protocol="continuous")[0] == pytest.approx(0.4156, abs=1e-4)
+
+
+def _devkit_reference(dets, gt, *, use_07):
+    """VOCevaldet.m + VOCap.m transcribed line by line, on 1-based inclusive boxes (one class)."""
+    one_based = lambda b: [b[0] + 1, b[1] + 1, b[2], b[3]]  # noqa: E731  (the loader's inverse)
+    gts = {}
+    for img, box, diff in gt:
+        gts.setdefault(img, {"BB": [], "diff": [], "det": []})
+        gts[img]["BB"].append(one_based(box)), gts[img]["diff"].append(diff), gts[img]["det"].append(False)
+    npos = sum(not d for _, _, d in gt)
+    order = sorted(range(len(dets)), key=lambda i: -dets[i][1])  # [sc,si]=sort(-confidence): stable
+    tp, fp = [0] * len(dets), [0] * len(dets)
+    for d, i in enumerate(order):
+        img, _, box = dets[i]
+        bb = one_based(box)
+        ovmax, jmax = -float("inf"), -1
+        for j, bbgt in enumerate(gts.get(img, {"BB": []})["BB"]):
+            bi = [max(bb[0], bbgt[0]), max(bb[1], bbgt[1]), min(bb[2], bbgt[2]), min(bb[3], bbgt[3])]
+            iw, ih = bi[2] - bi[0] + 1, bi[3] - bi[1] + 1
+            if iw > 0 and ih > 0:
+                ua = (bb[2] - bb[0] + 1) * (bb[3] - bb[1] + 1) + (bbgt[2] - bbgt[0] + 1) * (bbgt[3] - bbgt[1] + 1) - iw * ih
+                ov = iw * ih / ua
+                if ov > ovmax:
+                    ovmax, jmax = ov, j
+        if ovmax >= 0.5:
+            if not gts[img]["diff"][jmax]:
+                if not gts[img]["det"][jmax]:
+                    tp[d] = 1
+                    gts[img]["det"][jmax] = True
+                else:
+                    fp[d] = 1
+        else:
+            fp[d] = 1
+    fp, tp = np.cumsum(fp), np.cumsum(tp)
+    rec = tp / npos
+    prec = tp / (fp + tp)
+    if use_07:
+        ap = 0.0
+        for t in [0 + k * 0.1 for k in range(6)] + [1 - (10 - k) * 0.1 for k in range(6, 11)]:  # 0:0.1:1
+            p = prec[rec >= t].max() if (rec >= t).any() else 0.0
+            ap += p / 11
+        return ap
+    mrec = np.concatenate([[0], rec, [1]])
+    mpre = np.concatenate([[0], prec, [0]])
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    i = np.nonzero(mrec[1:] != mrec[:-1])[0] + 1
+    return float(np.sum((mrec[i] - mrec[i - 1]) * mpre[i]))
+
+
+def test_equals_the_devkit_on_difficult_boxes_ties_and_recall_exactly_three_tenths():
+    # 10 non-difficult objects in 5 images plus 2 difficult ones; pixel-aligned boxes as VOC files give
+    # (x1 - 1, y1 - 1, x2, y2), some off by a few pixels around IoU 0.5, equal scores (ties), a
+    # duplicate, a detection on a difficult box, and recall landing on exactly 3/10.
+    gt = [(img, [10 * k, 5, 10 * k + 20, 40], False) for img in range(5) for k in (0, 4)]
+    gt += [(0, [100, 100, 130, 150], True), (3, [60, 60, 90, 70], True)]
+    dets = [
+        (0, 0.9, [0, 5, 20, 40]),      # TP
+        (1, 0.9, [1, 6, 21, 41]),      # TP (tie)
+        (2, 0.9, [40, 5, 60, 40]),     # TP (tie) -> recall 3/10
+        (0, 0.8, [100, 100, 130, 150]),  # on a difficult box: ignored
+        (0, 0.8, [0, 5, 20, 40]),      # duplicate: FP
+        (4, 0.7, [9, 5, 29, 40]),      # IoU 12/29 < 0.5 in both frames: FP
+        (3, 0.6, [60, 60, 90, 70]),    # difficult: ignored
+        (3, 0.5, [43, 8, 63, 43]),     # TP
+        (4, 0.5, [200, 200, 220, 220]),  # nothing there: FP
+        (1, 0.4, [40, 5, 60, 40]),     # TP
+    ]
+    ours_dets = [(img, 1, score, box) for img, score, box in dets]
+    ours_gt = [(img, 1, box, diff) for img, box, diff in gt]
+    for use_07 in (True, False):
+        expected = _devkit_reference(dets, gt, use_07=use_07)
+        assert voc_map(ours_dets, ours_gt, use_07_metric=use_07)[0] == pytest.approx(expected, abs=1e-12)
+    # The case does exercise the 0.3 level: the continuous variant's exact tenths score higher.
+    assert voc_map(ours_dets, ours_gt, use_07_metric=True, protocol="continuous")[0] > _devkit_reference(dets, gt, use_07=True)

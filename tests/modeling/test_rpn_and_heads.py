@@ -125,8 +125,12 @@ def test_rpn_head_and_anchor_count_must_agree():
 
     from detector.errors import ConfigError
 
+    from detector.modeling.rpn import RPN, AnchorGenerator, RPNHead
+
+    model = tiny_model()
     with pytest.raises(ConfigError, match="num_anchors"):
-        tiny_model(overrides=["model.rpn.anchor_generator.aspect_ratios=[1.0]"])
+        RPN(head=RPNHead(in_channels=8, num_anchors=15), anchor_generator=AnchorGenerator(sizes=[16], aspect_ratios=[1.0], stride=32),
+            box_coder=model.rpn.box_coder, matcher=model.rpn.matcher, sampler=model.rpn.sampler)
 
 
 def test_boundary_thresh_keeps_an_inside_positive_for_a_corner_object():

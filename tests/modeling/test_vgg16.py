@@ -69,7 +69,7 @@ def test_imagenet_offline_is_one_clear_error(tmp_path, monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(CheckpointError, match="cannot download ImageNet VGG16 weights.*model.backbone.weights="):
+    with pytest.raises(CheckpointError, match="cannot download ImageNet VGG16 weights.*weights="):
         VGG16Backbone(weights="imagenet")
 
 

@@ -29,7 +29,7 @@ def test_model_configs_instantiate_and_run(model, pooler):
 
     cfg = compose_config("train", [f"model={model}", f"model/pooler={pooler}", "model.backbone.width=0.0625"])
     assert cfg.model.pooler._target_.endswith({"roi_pool": "RoIPool", "roi_align": "RoIAlign"}[pooler])
-    net = build_model(cfg.model, num_classes=4).eval()
+    net = build_model(cfg.model, class_names=['a', 'b', 'c', 'd']).eval()
     assert net.roi_heads.pooler.spatial_scale == pytest.approx(1 / cfg.model.backbone.stride)
     with torch.no_grad():
         out = net([torch.rand(3, 100, 120)])
@@ -61,7 +61,7 @@ def test_eval_config_composes():
     assert list(cfg.checkpoints) == ["a.pth", "b.pth"]
     assert cfg.get("dataset") is None
     cfg = compose_config("eval", ["checkpoints=[a.pth]", "dataset=synthetic"])
-    assert cfg.dataset.val.annotations.endswith("val/annotations.json")
+    assert cfg.dataset.val.split == "val" and cfg.dataset.val._target_.endswith("generated_split")
 
 
 def test_cli_contract_keys_exist():
@@ -82,15 +82,32 @@ def test_detector_package_never_imports_hydra():
         assert "import omegaconf" not in text and "from omegaconf" not in text, path
 
 
-def test_stride_scale_mismatch_is_one_clear_error():
+def test_derived_values_come_from_the_built_parts_not_the_config():
+    """One value, one place: K from the data, channels, stride, anchors per cell from built parts."""
+    from config_utils import build_model
+
+    cfg = compose_config("train", [
+        "model.backbone.stride=16", "model.backbone.width=0.0625",
+        "model.rpn.anchor_generator.aspect_ratios=[1.0]", "model/pooler=roi_pool", "model.pooler.output_size=5",
+    ])
+    net = build_model(cfg.model, class_names=["a", "b", "c"])
+    assert net.roi_heads.pooler.spatial_scale == 1 / 16 and net.rpn.anchor_generator.stride == 16
+    assert net.rpn.head.objectness_logits.out_channels == 5  # 5 sizes x 1 ratio
+    assert net.rpn.head.conv.in_channels == net.backbone.out_channels == 32
+    assert net.roi_heads.box_head.layers[1].in_features == 32 * 5 * 5
+    assert net.roi_heads.predictor.cls_score.out_features == 4  # 3 classes + background
+    text = (ROOT / "configs" / "model" / "faster_rcnn_vgg16.yaml").read_text()
+    for copy in ("num_classes:", "in_channels:", "num_anchors:", "spatial_scale:", "pooled_size:", "in_features:"):
+        assert not any(line.strip().startswith(copy) for line in text.splitlines()), copy
+
+
+def test_library_errors_come_back_naming_the_config_key():
     from config_utils import build_model
     from detector.errors import ConfigError
 
-    cfg = compose_config("train", ["model.backbone.stride=16", "model.backbone.width=0.0625"])
-    assert build_model(cfg.model, num_classes=2).roi_heads.pooler.spatial_scale == 1 / 16
-    cfg = compose_config("train", ["model.backbone.stride=16", "model.pooler.spatial_scale=0.03125", "model.backbone.width=0.0625"])
-    with pytest.raises(ConfigError, match="spatial_scale=0.03125 does not match the backbone stride 16"):
-        build_model(cfg.model, num_classes=2)
+    cfg = compose_config("train", ["model.backbone.freeze_at=9", "model.backbone.width=0.0625"])
+    with pytest.raises(ConfigError, match=r"^model\.backbone: freeze_at must be in 0\.\.5"):
+        build_model(cfg.model, class_names=["a"])
 
 
 @pytest.mark.parametrize("overrides", [
@@ -102,7 +119,7 @@ def test_every_operator_variant_through_config(overrides):
     from config_utils import build_model
 
     cfg = compose_config("train", overrides + ["model.backbone.width=0.0625"])
-    net = build_model(cfg.model, num_classes=2)
+    net = build_model(cfg.model, class_names=['a', 'b'])
     for o in overrides[1:]:
         key, value = o.split("=")
         attr = getattr(net.roi_heads.pooler, key.split(".")[-1])

@@ -47,11 +47,11 @@ class VGG16Backbone(nn.Module):
     ) -> None:
         super().__init__()
         if stride not in (16, 32):
-            raise ConfigError(f"model.backbone.stride must be 16 or 32 (VGG16 has 5 pools), got {stride}")
+            raise ConfigError(f"stride must be 16 or 32 (VGG16 has 5 pools), got {stride}")
         if not 0 < width <= 4:
-            raise ConfigError(f"model.backbone.width must be in (0, 4], got {width}")
+            raise ConfigError(f"width must be in (0, 4], got {width}")
         if not 0 <= freeze_at <= 5:
-            raise ConfigError(f"model.backbone.freeze_at must be in 0..5 (conv stages), got {freeze_at}")
+            raise ConfigError(f"freeze_at must be in 0..5 (conv stages), got {freeze_at}")
         layer_cfg: list[int | str] = [
             v if v == "M" else max(1, int(round(int(v) * width))) for v in cfgs["D"]
         ]
@@ -101,7 +101,7 @@ class VGG16Backbone(nn.Module):
         if weights == "imagenet":
             if self.width != 1.0:
                 raise ConfigError(
-                    f"model.backbone.weights=imagenet needs model.backbone.width=1.0, got {self.width}"
+                    f"weights=imagenet needs width=1.0, got {self.width}"
                 )
             enum = VGG16_BN_Weights.IMAGENET1K_V1 if self.batch_norm else VGG16_Weights.IMAGENET1K_V1
             try:
@@ -110,8 +110,7 @@ class VGG16Backbone(nn.Module):
                 cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
                 raise CheckpointError(
                     f"cannot download ImageNet VGG16 weights from {enum.url} ({e.__class__.__name__}: "
-                    f"{e}); with no internet, copy that file to {cache} or set "
-                    f"model.backbone.weights=/path/to/vgg16.pth"
+                    f"{e}); with no internet, copy that file to {cache} or pass weights=/path/to/vgg16.pth"
                 ) from None
         else:
             path = Path(weights).expanduser()

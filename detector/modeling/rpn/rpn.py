@@ -59,7 +59,7 @@ class RPN(nn.Module):
             raise ConfigError(
                 f"the RPN head predicts {head.objectness_logits.out_channels} anchors per location "
                 f"but the anchor generator makes {anchor_generator.num_anchors_per_location} "
-                f"(len(sizes) * len(aspect_ratios)); set model.rpn.head.num_anchors to match"
+                f"(len(sizes) * len(aspect_ratios)): build the head with num_anchors to match"
             )
         self.head = head
         self.anchor_generator = anchor_generator
