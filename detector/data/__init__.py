@@ -17,16 +17,22 @@ from detector.data.synthetic import (
     ensure_synthetic_split,
     generate_synthetic_coco,
 )
-from detector.data.transforms import build_train_augmentation
+from detector.data.transforms import build_train_augmentation, detection_compose
+from detector.data.voc import VOC_CLASSES, VOCDetection
+from detector.data.yolo import YOLODetection
 
 __all__ = [
     "SYNTHETIC_CLASSES",
     "SYNTHETIC_VERSION",
+    "VOC_CLASSES",
+    "VOCDetection",
+    "YOLODetection",
     "CocoDetection",
     "DetectionDataset",
     "build_detection_loader",
     "build_train_augmentation",
     "collate_detection",
+    "detection_compose",
     "ensure_synthetic_split",
     "generate_synthetic_coco",
 ]

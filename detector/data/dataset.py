@@ -177,14 +177,16 @@ class DetectionDataset(torch.utils.data.Dataset):
             else:
                 reason, box = _clip(ann.get("bbox"), *sizes[ann["image_id"]], where=where, file=self.source)
                 if reason is None:
+                    x, y, w, h = (float(v) for v in ann["bbox"])
                     x1, y1, x2, y2 = box
-                    new = [x1, y1, x2 - x1, y2 - y1]
-                    if new != [float(v) for v in ann["bbox"]]:
+                    if (x1, y1, x2, y2) != (x, y, x + w, y + h):  # clipping changed it
                         clipped += 1
                         first.setdefault("clipped", where)
-                        ann["area"] = new[2] * new[3]
-                    ann["bbox"] = new
-                    ann.setdefault("area", new[2] * new[3])
+                        ann["bbox"] = [x1, y1, x2 - x1, y2 - y1]
+                        ann["area"] = (x2 - x1) * (y2 - y1)
+                    else:
+                        ann["bbox"] = [x, y, w, h]
+                    ann.setdefault("area", ann["bbox"][2] * ann["bbox"][3])
                     ann.setdefault("iscrowd", 0)
                     kept.append(ann)
                     continue
