@@ -113,7 +113,9 @@ def build_model(model_cfg: DictConfig | dict, *, class_names: Sequence[str]):
         c = OmegaConf.to_container(OmegaConf.create({"model": model_cfg}), resolve=True)["model"]
     else:
         c = copy.deepcopy(model_cfg)
-    c.pop("defaults", None)
+    for key in ("defaults", "weights", "num_classes", "backbone_channels"):  # not constructor arguments
+        c.pop(key, None)
+    c["roi_heads"] = {k: v for k, v in c["roi_heads"].items() if k != "pooler"}  # older checkpoints' copy
     num_classes = len(class_names)
     if num_classes < 1:
         raise ConfigError("the dataset has no classes: nothing to build a detector for")

@@ -11,6 +11,7 @@ final evaluation on ``dataset.val``.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -26,13 +27,15 @@ from config_utils import (
 from detector.data import DetectionDataset, build_detection_loader
 from detector.engine import (
     build_lr_scheduler,
+    load_finetune_weights,
+    read_weights_file,
     build_optimizer,
     find_last_checkpoint,
     load_checkpoint,
     save_checkpoint,
     train_loop,
 )
-from detector.errors import ConfigError, DatasetError
+from detector.errors import CheckpointError, ConfigError, DatasetError
 from detector.evaluation import METRIC_KEYS, COCOEvaluator, inference_on_dataset
 from detector.evaluation.visualize import draw_detections
 from detector.utils.env import resolve_device, seed_all
@@ -52,6 +55,19 @@ def build_datasets(cfg: DictConfig) -> tuple[DetectionDataset, DetectionDataset]
     if len(train_set) == 0:
         raise DatasetError(f"{train_set.source}: no image with a usable box to train on (dataset.train)")
     return train_set, val_set
+
+
+def finetune_from(model, path: str, class_names) -> None:
+    """``model.weights=PATH``: load what fits, map the predictor's rows by class name, log one block."""
+    try:
+        state_dict, checkpoint_classes = read_weights_file(path)
+        report = load_finetune_weights(
+            model, state_dict, source=path, checkpoint_classes=checkpoint_classes, model_classes=list(class_names)
+        )
+    except CheckpointError as e:
+        raise CheckpointError(f"model.weights: {e}") from None
+    # One block, on the console and in the run's log (the progress bar hides INFO lines).
+    logging.getLogger(__name__).warning("fine-tuning from %s:\n  %s", path, "\n  ".join(report.lines()))
 
 
 def check_resumable(state: dict, resolved: dict, path: Path) -> None:
@@ -101,6 +117,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
+    weights = cfg.model.get("weights")
+    if weights and cfg.resume:
+        raise ConfigError(
+            "model.weights starts a new run from other weights and resume=true continues this one; "
+            "use one of them"
+        )
     last = find_last_checkpoint(output_dir) if cfg.resume else None
     state = load_checkpoint(last) if last is not None else None
     model_cfg = cfg.model
@@ -109,7 +131,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # The checkpoint brings every weight: do not load (or download) pretrained ones first.
         model_cfg = model_cfg.copy()
         model_cfg.backbone.weights = None
-    model = build_model(model_cfg, class_names=train_set.class_names).to(device)
+    model = build_model(model_cfg, class_names=train_set.class_names)
+    if weights and state is None:
+        finetune_from(model, str(weights), train_set.class_names)
+    model.to(device)
     optimizer = build_optimizer(
         model, base_lr=solver.base_lr, momentum=solver.momentum, weight_decay=solver.weight_decay
     )

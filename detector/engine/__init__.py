@@ -1,8 +1,9 @@
-from detector.engine.checkpoint import find_last_checkpoint, load_checkpoint, save_checkpoint
+from detector.engine.checkpoint import find_last_checkpoint, load_checkpoint, read_weights_file, save_checkpoint
+from detector.engine.finetune import FinetuneReport, load_finetune_weights
 from detector.engine.solver import WarmupSchedule, build_lr_scheduler, build_optimizer, scaled_lr
 from detector.engine.trainer import train_loop
 
 __all__ = [
-    "WarmupSchedule", "build_lr_scheduler", "build_optimizer", "find_last_checkpoint", "scaled_lr",
-    "load_checkpoint", "save_checkpoint", "train_loop",
+    "FinetuneReport", "WarmupSchedule", "build_lr_scheduler", "build_optimizer", "find_last_checkpoint",
+    "load_checkpoint", "load_finetune_weights", "read_weights_file", "save_checkpoint", "scaled_lr", "train_loop",
 ]

@@ -6,6 +6,7 @@ A checkpoint is self-describing: ``tools/eval.py`` rebuilds the model (pooler in
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +42,74 @@ def save_checkpoint(
     return path
 
 
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain types only, so a file cannot run code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise CheckpointError(f"cannot read checkpoint {path}: {e.__class__.__name__}: {e}") from None
+        text = str(e)
+        at = text.find("Unsupported")
+        detail = text[at:].splitlines()[0].split(" was not ")[0] if at >= 0 else "refused"
+        if "GLOBAL" in detail:  # a pickled Python object: it could run code
+            raise CheckpointError(
+                f"{path}: refused: it holds Python objects other than tensors and plain types, which could "
+                f"run code when loaded ({detail[:160]}); re-save it as a plain state dict from a trusted source"
+            ) from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: not a torch file of tensors and plain types "
+            f"(torch.load(weights_only=True): {detail[:160]}); files that hold pickled objects are refused"
+        ) from None
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.__class__.__name__}: {e}") from None
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`; one clear error if it is not one."""
+    """Read a checkpoint written by :func:`save_checkpoint`; one clear error if it is not one.
+
+    Read with ``torch.load(weights_only=True)``: everything a checkpoint holds (weights, optimizer
+    and scheduler state, the config as a plain dict, class names) is tensors and plain types, and a
+    file that holds anything else is refused rather than unpickled.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        # weights_only=False: the file holds the optimizer state and a plain-dict config; only load
-        # checkpoints you trust (as with any pickle).
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {e.__class__.__name__}: {e}") from None
+    state = _torch_load(path)
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a detector checkpoint (no 'model' entry)")
     return state
+
+
+def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """Weights to fine-tune from: a checkpoint of this framework, or a plain state dict.
+
+    Accepts this framework's checkpoints (``"model"`` plus the class names it stores), a state dict
+    (name -> tensor), or one nested under ``"state_dict"`` / ``"model_state_dict"`` / ``"model"``
+    (Lightning, common training scripts). A ``module.`` prefix (DistributedDataParallel) is removed.
+
+    Returns:
+        ``(state_dict, class_names)``; ``class_names`` is None when the file does not say.
+
+    Raises:
+        CheckpointError: Missing file, a file that is not tensors and plain types, or no state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    state = _torch_load(path)
+    classes = None
+    if isinstance(state, dict) and isinstance(state.get("extra"), dict):
+        names = state["extra"].get("dataset", {}).get("class_names")
+        classes = [str(n) for n in names] if names else None
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: holds no state dict (no tensors by name); is it a model checkpoint?")
+    weights = {str(k).removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return weights, classes
 
 
 def find_last_checkpoint(output_dir: str | Path) -> Path | None:
