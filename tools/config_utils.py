@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from detector.data import DetectionDataset
 from detector.engine.solver import scaled_lr
-from detector.errors import ConfigError, DatasetError, DetectorError
+from detector.errors import CheckpointError, ConfigError, DatasetError, DetectorError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,6 +181,27 @@ def check_split(dataset: DetectionDataset, key: str, reference: DetectionDataset
             f"{dataset.source}: classes {list(dataset.class_names)} differ from {reference.source}'s "
             f"{list(reference.class_names)}"
         )
+
+
+def model_from_checkpoint(path: Path, state: dict, device) -> tuple[Any, list[str]]:
+    """Rebuild a trained model from the config and class names stored in its checkpoint.
+
+    Needs no dataset: the classes come from the checkpoint (``extra.dataset.class_names``).
+    """
+    stored = state.get("config")
+    if not isinstance(stored, dict) or "model" not in stored:
+        raise CheckpointError(f"{path} holds no training config; it was not written by tools/train.py")
+    class_names = list(state.get("extra", {}).get("dataset", {}).get("class_names", []))
+    if not class_names:
+        raise CheckpointError(f"{path} stores no class names; it was not written by tools/train.py")
+    model_cfg = copy.deepcopy(stored["model"])
+    model_cfg["backbone"]["weights"] = None  # the checkpoint brings every weight: load nothing first
+    model = build_model(model_cfg, class_names=class_names)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit its stored config: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval(), class_names
 
 
 def console_logging_for(progress: bool) -> None:

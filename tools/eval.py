@@ -14,18 +14,16 @@ true-positive IoU histogram, AP by object size).
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from config_utils import build_model, check_split, instantiate_or_explain, run_cli
+from config_utils import check_split, instantiate_or_explain, model_from_checkpoint, run_cli
 from detector.data import DetectionDataset, build_detection_loader
 from detector.engine import load_checkpoint
 from detector.errors import CheckpointError, ConfigError, DatasetError
@@ -119,21 +117,6 @@ def match_results(results: list, dataset: DetectionDataset, *, source: str) -> l
     return out
 
 
-def load_model(path: Path, state: dict, stored: dict, device) -> tuple[torch.nn.Module, list[str]]:
-    """Rebuild the model from the config and class names stored in its checkpoint."""
-    class_names = list(state.get("extra", {}).get("dataset", {}).get("class_names", []))
-    if not class_names:
-        raise CheckpointError(f"{path} stores no class names; it was not written by tools/train.py")
-    model_cfg = copy.deepcopy(stored["model"])
-    model_cfg["backbone"]["weights"] = None  # the checkpoint brings every weight: load nothing first
-    model = build_model(model_cfg, class_names=class_names)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit its stored config: {str(e).splitlines()[0]}") from None
-    return model.to(device), class_names
-
-
 def evaluate(cfg: DictConfig) -> list[dict]:
     checkpoints = list(_as_list(cfg.get("checkpoints"), "checkpoints"))
     results_files = list(_as_list(cfg.get("results"), "results"))
@@ -167,7 +150,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         if kind == "checkpoint":
             path, state, stored = entry
             dataset = shared or build_eval_dataset(stored["dataset"]["val"], what="the checkpoint's dataset.val")
-            model, class_names = load_model(path, state, stored, device)
+            model, class_names = model_from_checkpoint(path, state, device)
             if class_names != list(dataset.class_names):
                 raise CheckpointError(
                     f"{path} was trained on classes {class_names} but {dataset.source} has "
