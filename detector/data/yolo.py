@@ -66,11 +66,11 @@ class YOLODetection(DetectionDataset):
         )
 
 
-def read_data_yaml(data: str | Path) -> tuple[dict[str, Any], Path, list[str]]:
+def read_data_yaml(data: str | Path, *, splits: tuple[str, ...] = ("train", "val")) -> tuple[dict[str, Any], Path, list[str]]:
     """(the parsed file, the dataset root, the class names by index).
 
     Raises:
-        DatasetError: Missing file, invalid YAML, no ``train``/``val``/``names``, or names that are
+        DatasetError: Missing file, invalid YAML, no ``names`` or no entry for one of ``splits``, or names that are
             neither a list nor a dict ``{0: name, ...}`` with indices 0..K-1.
     """
     data = Path(data)
@@ -84,7 +84,7 @@ def read_data_yaml(data: str | Path) -> tuple[dict[str, Any], Path, list[str]]:
         raise DatasetError(f"{data}: invalid YAML{where}: {getattr(err, 'problem', err)}") from None
     if not isinstance(spec, dict):
         raise DatasetError(f"{data}: expected a mapping with 'train', 'val' and 'names'")
-    missing = [key for key in ("train", "val", "names") if not spec.get(key)]
+    missing = [key for key in (*splits, "names") if not spec.get(key)]
     if missing:
         raise DatasetError(f"{data}: no {', '.join(map(repr, missing))} (a YOLO data.yaml needs train, val and names)")
     names = spec["names"]
@@ -175,9 +175,7 @@ def load_yolo(data: str | Path, split: str) -> tuple[dict[str, Any], Path]:
     lies under it, absolute otherwise. Image sizes come from the image headers (EXIF-aware).
     """
     data = Path(data)
-    spec, root, names = read_data_yaml(data)
-    if not spec.get(split):
-        raise DatasetError(f"{data}: no {split!r} split")
+    spec, root, names = read_data_yaml(data, splits=(split,))
     images, annotations = [], []
     for image_id, path in enumerate(sorted(set(_split_images(data, root, spec[split]))), start=1):
         width, height = image_size(path)

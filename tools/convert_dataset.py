@@ -1,0 +1,64 @@
+"""Convert a dataset between COCO JSON, YOLO and Pascal VOC (each to each).
+
+    python tools/convert_dataset.py dataset=voc dataset.root=VOCdevkit to=coco output=out/voc_coco
+    python tools/convert_dataset.py dataset=yolo dataset.data=data.yaml to=voc output=out/yolo_voc
+    python tools/convert_dataset.py dataset=coco_json dataset.train.images=... to=yolo output=out/y
+
+The input is any dataset config (``configs/dataset/``), read through the same loader as training, so
+what is written is exactly the ground truth training and evaluation use (boxes clipped, unusable ones
+dropped, with the loader's one warning). The layouts written are described in
+``detector/data/writers.py``; the result loads back with ``dataset=coco_json|yolo|voc``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from config_utils import instantiate_or_explain, run_cli
+from detector.data.writers import write_coco, write_voc, write_yolo
+from detector.errors import ConfigError
+
+FORMATS = ("coco", "yolo", "voc")
+
+
+def convert(cfg: DictConfig) -> dict[str, Path]:
+    fmt = str(cfg.to)
+    if fmt not in FORMATS:
+        raise ConfigError(f"to must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    out = Path(str(cfg.output))
+    written: dict[str, Path] = {}
+    for split in cfg.splits:
+        split = str(split)
+        if split not in cfg.dataset:
+            raise ConfigError(f"splits: the dataset has no {split!r} split (it has train and val)")
+        dataset = instantiate_or_explain(cfg.dataset[split], what=f"dataset.{split}")
+        if fmt == "coco":
+            written[split] = write_coco(dataset, out, split, link=bool(cfg.link_images))
+            note = ""
+        elif fmt == "yolo":
+            written[split], left_out = write_yolo(dataset, out, split, link=bool(cfg.link_images))
+            note = f"; {left_out} crowd/ignore/difficult boxes left out (YOLO has no such flag)" if left_out else ""
+        else:
+            written[split] = write_voc(dataset, out, split, year=str(cfg.voc_year))
+            note = ""
+        print(f"{split}: {len(dataset)} images, {len(dataset.coco.getAnnIds())} boxes, "
+              f"{dataset.num_classes} classes -> {written[split]}{note}")
+    hint = {"coco": "dataset=coco_json dataset.train.images=OUT/train/images dataset.train.annotations=OUT/train/annotations.json ...",
+            "yolo": f"dataset=yolo dataset.data={out / 'data.yaml'}",
+            "voc": f"dataset=voc dataset.root={out} dataset.class_names=from_xml "
+                   f"dataset.train.sets=[{cfg.voc_year}/train] dataset.val.sets=[{cfg.voc_year}/val]"}[fmt]
+    print(f"train on it with: python tools/train.py {hint}")
+    return written
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="convert")
+@run_cli
+def main(cfg: DictConfig) -> None:
+    convert(cfg)
+
+
+if __name__ == "__main__":
+    main()
