@@ -3,6 +3,7 @@
     python tools/convert_dataset.py dataset=voc dataset.root=VOCdevkit to=coco output=out/voc_coco
     python tools/convert_dataset.py dataset=yolo dataset.data=data.yaml to=voc output=out/yolo_voc
     python tools/convert_dataset.py dataset=coco_json dataset.train.images=... to=yolo output=out/y
+    python tools/convert_dataset.py dataset=synthetic to=yolo output=out/s rename='{cross: plus}' drop='[ring]'
 
 The input is any dataset config (``configs/dataset/``), read through the same loader as training, so
 what is written is exactly the ground truth training and evaluation use (boxes clipped, unusable ones
@@ -18,10 +19,31 @@ import hydra
 from omegaconf import DictConfig
 
 from config_utils import instantiate_or_explain, run_cli
+from detector.data import DetectionDataset
 from detector.data.writers import write_coco, write_voc, write_yolo
 from detector.errors import ConfigError
 
 FORMATS = ("coco", "yolo", "voc")
+
+
+def relabel(dataset: DetectionDataset, rename: dict, drop: list) -> DetectionDataset:
+    """The dataset with classes renamed (two names onto one merges them) and some dropped."""
+    names = set(dataset.class_names)
+    unknown = sorted({str(k) for k in rename} - names) + sorted({str(d) for d in drop} - names)
+    if unknown:
+        raise ConfigError(f"rename/drop name {unknown[0]!r}, which is not a class of {dataset.source} "
+                          f"({', '.join(dataset.class_names)})")
+    new_name = {c["id"]: str(rename.get(c["name"], c["name"])) for c in dataset.coco.dataset["categories"]
+                if c["name"] not in set(map(str, drop))}
+    final = list(dict.fromkeys(new_name[c] for c in sorted(new_name)))  # first id of each name keeps it
+    cat_of = {name: i + 1 for i, name in enumerate(final)}
+    coco = {
+        "images": dataset.coco.dataset["images"],
+        "annotations": [{**a, "category_id": cat_of[new_name[a["category_id"]]]}
+                        for a in dataset.coco.dataset["annotations"] if a["category_id"] in new_name],
+        "categories": [{"id": i + 1, "name": name} for i, name in enumerate(final)],
+    }
+    return DetectionDataset(coco_dict=coco, images_dir=dataset.images_dir, source=dataset.source, check_files=False)
 
 
 def convert(cfg: DictConfig) -> dict[str, Path]:
@@ -35,6 +57,8 @@ def convert(cfg: DictConfig) -> dict[str, Path]:
         if split not in cfg.dataset:
             raise ConfigError(f"splits: the dataset has no {split!r} split (it has train and val)")
         dataset = instantiate_or_explain(cfg.dataset[split], what=f"dataset.{split}")
+        if cfg.rename or cfg.drop:
+            dataset = relabel(dataset, dict(cfg.rename or {}), list(cfg.drop or []))
         if fmt == "coco":
             written[split] = write_coco(dataset, out, split, link=bool(cfg.link_images))
             note = ""

@@ -86,3 +86,17 @@ def test_bad_target_format(coco_split, tmp_path):
     _, images, annotations = coco_split
     with pytest.raises(ConfigError, match="to must be one of coco, yolo, voc"):
         convert([*coco_args(images, annotations), "to=labelme", f"output={tmp_path}"])
+
+
+def test_rename_merge_and_drop_classes(coco_split, tmp_path):
+    _, images, annotations = coco_split
+    original = CocoDetection(images=images, annotations=annotations)
+    convert([*coco_args(images, annotations), "to=coco", f"output={tmp_path / 'c'}", "rename={cross: plus, ring: circle}",
+             "drop=[triangle]"])
+    out = CocoDetection(images=tmp_path / "c" / "train" / "images", annotations=tmp_path / "c" / "train" / "annotations.json")
+    assert out.class_names == ("circle", "square", "plus")
+    count = {n: sum(1 for a in original.coco.dataset["annotations"] if original.coco.cats[a["category_id"]]["name"] == n)
+             for n in original.class_names}
+    got = {n: sum(1 for a in out.coco.dataset["annotations"] if out.coco.cats[a["category_id"]]["name"] == n)
+           for n in out.class_names}
+    assert got == {"circle": count["circle"] + count["ring"], "square": count["square"], "plus": count["cross"]}
