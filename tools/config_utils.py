@@ -213,6 +213,21 @@ def console_logging_for(progress: bool) -> None:
             handler.setLevel(logging.WARNING)
 
 
+def user_message(err: DetectorError) -> str:
+    """The one line of a user-input error, also when a DataLoader worker raised it.
+
+    A worker's exception comes back re-raised with the worker's whole traceback as its message
+    ("Caught DatasetError in DataLoader worker process 0. Original Traceback ..."); its last line is
+    the original one-line message, prefixed with the exception's qualified name.
+    """
+    text = str(err).strip()
+    if "Original Traceback" not in text:
+        return text.splitlines()[0] if text else type(err).__name__
+    last = text.splitlines()[-1]
+    prefix = f"{type(err).__module__}.{type(err).__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
 def run_cli(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Decorate a Hydra task so a user-input error prints one line and exits 1, with no traceback."""
 
@@ -221,7 +236,7 @@ def run_cli(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
         try:
             return fn(cfg)
         except DetectorError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {user_message(e)}", file=sys.stderr)
             sys.exit(1)
         except (OmegaConfBaseException, HydraException) as e:
             print(f"error: config: {str(e).strip().splitlines()[0]}", file=sys.stderr)
