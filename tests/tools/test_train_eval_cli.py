@@ -174,3 +174,26 @@ def test_eval_refuses_checkpoints_of_different_datasets(trained, tmp_path):
     torch.save(state, other)
     r = run_tool("eval.py", [f"checkpoints=[{runs['roi_align'] / 'model_final.pth'},{other}]", f"output_dir={tmp_path / 'e'}"], cwd=tmp_path)
     _one_line_error(r, "different datasets")
+
+
+def test_infer_convert_and_visualize_smoke(trained, tmp_path):
+    """One subprocess per new tool, as a user runs them."""
+    tmp, runs = trained
+    from PIL import Image
+
+    Image.new("RGB", (120, 90), (200, 100, 50)).save(tmp_path / "photo.jpg")
+    r = run_tool("infer.py", [f"checkpoint={runs['roi_align'] / 'model_final.pth'}", f"input={tmp_path / 'photo.jpg'}",
+                              f"output_dir={tmp_path / 'infer'}", "progress=false", "score_thresh=0.0"], cwd=tmp)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "images/s" in r.stdout and (tmp_path / "infer" / "photo.jpg").is_file()
+    assert json.loads((tmp_path / "infer" / "detections.json").read_text())[0]["file"].endswith("photo.jpg")
+    data = ["dataset=synthetic", f"dataset.root={tmp / 'data'}", *TINY_DATA]
+    r = run_tool("convert_dataset.py", [*data, "to=yolo", f"output={tmp_path / 'yolo'}"], cwd=tmp)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "dataset=yolo dataset.data=" in r.stdout and (tmp_path / "yolo" / "data.yaml").is_file()
+    r = run_tool("visualize_data.py", ["dataset=yolo", f"dataset.data={tmp_path / 'yolo' / 'data.yaml'}", "num_images=3",
+                                       "augmentation=strong", f"output_dir={tmp_path / 'vis'}"], cwd=tmp)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(list((tmp_path / "vis").glob("*.png"))) == 3 and "boxes drawn per class" in r.stdout
+    r = run_tool("infer.py", [f"checkpoint={runs['roi_align'] / 'model_final.pth'}", f"input={tmp_path / 'none'}"], cwd=tmp)
+    assert r.returncode == 1 and r.stderr.startswith("error: input=") and len(r.stderr.strip().splitlines()) == 1
