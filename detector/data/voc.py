@@ -205,7 +205,7 @@ def load_voc(
                 raise DatasetError(
                     f"{xml_file}: object {k} has class {name!r}, which is not in the class list "
                     f"({len(names)} names: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); "
-                    f"add it to dataset.class_names or use dataset.class_names={FROM_XML}"
+                    f"add it to class_names or use class_names={FROM_XML}"
                 )
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": cat_of[name],

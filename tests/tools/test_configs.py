@@ -42,6 +42,8 @@ def test_train_config_resolves(dataset, solver, tmp_path):
     overrides = [f"dataset={dataset}", f"solver={solver}"]
     if dataset == "coco_json":
         overrides += [f"dataset.{s}.{f}={tmp_path}/{s}_{f}" for s in ("train", "val") for f in ("images", "annotations")]
+    if dataset == "yolo":
+        overrides.append(f"dataset.data={tmp_path}/data.yaml")
     cfg = compose_config("train", overrides)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved["solver"]["max_iter"] > 0
