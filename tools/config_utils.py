@@ -113,7 +113,7 @@ def build_model(model_cfg: DictConfig | dict, *, class_names: Sequence[str]):
         c = OmegaConf.to_container(OmegaConf.create({"model": model_cfg}), resolve=True)["model"]
     else:
         c = copy.deepcopy(model_cfg)
-    for key in ("defaults", "weights", "num_classes", "backbone_channels"):  # not constructor arguments
+    for key in ("defaults", "weights", "num_classes", "backbone_channels", "proposal_topk_train", "proposal_topk_test"):
         c.pop(key, None)
     c["roi_heads"] = {k: v for k, v in c["roi_heads"].items() if k != "pooler"}  # older checkpoints' copy
     num_classes = len(class_names)
@@ -181,6 +181,20 @@ def check_split(dataset: DetectionDataset, key: str, reference: DetectionDataset
             f"{dataset.source}: classes {list(dataset.class_names)} differ from {reference.source}'s "
             f"{list(reference.class_names)}"
         )
+
+
+def build_split(node: Any, *, what: str, **kwargs: Any) -> DetectionDataset:
+    """An evaluation split from a dataset node (``_target_``), checked by :func:`check_split`.
+
+    A checkpoint written before datasets had a ``_target_`` stores ``images`` + ``annotations``:
+    that is read as COCO JSON.
+    """
+    node = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    if "_target_" not in node and {"images", "annotations"} <= node.keys():
+        node = {"_target_": "detector.data.CocoDetection", "images": node["images"], "annotations": node["annotations"]}
+    dataset = instantiate_or_explain(node, what=what, **kwargs)
+    check_split(dataset, what)
+    return dataset
 
 
 def model_from_checkpoint(path: Path, state: dict, device) -> tuple[Any, list[str]]:

@@ -23,7 +23,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from config_utils import check_split, instantiate_or_explain, model_from_checkpoint, run_cli
+from config_utils import build_split, model_from_checkpoint, run_cli
 from detector.data import DetectionDataset, build_detection_loader
 from detector.engine import load_checkpoint
 from detector.errors import CheckpointError, ConfigError, DatasetError
@@ -52,16 +52,6 @@ def describe_pooler(model_cfg: dict) -> str:
     elif pooler.get("quantization", "round") != "round":
         parts.append(str(pooler["quantization"]))
     return f"{name}({', '.join(parts)})"
-
-
-def build_eval_dataset(node: Any, *, what: str) -> DetectionDataset:
-    """A val split from a dataset node (``_target_``); a checkpoint of an older layout had none."""
-    node = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    if "_target_" not in node and {"images", "annotations"} <= node.keys():
-        node = {"_target_": "detector.data.CocoDetection", "images": node["images"], "annotations": node["annotations"]}
-    dataset = instantiate_or_explain(node, what=what)
-    check_split(dataset, what)
-    return dataset
 
 
 def load_results_file(path: Path, dataset: DetectionDataset) -> list[dict]:
@@ -142,14 +132,14 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             raise CheckpointError(
                 f"the checkpoints were trained on different datasets; pass dataset=... to evaluate them all on one"
             )
-    shared = build_eval_dataset(cfg.dataset.val, what="dataset.val") if cfg.get("dataset") is not None else None
+    shared = build_split(cfg.dataset.val, what="dataset.val") if cfg.get("dataset") is not None else None
 
     rows, analyses = [], {}
     entries = [("checkpoint", s) for s in states] + [("results", Path(str(p))) for p in results_files]
     for i, (kind, entry) in enumerate(entries):
         if kind == "checkpoint":
             path, state, stored = entry
-            dataset = shared or build_eval_dataset(stored["dataset"]["val"], what="the checkpoint's dataset.val")
+            dataset = shared or build_split(stored["dataset"]["val"], what="the checkpoint's dataset.val")
             model, class_names = model_from_checkpoint(path, state, device)
             if class_names != list(dataset.class_names):
                 raise CheckpointError(

@@ -49,12 +49,33 @@ def build_datasets(cfg: DictConfig) -> tuple[DetectionDataset, DetectionDataset]
     JSON, VOC, YOLO or a generated set all build the same way. The classes come from the data.
     """
     augmentation = instantiate_or_explain(cfg.augmentation, what="augmentation")
-    train_set = instantiate_or_explain(cfg.dataset.train, what="dataset.train", transforms=augmentation, skip_empty=True)
-    val_set = instantiate_or_explain(cfg.dataset.val, what="dataset.val")
+    train_extra, val_extra = proposal_options(cfg)
+    train_set = instantiate_or_explain(
+        cfg.dataset.train, what="dataset.train", transforms=augmentation, skip_empty=True, **train_extra
+    )
+    val_set = instantiate_or_explain(cfg.dataset.val, what="dataset.val", **val_extra)
     check_split(val_set, "dataset.val", train_set)
     if len(train_set) == 0:
         raise DatasetError(f"{train_set.source}: no image with a usable box to train on (dataset.train)")
     return train_set, val_set
+
+
+def proposal_options(cfg: DictConfig) -> tuple[dict, dict]:
+    """Fast R-CNN (a model without an RPN) reads each split's proposal file, top-k from the model config."""
+    if cfg.model.get("rpn", None) is not None:
+        for split in ("train", "val"):
+            if cfg.dataset[split].get("proposals"):
+                raise ConfigError(f"dataset.{split}.proposals is set but the model has an RPN; use model=fast_rcnn_vgg16")
+        return {}, {}
+    options = []
+    for split, topk in (("train", "proposal_topk_train"), ("val", "proposal_topk_test")):
+        if not cfg.dataset[split].get("proposals"):
+            raise ConfigError(
+                f"model=fast_rcnn_vgg16 needs dataset.{split}.proposals=FILE (proposals per image; "
+                f"tools/dump_proposals.py writes one from a Faster R-CNN checkpoint)"
+            )
+        options.append({"proposals": cfg.dataset[split].proposals, "proposal_topk": cfg.model.get(topk)})
+    return options[0], options[1]
 
 
 def finetune_from(model, path: str, class_names) -> None:

@@ -36,12 +36,14 @@ class CocoDetection(DetectionDataset):
         transforms: Transforms | None = None,
         skip_empty: bool = False,
         check_files: bool = True,
+        proposals: str | Path | None = None,
+        proposal_topk: int | None = None,
     ) -> None:
         """
         Args:
             images: Directory the images' ``file_name`` entries are relative to.
             annotations: COCO instances JSON file.
-            transforms, skip_empty, check_files: See :class:`DetectionDataset`.
+            transforms, skip_empty, check_files, proposals, proposal_topk: See :class:`DetectionDataset`.
 
         Raises:
             DatasetError: The directory or file is missing, the JSON is invalid, it is not a
@@ -55,6 +57,7 @@ class CocoDetection(DetectionDataset):
         super().__init__(
             coco_dict=load_coco_json(self.annotations_file), images_dir=images, source=self.annotations_file,
             transforms=transforms, skip_empty=skip_empty, check_files=check_files,
+            proposals=proposals, proposal_topk=proposal_topk,
         )
 
 

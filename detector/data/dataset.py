@@ -45,6 +45,7 @@ import torch
 from pycocotools.coco import COCO
 
 from detector.data.image_io import read_rgb
+from detector.data.proposals import load_proposals
 from detector.errors import DatasetError
 
 __all__ = ["DetectionDataset"]
@@ -70,6 +71,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         skip_empty: bool = False,
         use_difficult: bool = False,
         check_files: bool = True,
+        proposals: str | Path | None = None,
+        proposal_topk: int | None = None,
     ) -> None:
         """Clean the boxes, index the ground truth and build the targets; images are read lazily.
 
@@ -90,6 +93,10 @@ class DetectionDataset(torch.utils.data.Dataset):
                 "difficult" for the evaluation either way.
             check_files: Stat every image file now, so that missing ones are all reported at once,
                 before training starts, rather than one by one when first read.
+            proposals: A proposal file (:mod:`detector.data.proposals`) for Fast R-CNN: each
+                target then holds ``"proposals"`` float32 ``[P, 4]`` xyxy, moved by the same
+                augmentation as the image's boxes.
+            proposal_topk: Proposals kept per image (the highest scoring).
 
         Raises:
             DatasetError: Malformed entries, duplicate ids, or missing image files.
@@ -118,6 +125,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.ids: list[int] = ids
         if check_files:
             self._check_files()
+        self.proposals_file = str(proposals) if proposals else None
+        self._proposals = (
+            load_proposals(proposals, self.coco.imgs, topk=proposal_topk, ids=self.ids) if proposals else None
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -143,12 +154,21 @@ class DetectionDataset(torch.utils.data.Dataset):
                 f"{path}: image is {width}x{height} but {self.source} says {info['width']}x{info['height']}"
             )
         boxes, labels = self._targets[image_id]  # float32 [N, 4], int64 [N]
+        proposals = self._proposals[image_id].numpy() if self._proposals is not None else None  # [P, 4]
 
         if self.transforms is not None:
+            if proposals is not None:
+                # The proposals ride along as a second set of boxes, marked by negative labels, so
+                # the augmentation moves them exactly as it moves the objects (a flip mirrors both).
+                boxes = np.concatenate([boxes, proposals])
+                labels = np.concatenate([labels, -1 - np.arange(len(proposals))])
             out = self.transforms(image=pixels, bboxes=boxes, labels=labels)
             pixels = out["image"]
             boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
             labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
+            if proposals is not None:
+                is_proposal = labels < 0
+                proposals, boxes, labels = boxes[is_proposal], boxes[~is_proposal], labels[~is_proposal]
 
         # HWC uint8 -> CHW float in [0, 1]; a flip may have left a negative-stride view.
         image = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).float().div_(255.0)
@@ -158,6 +178,8 @@ class DetectionDataset(torch.utils.data.Dataset):
             "image_id": int(image_id),
             "orig_size": (int(height), int(width)),
         }
+        if proposals is not None:
+            target["proposals"] = torch.as_tensor(proposals, dtype=torch.float32).reshape(-1, 4)
         return image, target
 
     # -- construction -------------------------------------------------------------------------------

@@ -62,6 +62,8 @@ class VOCDetection(DetectionDataset):
         transforms: Transforms | None = None,
         skip_empty: bool = False,
         check_files: bool = True,
+        proposals: str | Path | None = None,
+        proposal_topk: int | None = None,
     ) -> None:
         """
         Args:
@@ -72,7 +74,7 @@ class VOCDetection(DetectionDataset):
             class_name_sets: The sets whose XMLs ``"from_xml"`` reads (lists are flattened), so
                 that train and val agree on one class list; default ``sets``.
             use_difficult: Train on difficult objects too.
-            transforms, skip_empty, check_files: See :class:`DetectionDataset`.
+            transforms, skip_empty, check_files, proposals, proposal_topk: See :class:`DetectionDataset`.
         """
         self.root = Path(root)
         coco_dict = load_voc(
@@ -81,6 +83,7 @@ class VOCDetection(DetectionDataset):
         super().__init__(
             coco_dict=coco_dict, images_dir=self.root, source=f"{self.root} [{', '.join(sets)}]",
             transforms=transforms, skip_empty=skip_empty, use_difficult=use_difficult, check_files=check_files,
+            proposals=proposals, proposal_topk=proposal_topk,
         )
 
 

@@ -51,18 +51,21 @@ class YOLODetection(DetectionDataset):
         transforms: Transforms | None = None,
         skip_empty: bool = False,
         check_files: bool = True,
+        proposals: str | Path | None = None,
+        proposal_topk: int | None = None,
     ) -> None:
         """
         Args:
             data: The ``data.yaml`` file.
             split: Its key to read (``train``, ``val`` or ``test``).
-            transforms, skip_empty, check_files: See :class:`DetectionDataset`.
+            transforms, skip_empty, check_files, proposals, proposal_topk: See :class:`DetectionDataset`.
         """
         self.data_file = Path(data)
         coco_dict, root = load_yolo(self.data_file, split)
         super().__init__(
             coco_dict=coco_dict, images_dir=root, source=f"{self.data_file} [{split}]", transforms=transforms,
             skip_empty=skip_empty, check_files=check_files,
+            proposals=proposals, proposal_topk=proposal_topk,
         )
 
 

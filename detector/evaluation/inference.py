@@ -69,7 +69,10 @@ def inference_on_dataset(
         with tqdm(data_loader, total=total, desc=desc, unit="batch", disable=not progress) as bar:
             for images, targets in bar:
                 images = [image.to(device, non_blocking=True) for image in images]
-                outputs = model(images)
+                if all("proposals" in t for t in targets):  # Fast R-CNN: the split's proposal file
+                    outputs = model(images, proposals=[t["proposals"].to(device) for t in targets])
+                else:
+                    outputs = model(images)
                 # .cpu() waits for the GPU, so the timer below measures finished work, and the
                 # evaluator holding outputs for the whole dataset costs host memory, not GPU memory.
                 outputs = [{key: value.cpu() for key, value in out.items()} for out in outputs]

@@ -68,6 +68,9 @@ class FasterRCNN(nn.Module):
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         if self.training and targets is None:
             raise ValueError("FasterRCNN needs targets in training mode")
+        if self.rpn is None and proposals is None and targets is not None and all("proposals" in t for t in targets):
+            # Fast R-CNN in training: a dataset with a proposal file carries them in its targets.
+            proposals = [t["proposals"] for t in targets]
         if self.rpn is None and proposals is None:
             raise ValueError("Fast R-CNN (rpn=None) needs external proposals")
         original_sizes = [tuple(img.shape[-2:]) for img in images]

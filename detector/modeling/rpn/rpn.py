@@ -91,17 +91,8 @@ class RPN(nn.Module):
         Returns:
             proposals: list of N tensors [P, 4] (detached), and a loss dict (empty in eval mode).
         """
-        num_images = features.shape[0]
-        logits, deltas = self.head(features)
-        anchors = self.anchor_generator(features.shape[-2:])  # [M, 4]
-
-        # [N, A, Hf, Wf] -> [N, Hf, Wf, A] -> [N, M];  [N, 4A, Hf, Wf] -> [N, Hf, Wf, A, 4] -> [N, M, 4]
-        a = self.anchor_generator.num_anchors_per_location
-        hf, wf = logits.shape[-2:]
-        logits = logits.permute(0, 2, 3, 1).reshape(num_images, -1)
-        deltas = deltas.view(num_images, a, 4, hf, wf).permute(0, 3, 4, 1, 2).reshape(num_images, -1, 4)
-
-        proposals = self._find_proposals(anchors, logits.detach(), deltas.detach(), image_sizes)
+        anchors, logits, deltas = self._predict(features)
+        proposals, _ = self.find_proposals(anchors, logits.detach(), deltas.detach(), image_sizes)
 
         losses: dict[str, Tensor] = {}
         if self.training:
@@ -111,12 +102,34 @@ class RPN(nn.Module):
         return proposals, losses
 
     @torch.no_grad()
-    def _find_proposals(
+    def propose(self, features: Tensor, image_sizes: list[tuple[int, int]]) -> tuple[list[Tensor], list[Tensor]]:
+        """Proposals and their objectness logits (N lists of [P, 4], [P]), best first; no losses.
+
+        What ``tools/dump_proposals.py`` stores (the scores let a reader keep its own top-k).
+        """
+        anchors, logits, deltas = self._predict(features)
+        return self.find_proposals(anchors, logits, deltas, image_sizes)
+
+    def _predict(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The head on every anchor: anchors [M, 4], objectness logits [N, M], deltas [N, M, 4]."""
+        num_images = features.shape[0]
+        logits, deltas = self.head(features)
+        anchors = self.anchor_generator(features.shape[-2:])  # [M, 4]
+        # [N, A, Hf, Wf] -> [N, Hf, Wf, A] -> [N, M];  [N, 4A, Hf, Wf] -> [N, Hf, Wf, A, 4] -> [N, M, 4]
+        a = self.anchor_generator.num_anchors_per_location
+        hf, wf = logits.shape[-2:]
+        logits = logits.permute(0, 2, 3, 1).reshape(num_images, -1)
+        deltas = deltas.view(num_images, a, 4, hf, wf).permute(0, 3, 4, 1, 2).reshape(num_images, -1, 4)
+        return anchors, logits, deltas
+
+    @torch.no_grad()
+    def find_proposals(
         self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: list[tuple[int, int]]
-    ) -> list[Tensor]:
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Decode, clip, NMS and keep the top-k per image: (N lists of boxes [P, 4], logits [P])."""
         pre_k = self.pre_nms_topk[self.training]
         post_k = self.post_nms_topk[self.training]
-        proposals = []
+        proposals, proposal_scores = [], []
         for logits_i, deltas_i, image_size in zip(logits, deltas, image_sizes):
             # Top-k before decoding: decoding and NMS on all anchors would be wasted work.
             k = min(pre_k, logits_i.numel())
@@ -131,7 +144,8 @@ class RPN(nn.Module):
             boxes, scores = boxes[nonempty], scores[nonempty]
             keep = nms(boxes, scores, self.nms_thresh)[:post_k]
             proposals.append(boxes[keep])
-        return proposals
+            proposal_scores.append(scores[keep])
+        return proposals, proposal_scores
 
     def _losses(
         self,
