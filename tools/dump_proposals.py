@@ -26,19 +26,9 @@ from detector.data import build_detection_loader
 from detector.data.proposals import save_proposals
 from detector.engine import load_checkpoint
 from detector.errors import CheckpointError, ConfigError
-from detector.evaluation.proposal_recall import proposal_recall
+from detector.evaluation.proposal_recall import counted_ground_truth, proposal_recall
 from detector.utils.env import resolve_device
 from detector.utils.io import atomic_write_json
-
-
-def counted_ground_truth(dataset) -> dict[int, torch.Tensor]:
-    """Per image: the xyxy boxes recall counts (not crowd, ignore or difficult), original pixels."""
-    gt: dict[int, list[list[float]]] = {i: [] for i in dataset.ids}
-    for ann in dataset.coco.dataset["annotations"]:
-        if ann["image_id"] in gt and not (ann.get("iscrowd") or ann.get("ignore") or ann.get("difficult")):
-            x, y, w, h = ann["bbox"]
-            gt[ann["image_id"]].append([x, y, x + w, y + h])
-    return {i: torch.tensor(b, dtype=torch.float64).reshape(-1, 4) for i, b in gt.items()}
 
 
 @torch.no_grad()

@@ -31,6 +31,7 @@ from detector.evaluation import METRIC_KEYS, COCOEvaluator, inference_on_dataset
 from detector.evaluation.analysis import analyze
 from detector.evaluation.coco_evaluator import summarize
 from detector.evaluation.plots import plot_all
+from detector.evaluation.proposal_recall import counted_ground_truth, proposal_recall
 from detector.evaluation.report import format_markdown, format_table, json_safe
 from detector.evaluation.voc import write_voc_results
 from detector.utils.env import resolve_device
@@ -134,19 +135,25 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             )
     shared = build_split(cfg.dataset.val, what="dataset.val") if cfg.get("dataset") is not None else None
 
-    rows, analyses = [], {}
+    rows, analyses, notes = [], {}, []
     entries = [("checkpoint", s) for s in states] + [("results", Path(str(p))) for p in results_files]
     for i, (kind, entry) in enumerate(entries):
         if kind == "checkpoint":
             path, state, stored = entry
-            dataset = shared or build_split(stored["dataset"]["val"], what="the checkpoint's dataset.val")
+            if stored["model"].get("rpn") is None:  # Fast R-CNN: the val split's proposal file
+                node = cfg.dataset.val if cfg.get("dataset") is not None else stored["dataset"]["val"]
+                if not node.get("proposals"):
+                    raise ConfigError(f"{path} is a Fast R-CNN: pass dataset.val.proposals=FILE (proposals for the val split)")
+                dataset = build_split(node, what="dataset.val", proposal_topk=stored["model"].get("proposal_topk_test"))
+            else:
+                dataset = shared or build_split(stored["dataset"]["val"], what="the checkpoint's dataset.val")
             model, class_names = model_from_checkpoint(path, state, device)
             if class_names != list(dataset.class_names):
                 raise CheckpointError(
                     f"{path} was trained on classes {class_names} but {dataset.source} has "
                     f"{list(dataset.class_names)}"
                 )
-            label = describe_pooler(stored["model"])
+            label = ("Fast R-CNN " if stored["model"].get("rpn") is None else "") + describe_pooler(stored["model"])
             name = f"{i}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', path.parent.name + '_' + path.stem)}"
             loader = build_detection_loader(
                 dataset, batch_size=int(cfg.batch_size), shuffle=False, num_workers=int(cfg.num_workers)
@@ -159,6 +166,11 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             )
             coco_eval, results, speed = evaluator.coco_eval, evaluator.results, metrics.get("images_per_second")
             extra = {"checkpoint": str(path), "pooler": label, "iteration": int(state.get("iteration", -1))}
+            if dataset.proposals is not None:
+                recall = proposal_recall(dataset.proposals, counted_ground_truth(dataset))
+                extra["proposals"] = {"file": dataset.proposals_file, **recall}
+                notes.append(f"{i}: proposals {dataset.proposals_file}: " + "  ".join(
+                    f"{k}={v:.3f}" for k, v in recall.items() if k.startswith(("recall@300", "AR"))))
         else:
             path, dataset = entry, shared
             results = load_results_file(path, dataset)
@@ -185,6 +197,8 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     atomic_write_text(output_dir / "comparison.md", format_markdown(rows))
     plots = plot_all(analyses, output_dir / "plots")
     print(format_table(rows))
+    for line in notes:  # Fast R-CNN rows: the recall of the proposals they were given
+        print(line)
     print(f"plots: {', '.join(str(p) for p in plots)}")
     print(f"output: {output_dir}")
     return rows

@@ -113,7 +113,8 @@ def log_val_images(model, val_set, writer, step: int, device, count: int = 4) ->
     model.eval()
     for i in range(min(count, len(val_set))):
         image, target = val_set[i]
-        detection = model([image.to(device)])[0]
+        proposals = [target["proposals"].to(device)] if "proposals" in target else None  # Fast R-CNN
+        detection = model([image.to(device)], proposals=proposals)[0]
         writer.add_image(f"val/detections_{i}", draw_detections(image, target, detection, val_set.class_names), step)
     model.train(was_training)
 

@@ -133,6 +133,11 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def proposals(self) -> dict[int, torch.Tensor] | None:
+        """image id -> proposals [P, 4] as loaded (before augmentation), or None without a file."""
+        return self._proposals
+
     def image_path(self, image_id: int) -> Path:
         return self.images_dir / self.coco.imgs[image_id]["file_name"]
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-__all__ = ["proposal_recall"]
+__all__ = ["counted_ground_truth", "proposal_recall"]
 
 IOU_THRESHOLDS = tuple(0.5 + 0.05 * i for i in range(10))
 
@@ -77,3 +77,16 @@ def proposal_recall(
     out["num_objects"] = float(total)
     out["mean_proposals"] = float(sum(len(p) for p in proposals.values()) / max(len(proposals), 1))
     return out
+
+
+def counted_ground_truth(dataset) -> dict[int, Tensor]:
+    """Per image of a :class:`~detector.data.DetectionDataset`: the xyxy boxes recall counts.
+
+    Crowd regions and ``ignore`` / ``difficult`` objects are left out; original-image pixels.
+    """
+    gt: dict[int, list[list[float]]] = {i: [] for i in dataset.ids}
+    for ann in dataset.coco.dataset["annotations"]:
+        if ann["image_id"] in gt and not (ann.get("iscrowd") or ann.get("ignore") or ann.get("difficult")):
+            x, y, w, h = ann["bbox"]
+            gt[ann["image_id"]].append([x, y, x + w, y + h])
+    return {i: torch.tensor(b, dtype=torch.float64).reshape(-1, 4) for i, b in gt.items()}
