@@ -51,7 +51,8 @@ class DetectionTransform(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
 
-    def _target_size(self, h: int, w: int) -> tuple[int, int]:
+    def target_size(self, h: int, w: int) -> tuple[int, int]:
+        """(height, width) an h x w image is resized to (in training, one of the min_size values at random)."""
         if self.training and len(self.min_size) > 1:
             min_size = self.min_size[int(torch.randint(len(self.min_size), ()).item())]
         else:
@@ -67,7 +68,7 @@ class DetectionTransform(nn.Module):
         resized, sizes, new_targets = [], [], [] if targets is not None else None
         for i, image in enumerate(images):
             h, w = image.shape[-2:]
-            nh, nw = self._target_size(h, w)
+            nh, nw = self.target_size(h, w)
             image = (image - self.pixel_mean) / self.pixel_std
             if (nh, nw) != (h, w):
                 image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
