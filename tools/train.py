@@ -119,12 +119,19 @@ def log_val_images(model, val_set, writer, step: int, device, count: int = 4) ->
     model.train(was_training)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Train with a composed config; returns the final metrics."""
+def run_directory(cfg: DictConfig) -> Path:
+    """Hydra's run or job directory; the config's output_dir when called in-process without Hydra."""
+    return Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.output_dir)
+
+
+def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
+    """Train with a composed config; returns the final metrics.
+
+    ``output_dir`` overrides the run directory (the alternating schedule runs one train per step).
+    """
     validate_train_config(cfg)
     console_logging_for(bool(cfg.progress))
-    # Hydra's run or job directory; the config's output_dir when called in-process without Hydra.
-    output_dir = Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.output_dir)
+    output_dir = Path(output_dir) if output_dir is not None else run_directory(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     seed_all(int(cfg.seed))
@@ -234,6 +241,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @run_cli
 def main(cfg: DictConfig) -> float:
     # Returning a float makes the value visible to Hydra sweepers (e.g. Optuna) as the objective.
+    if cfg.training == "alternating":
+        from alternating import train_alternating
+
+        return train_alternating(cfg, run_directory(cfg)).get("AP50", float("nan"))
+    if cfg.training != "joint":
+        raise ConfigError(f"training must be joint or alternating, got {cfg.training!r}")
     return train(cfg).get("AP50", float("nan"))
 
 

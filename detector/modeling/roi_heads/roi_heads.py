@@ -46,6 +46,7 @@ class RoIHeads(nn.Module):
         detections_per_img: int = 100,
         proposal_append_gt: bool = True,
         smooth_l1_beta: float = 1.0,
+        loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.pooler = pooler
@@ -59,6 +60,9 @@ class RoIHeads(nn.Module):
         self.detections_per_img = int(detections_per_img)
         self.proposal_append_gt = bool(proposal_append_gt)
         self.smooth_l1_beta = float(smooth_l1_beta)
+        # 0 trains the RPN alone (steps 1 and 3 of the paper's alternating training): the head still
+        # runs, but sends no gradient to itself or to the shared layers.
+        self.loss_weight = float(loss_weight)
 
     @torch.no_grad()
     def label_and_sample_proposals(
@@ -121,7 +125,7 @@ class RoIHeads(nn.Module):
                 class_logits, box_deltas, gt_classes, regression_targets,
                 smooth_l1_beta=self.smooth_l1_beta,
             )
-            return [], losses
+            return [], {k: v * self.loss_weight for k, v in losses.items()}
         detections = fast_rcnn_inference(
             class_logits, box_deltas, proposals, image_sizes,
             box_coder=self.box_coder, score_thresh=self.score_thresh,
