@@ -75,3 +75,33 @@ def test_fast_rcnn_without_proposal_file_and_dump_without_rpn(faster):
     with pytest.raises(CheckpointError, match="is a Fast R-CNN \\(no RPN\\)"):
         tool("dump_proposals", "dump_proposals", [f"checkpoint={tmp / 'fast_roi_align' / 'model_final.pth'}",
              f"output={tmp / 'no.pt'}", "progress=false", "num_workers=0"])
+
+
+def test_selective_search_proposals_in_parallel(tmp_path):
+    pytest.importorskip("selective_search")
+    data = [f"dataset.root={tmp_path / 'data'}", *DATA]
+    recall = tool("dump_proposals", "dump_proposals", ["method=selective_search", "dataset=synthetic", *data, "split=val",
+                  f"output={tmp_path / 'ss.pt'}", "num_workers=2", "progress=false"])
+    state = torch.load(tmp_path / "ss.pt", weights_only=True)
+    assert len(state["boxes"]) == 3 and "scores" not in state and all(len(b) > 0 for b in state["boxes"])
+    saved = json.loads((tmp_path / "ss.pt.recall.json").read_text())
+    assert saved["method"] == "selective_search" and saved["seconds_per_image"] > 0 and saved["workers"] == 2
+    assert 0 <= recall["recall@1000@0.5"] <= 1
+
+
+def test_detectron2_proposals_convert(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from detector.data.proposals import load_proposals
+
+    with open(tmp_path / "d2.pkl", "wb") as f:  # detectron2's layout, XYWH_ABS boxes (bbox_mode 1)
+        pickle.dump({"ids": [7, 9], "boxes": [np.array([[1, 2, 10, 20], [0, 0, 5, 5]], dtype=np.float32), np.zeros((0, 4))],
+                     "objectness_logits": [np.array([0.1, 0.9], dtype=np.float32), np.zeros(0)], "bbox_mode": 1}, f)
+    from detector.data.proposals import from_detectron2
+
+    out = from_detectron2(tmp_path / "d2.pkl", tmp_path / "d2.pt")
+    images = {7: {"file_name": "a.jpg", "width": 100, "height": 100}, 9: {"file_name": "b.jpg", "width": 50, "height": 50}}
+    got = load_proposals(out, images)
+    assert got[7].tolist() == [[0, 0, 5, 5], [1, 2, 11, 22]] and got[9].shape == (0, 4)  # sorted by logit, xyxy
