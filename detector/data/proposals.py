@@ -121,7 +121,7 @@ def load_proposals(
             f"was it made for another split?"
         )
     out: dict[int, Tensor] = {}
-    dropped = 0
+    dropped = clipped = 0
     for image_id in wanted:
         raw_boxes, raw_scores = found[image_id]
         where = f"{path}: image {images[image_id].get('file_name', image_id)}"
@@ -140,13 +140,18 @@ def load_proposals(
         if topk is not None:
             boxes = boxes[: int(topk)]
         width, height = float(images[image_id]["width"]), float(images[image_id]["height"])
-        boxes = torch.stack([boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height),
-                             boxes[:, 2].clamp(0, width), boxes[:, 3].clamp(0, height)], dim=1)
+        inside = torch.stack([boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height),
+                              boxes[:, 2].clamp(0, width), boxes[:, 3].clamp(0, height)], dim=1)
+        clipped += int((inside != boxes).any(dim=1).sum())
+        boxes = inside
         keep = ((boxes[:, 2] - boxes[:, 0]) >= _MIN_SIDE) & ((boxes[:, 3] - boxes[:, 1]) >= _MIN_SIDE)
         dropped += int((~keep).sum())
         out[image_id] = boxes[keep]
-    if dropped:
-        warnings.warn(f"{path}: {dropped} proposal(s) under 1 px after clipping to the image were dropped", stacklevel=3)
+    if dropped or clipped:
+        warnings.warn(
+            f"{path}: {clipped} proposal(s) clipped to their image, {dropped} under 1 px after clipping dropped",
+            stacklevel=3,
+        )
     return out
 
 

@@ -19,7 +19,7 @@ def test_pt_sorted_by_score_topk_clipped_and_empty_dropped(tmp_path):
     boxes = torch.tensor([[0, 0, 10, 10], [5, 5, 150, 40], [20, 20, 20.5, 30], [1, 1, 2, 2]], dtype=torch.float32)
     scores = torch.tensor([0.1, 0.9, 0.8, 0.5])
     path = save_proposals(tmp_path / "p.pt", {1: (boxes, scores), 2: (torch.zeros(0, 4), torch.zeros(0))})
-    with pytest.warns(UserWarning, match=r"p\.pt: 1 proposal\(s\) under 1 px"):
+    with pytest.warns(UserWarning, match=r"p\.pt: 1 proposal\(s\) clipped to their image, 1 under 1 px after clipping dropped"):
         got = load_proposals(path, IMAGES, topk=3)
     # best first: 0.9 (clipped to x2 = 100), 0.8 (0.5 px wide: dropped), 0.5; the 0.1 one is past top-3.
     assert got[1].tolist() == [[5, 5, 100, 40], [1, 1, 2, 2]] and got[2].shape == (0, 4)
