@@ -31,8 +31,10 @@ def test_model_configs_instantiate_and_run(model, pooler):
     assert cfg.model.pooler._target_.endswith({"roi_pool": "RoIPool", "roi_align": "RoIAlign"}[pooler])
     net = build_model(cfg.model, class_names=['a', 'b', 'c', 'd']).eval()
     assert net.roi_heads.pooler.spatial_scale == pytest.approx(1 / cfg.model.backbone.stride)
+    # Fast R-CNN (no RPN) takes its proposals from outside, in original-image pixels.
+    proposals = None if net.rpn is not None else [torch.tensor([[10.0, 10.0, 60.0, 50.0], [0.0, 0.0, 120.0, 100.0]])]
     with torch.no_grad():
-        out = net([torch.rand(3, 100, 120)])
+        out = net([torch.rand(3, 100, 120)], proposals=proposals)
     assert set(out[0]) == {"boxes", "labels", "scores"}
 
 
