@@ -84,6 +84,13 @@ def test_bad_data_yaml(tmp_path, text, message):
         YOLODetection(data=data, split="train")
 
 
+def test_data_yaml_without_val_fails_for_the_val_split(tmp_path):
+    data = make_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n"}, data="path: .\ntrain: images/train\nnames: [a]\n")
+    assert len(YOLODetection(data=data, split="train")) == 1
+    with pytest.raises(DatasetError, match=r"data\.yaml: no 'val'"):
+        YOLODetection(data=data, split="val")
+
+
 def test_slight_overshoot_is_clipped_with_one_warning(tmp_path):
     data = make_yolo(tmp_path, {"a": "0 0.9 0.5 0.205 0.2\n"})
     with pytest.warns(UserWarning, match=r"1 box\(es\) clipped to the image .*first: .*a\.txt:1"):
