@@ -88,21 +88,10 @@ def match_results(results: list, dataset: DetectionDataset, *, source: str) -> l
     for i, r in enumerate(results):
         if not isinstance(r, dict) or not {"image_id", "category_id", "bbox", "score"} <= r.keys():
             raise DatasetError(f"{source}: detection {i} lacks image_id, category_id, bbox or score: {r!r:.120}")
-        image_id, cat = r["image_id"], r["category_id"]
-        if not (isinstance(image_id, int) and image_id in images):
-            if str(image_id) not in by_name:
-                raise DatasetError(
-                    f"{source}: detection {i} has image_id {image_id!r}, which is neither an image id "
-                    f"nor an image file name of {dataset.source}"
-                )
-            image_id = by_name[str(image_id)]
-        if not (isinstance(cat, int) and cat in cats):
-            if str(cat) not in by_class:
-                raise DatasetError(
-                    f"{source}: detection {i} has category_id {cat!r}, which is neither a category id "
-                    f"nor a class name of {dataset.source} ({', '.join(dataset.class_names)})"
-                )
-            cat = by_class[str(cat)]
+        image_id = _resolve(r["image_id"], images, by_name, f"{source}: detection {i} has image_id",
+                            f"an image id nor an image file name of {dataset.source}")
+        cat = _resolve(r["category_id"], cats, by_class, f"{source}: detection {i} has category_id",
+                       f"a category id nor a class name of {dataset.source} ({', '.join(dataset.class_names)})")
         out.append({"image_id": int(image_id), "category_id": int(cat), "bbox": [float(v) for v in r["bbox"]],
                     "score": float(r["score"])})
     return out
@@ -202,6 +191,15 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     print(f"plots: {', '.join(str(p) for p in plots)}")
     print(f"output: {output_dir}")
     return rows
+
+
+def _resolve(value: Any, ids: Any, by_name: dict[str, int], where: str, what: str) -> int:
+    """The dataset's id for ``value``: itself when it is one, else the id of that name."""
+    if isinstance(value, int) and value in ids:
+        return value
+    if str(value) not in by_name:
+        raise DatasetError(f"{where} {value!r}, which is neither {what}")
+    return by_name[str(value)]
 
 
 def _as_list(value: Any, key: str) -> list:

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from detector.data.dataset import DetectionDataset, Transforms
+from detector.data.dataset import DetectionDataset
 from detector.errors import DatasetError
 
 __all__ = ["CocoDetection", "load_coco_json"]
@@ -33,17 +33,14 @@ class CocoDetection(DetectionDataset):
         *,
         images: str | Path,
         annotations: str | Path,
-        transforms: Transforms | None = None,
-        skip_empty: bool = False,
-        check_files: bool = True,
-        proposals: str | Path | None = None,
-        proposal_topk: int | None = None,
+        **common: Any,
     ) -> None:
         """
         Args:
             images: Directory the images' ``file_name`` entries are relative to.
             annotations: COCO instances JSON file.
-            transforms, skip_empty, check_files, proposals, proposal_topk: See :class:`DetectionDataset`.
+            **common: :class:`DetectionDataset`'s ``transforms``, ``skip_empty``, ``check_files``,
+                ``proposals``, ``proposal_topk``.
 
         Raises:
             DatasetError: The directory or file is missing, the JSON is invalid, it is not a
@@ -56,8 +53,7 @@ class CocoDetection(DetectionDataset):
             raise DatasetError(f"{self.annotations_file}: annotation file not found")
         super().__init__(
             coco_dict=load_coco_json(self.annotations_file), images_dir=images, source=self.annotations_file,
-            transforms=transforms, skip_empty=skip_empty, check_files=check_files,
-            proposals=proposals, proposal_topk=proposal_topk,
+            **common,
         )
 
 

@@ -33,7 +33,7 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
-from detector.data.dataset import DetectionDataset, Transforms
+from detector.data.dataset import DetectionDataset
 from detector.data.image_io import image_size
 from detector.errors import DatasetError
 
@@ -59,11 +59,7 @@ class VOCDetection(DetectionDataset):
         class_names: Sequence[str] | str | None = None,
         class_name_sets: Sequence[Any] | None = None,
         use_difficult: bool = False,
-        transforms: Transforms | None = None,
-        skip_empty: bool = False,
-        check_files: bool = True,
-        proposals: str | Path | None = None,
-        proposal_topk: int | None = None,
+        **common: Any,
     ) -> None:
         """
         Args:
@@ -74,7 +70,8 @@ class VOCDetection(DetectionDataset):
             class_name_sets: The sets whose XMLs ``"from_xml"`` reads (lists are flattened), so
                 that train and val agree on one class list; default ``sets``.
             use_difficult: Train on difficult objects too.
-            transforms, skip_empty, check_files, proposals, proposal_topk: See :class:`DetectionDataset`.
+            **common: :class:`DetectionDataset`'s ``transforms``, ``skip_empty``, ``check_files``,
+                ``proposals``, ``proposal_topk``.
         """
         self.root = Path(root)
         coco_dict = load_voc(
@@ -82,8 +79,7 @@ class VOCDetection(DetectionDataset):
         )
         super().__init__(
             coco_dict=coco_dict, images_dir=self.root, source=f"{self.root} [{', '.join(sets)}]",
-            transforms=transforms, skip_empty=skip_empty, use_difficult=use_difficult, check_files=check_files,
-            proposals=proposals, proposal_topk=proposal_topk,
+            use_difficult=use_difficult, **common,
         )
 
 

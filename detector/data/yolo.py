@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from detector.data.dataset import DetectionDataset, Transforms
+from detector.data.dataset import DetectionDataset
 from detector.data.image_io import IMAGE_SUFFIXES, image_size
 from detector.errors import DatasetError
 
@@ -48,24 +48,19 @@ class YOLODetection(DetectionDataset):
         *,
         data: str | Path,
         split: str,
-        transforms: Transforms | None = None,
-        skip_empty: bool = False,
-        check_files: bool = True,
-        proposals: str | Path | None = None,
-        proposal_topk: int | None = None,
+        **common: Any,
     ) -> None:
         """
         Args:
             data: The ``data.yaml`` file.
             split: Its key to read (``train``, ``val`` or ``test``).
-            transforms, skip_empty, check_files, proposals, proposal_topk: See :class:`DetectionDataset`.
+            **common: :class:`DetectionDataset`'s ``transforms``, ``skip_empty``, ``check_files``,
+                ``proposals``, ``proposal_topk``.
         """
         self.data_file = Path(data)
         coco_dict, root = load_yolo(self.data_file, split)
         super().__init__(
-            coco_dict=coco_dict, images_dir=root, source=f"{self.data_file} [{split}]", transforms=transforms,
-            skip_empty=skip_empty, check_files=check_files,
-            proposals=proposals, proposal_topk=proposal_topk,
+            coco_dict=coco_dict, images_dir=root, source=f"{self.data_file} [{split}]", **common,
         )
 
 
