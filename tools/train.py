@@ -24,7 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 from config_utils import (
     build_model, check_split, console_logging_for, instantiate_or_explain, run_cli, validate_train_config,
 )
-from detector.data import DetectionDataset, build_detection_loader
+from detector.data import DetectionDataset, build_detection_loader, build_training_loader
 from detector.engine import (
     build_lr_scheduler,
     load_finetune_weights,
@@ -38,7 +38,7 @@ from detector.engine import (
 from detector.errors import CheckpointError, ConfigError, DatasetError
 from detector.evaluation import METRIC_KEYS, COCOEvaluator, inference_on_dataset
 from detector.evaluation.visualize import draw_detections
-from detector.utils.env import resolve_device, seed_all
+from detector.utils.env import resolve_device, rng_state, seed_all, set_rng_state
 from detector.utils.io import atomic_write_json, atomic_write_text
 
 
@@ -175,6 +175,9 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
         for group, fresh in zip(optimizer.param_groups, fresh_hyperparameters):
             group.update(fresh)  # lr, momentum, weight decay: from this run's config
         start_iter = int(state["iteration"])
+        if "rng" in state.get("extra", {}):
+            # Last: building the model drew from the RNG; the run continues the checkpoint's stream.
+            set_rng_state(state["extra"]["rng"])
     # The schedule is always rebuilt from this run's config (a resumed run may extend max_iter) and
     # fast-forwarded to start_iter; only the iteration count comes from the checkpoint.
     scheduler = build_lr_scheduler(
@@ -192,9 +195,11 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
         "train_source": train_set.source,
     }
 
-    loader = build_detection_loader(
-        train_set, batch_size=int(solver.ims_per_batch), shuffle=True,
-        num_workers=int(cfg.num_workers), seed=int(cfg.seed) + start_iter, drop_last=True,
+    # Batches are a function of (seed, sample position): a resumed run starts where the checkpoint
+    # stopped and sees exactly the batches the uninterrupted run saw (detector/data/sampler.py).
+    loader = build_training_loader(
+        train_set, batch_size=int(solver.ims_per_batch), seed=int(cfg.seed),
+        start=start_iter * int(solver.ims_per_batch), num_workers=int(cfg.num_workers),
     )
     val_loader = build_detection_loader(
         val_set, batch_size=int(solver.ims_per_batch), shuffle=False, num_workers=int(cfg.num_workers)
@@ -204,7 +209,7 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
         name = "model_final.pth" if it == solver.max_iter else f"model_{it:07d}.pth"
         save_checkpoint(
             output_dir / name, model=model, optimizer=optimizer, scheduler=scheduler, iteration=it,
-            config=resolved, extra={"dataset": dataset_info},
+            config=resolved, extra={"dataset": dataset_info, "rng": rng_state()},
         )
 
     writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"))
