@@ -60,7 +60,7 @@ def test_non_finite_loss_stops_with_a_clear_message(split):
             self.w = torch.nn.Parameter(torch.ones(()))
 
         def forward(self, images, targets):
-            return {"loss_cls": self.w * math.inf}
+            return {"loss_roi_cls": self.w * math.inf}
 
     model = Exploding()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
