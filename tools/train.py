@@ -26,7 +26,10 @@ from config_utils import (
 )
 from detector.data import DetectionDataset, build_detection_loader, build_training_loader
 from detector.engine import (
+    NonFiniteError,
     build_lr_scheduler,
+    check_finite,
+    remove_stale_temporaries,
     load_finetune_weights,
     read_weights_file,
     build_optimizer,
@@ -146,13 +149,27 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
         )
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
+    log = logging.getLogger(__name__)
+    if int(solver.warmup_iters) >= int(solver.max_iter):
+        log.warning("solver.warmup_iters=%d >= solver.max_iter=%d: the whole run is warmup, the lr never reaches "
+                    "solver.base_lr", solver.warmup_iters, solver.max_iter)
     weights = cfg.model.get("weights")
-    if weights and cfg.resume:
+    if weights and cfg.resume is True:
         raise ConfigError(
             "model.weights starts a new run from other weights and resume=true continues this one; "
             "use one of them"
         )
-    last = find_last_checkpoint(output_dir) if cfg.resume else None
+    removed = remove_stale_temporaries(output_dir)
+    if removed:
+        log.warning("removed %d unfinished checkpoint write(s) left by a killed run: %s", len(removed), removed[0])
+    resume = cfg.resume
+    if resume not in (True, False, "auto"):
+        raise ConfigError(f"resume must be true, false or auto, got {resume!r}")
+    last = find_last_checkpoint(output_dir, fallback=True) if resume else None
+    if resume is True and last is None:
+        raise ConfigError(
+            f"resume=true but {output_dir} has no checkpoint to continue; resume=auto starts the run when there is none"
+        )
     state = load_checkpoint(last) if last is not None else None
     model_cfg = cfg.model
     if state is not None:
@@ -205,11 +222,19 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
         val_set, batch_size=int(solver.ims_per_batch), shuffle=False, num_workers=int(cfg.num_workers)
     )
 
-    def checkpoint(it: int) -> None:
+    def checkpoint(it: int) -> Path:
         name = "model_final.pth" if it == solver.max_iter else f"model_{it:07d}.pth"
-        save_checkpoint(
+        bad = check_finite(model)
+        if bad:
+            # Never let last_checkpoint name poisoned weights: a resume would fail on them again.
+            raise NonFiniteError(
+                f"iteration {it}: {len(bad)} weight tensor(s) are not finite ({', '.join(bad[:3])}); {name} not "
+                f"written, last good checkpoint: {find_last_checkpoint(output_dir) or 'none'}; lower solver.base_lr"
+            )
+        return save_checkpoint(
             output_dir / name, model=model, optimizer=optimizer, scheduler=scheduler, iteration=it,
             config=resolved, extra={"dataset": dataset_info, "rng": rng_state()},
+            keep_last=int(cfg.checkpoint_keep_last),
         )
 
     writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"))
@@ -233,6 +258,7 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
             clip_grad_norm=float(solver.clip_grad_norm), log_period=int(cfg.log_period),
             checkpoint_period=int(cfg.checkpoint_period), eval_period=int(cfg.eval_period),
             save_checkpoint=checkpoint, evaluate=evaluate, writer=writer, progress=bool(cfg.progress),
+            nonfinite=str(solver.nonfinite), max_nonfinite_skips=int(solver.max_nonfinite_skips),
         )
     metrics = {k: summary[k] for k in METRIC_KEYS if k in summary}
     # Wall time of model building, training and the final evaluation (benchmarks/ablate.py reads it).
