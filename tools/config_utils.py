@@ -113,7 +113,8 @@ def build_model(model_cfg: DictConfig | dict, *, class_names: Sequence[str]):
         c = OmegaConf.to_container(OmegaConf.create({"model": model_cfg}), resolve=True)["model"]
     else:
         c = copy.deepcopy(model_cfg)
-    for key in ("defaults", "weights", "num_classes", "backbone_channels", "proposal_topk_train", "proposal_topk_test"):
+    for key in ("defaults", "weights", "sync_bn", "num_classes", "backbone_channels", "proposal_topk_train",
+                "proposal_topk_test"):
         c.pop(key, None)
     c["roi_heads"] = {k: v for k, v in c["roi_heads"].items() if k != "pooler"}  # older checkpoints' copy
     num_classes = len(class_names)

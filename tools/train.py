@@ -11,6 +11,7 @@ final evaluation on ``dataset.val``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -38,7 +39,8 @@ from detector.engine import (
     save_checkpoint,
     train_loop,
 )
-from detector.errors import CheckpointError, ConfigError, DatasetError
+from detector.engine.distributed import all_gather_objects, barrier, init_distributed, mean_over_ranks, replicas_agree
+from detector.errors import CheckpointError, ConfigError, DatasetError, DetectorError
 from detector.evaluation import METRIC_KEYS, COCOEvaluator, inference_on_dataset
 from detector.evaluation.visualize import draw_detections
 from detector.utils.env import resolve_device, rng_state, seed_all, set_rng_state
@@ -137,11 +139,24 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
     output_dir = Path(output_dir) if output_dir is not None else run_directory(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
+    ddp, device = init_distributed(device)
+    if not ddp.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # one log: rank 0's
     seed_all(int(cfg.seed))
 
+    if ddp.enabled and not ddp.is_main:
+        barrier()  # rank 0 draws a generated dataset first; the others then read it
     train_set, val_set = build_datasets(cfg)
+    if ddp.enabled and ddp.is_main:
+        barrier()
     started = time.perf_counter()  # after the (one-time) dataset generation
     solver = cfg.solver
+    global_batch = int(solver.ims_per_batch)
+    if global_batch % ddp.world_size:
+        raise ConfigError(
+            f"solver.ims_per_batch={global_batch} is the global batch; it must be a multiple of the "
+            f"{ddp.world_size} processes"
+        )
     if len(train_set) < solver.ims_per_batch:
         raise DatasetError(
             f"{train_set.source}: {len(train_set)} usable images, fewer than "
@@ -180,6 +195,10 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
     model = build_model(model_cfg, class_names=train_set.class_names)
     if weights and state is None:
         finetune_from(model, str(weights), train_set.class_names)
+    if cfg.model.get("sync_bn"):
+        if device.type != "cuda":
+            raise ConfigError("model.sync_bn=true needs CUDA (torch's SyncBatchNorm has no CPU kernel); on CPU leave it false")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     optimizer = build_optimizer(
         model, base_lr=solver.base_lr, momentum=solver.momentum, weight_decay=solver.weight_decay
@@ -192,9 +211,15 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
         for group, fresh in zip(optimizer.param_groups, fresh_hyperparameters):
             group.update(fresh)  # lr, momentum, weight decay: from this run's config
         start_iter = int(state["iteration"])
-        if "rng" in state.get("extra", {}):
+    # The RPN's and RoI sampler's draws: rank r > 0 from seed + r (rank 0, and one process, continue
+    # the stream the model's initialisation drew from; DDP gives every rank rank 0's initial weights).
+    if ddp.rank > 0:
+        torch.manual_seed(int(cfg.seed) + ddp.rank)
+    if state is not None:
+        states = state.get("extra", {}).get("rng_per_rank") or []
+        if len(states) == ddp.world_size:
             # Last: building the model drew from the RNG; the run continues the checkpoint's stream.
-            set_rng_state(state["extra"]["rng"])
+            set_rng_state(states[ddp.rank])
     # The schedule is always rebuilt from this run's config (a resumed run may extend max_iter) and
     # fast-forwarded to start_iter; only the iteration count comes from the checkpoint.
     scheduler = build_lr_scheduler(
@@ -202,10 +227,10 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
         warmup_factor=solver.warmup_factor, schedule=solver.schedule, steps=list(solver.steps),
         gamma=solver.gamma, start_iter=start_iter,
     )
-    if state is not None:
+    if state is not None and ddp.is_main:
         print(f"resumed from {last} at iteration {start_iter}")
-
-    atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    if ddp.is_main:
+        atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     dataset_info = {
         "class_names": list(train_set.class_names),
         "label_to_cat_id": {int(k): int(v) for k, v in train_set.label_to_cat_id.items()},
@@ -214,13 +239,22 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
 
     # Batches are a function of (seed, sample position): a resumed run starts where the checkpoint
     # stopped and sees exactly the batches the uninterrupted run saw (detector/data/sampler.py).
+    # With N processes, rank r takes every N-th sample of the same stream: the global batch of an
+    # iteration is the one a single process would draw.
     loader = build_training_loader(
-        train_set, batch_size=int(solver.ims_per_batch), seed=int(cfg.seed),
-        start=start_iter * int(solver.ims_per_batch), num_workers=int(cfg.num_workers),
+        train_set, batch_size=global_batch // ddp.world_size, seed=int(cfg.seed), start=start_iter * global_batch,
+        num_workers=int(cfg.num_workers), rank=ddp.rank, world_size=ddp.world_size,
     )
+    # Evaluation is sharded the same way; the predictions are gathered before scoring.
+    val_shard = val_set if not ddp.enabled else torch.utils.data.Subset(val_set, range(ddp.rank, len(val_set), ddp.world_size))
     val_loader = build_detection_loader(
-        val_set, batch_size=int(solver.ims_per_batch), shuffle=False, num_workers=int(cfg.num_workers)
+        val_shard, batch_size=int(solver.ims_per_batch), shuffle=False, num_workers=int(cfg.num_workers)
     )
+    train_model = model
+    if ddp.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
 
     def checkpoint(it: int) -> Path:
         name = "model_final.pth" if it == solver.max_iter else f"model_{it:07d}.pth"
@@ -231,40 +265,52 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
                 f"iteration {it}: {len(bad)} weight tensor(s) are not finite ({', '.join(bad[:3])}); {name} not "
                 f"written, last good checkpoint: {find_last_checkpoint(output_dir) or 'none'}; lower solver.base_lr"
             )
-        return save_checkpoint(
-            output_dir / name, model=model, optimizer=optimizer, scheduler=scheduler, iteration=it,
-            config=resolved, extra={"dataset": dataset_info, "rng": rng_state()},
-            keep_last=int(cfg.checkpoint_keep_last),
-        )
+        rng_per_rank = all_gather_objects(rng_state())  # every rank's stream, for an exact resume
+        if ddp.is_main:  # the unwrapped model: no "module." prefix, readable by eval and fine-tuning
+            save_checkpoint(
+                output_dir / name, model=model, optimizer=optimizer, scheduler=scheduler, iteration=it,
+                config=resolved, extra={"dataset": dataset_info, "rng_per_rank": rng_per_rank},
+                keep_last=int(cfg.checkpoint_keep_last),
+            )
+        barrier()
+        return output_dir / name
 
-    writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"))
+    writer = SummaryWriter(log_dir=str(output_dir / "tensorboard")) if ddp.is_main else None
 
     def evaluate(it: int) -> dict[str, float]:
         final = it == solver.max_iter
         evaluator = COCOEvaluator(
             coco_gt=val_set.coco, label_to_cat_id=val_set.label_to_cat_id,
-            output_dir=output_dir if final else output_dir / "eval" / f"iter_{it:07d}",
+            output_dir=(output_dir if final else output_dir / "eval" / f"iter_{it:07d}") if ddp.is_main else None,
+            gather=all_gather_objects if ddp.enabled else None,
         )
         metrics = inference_on_dataset(
-            model, val_loader, evaluator, device=device, progress=bool(cfg.progress)
+            model, val_loader, evaluator, device=device, progress=bool(cfg.progress) and ddp.is_main
         )
-        log_val_images(model, val_set, writer, it, device)
+        if writer is not None:
+            log_val_images(model, val_set, writer, it, device)
         return metrics
 
-    with writer:
+    with writer if writer is not None else contextlib.nullcontext():
         summary = train_loop(
-            model=model, data_loader=loader, optimizer=optimizer, scheduler=scheduler,
+            model=train_model, data_loader=loader, optimizer=optimizer, scheduler=scheduler,
             max_iter=int(solver.max_iter), device=device, start_iter=start_iter,
             clip_grad_norm=float(solver.clip_grad_norm), log_period=int(cfg.log_period),
             checkpoint_period=int(cfg.checkpoint_period), eval_period=int(cfg.eval_period),
-            save_checkpoint=checkpoint, evaluate=evaluate, writer=writer, progress=bool(cfg.progress),
+            save_checkpoint=checkpoint, evaluate=evaluate, writer=writer, progress=bool(cfg.progress) and ddp.is_main,
             nonfinite=str(solver.nonfinite), max_nonfinite_skips=int(solver.max_nonfinite_skips),
+            reduce=(lambda v: mean_over_ranks(v, device)) if ddp.enabled else None,
         )
+    if ddp.enabled:
+        if not replicas_agree(model):
+            raise DetectorError(f"the {ddp.world_size} replicas ended with different weights; this is a bug, please report it")
+        log.info("DDP: the %d replicas hold identical weights at the end of training", ddp.world_size)
     metrics = {k: summary[k] for k in METRIC_KEYS if k in summary}
-    # Wall time of model building, training and the final evaluation (benchmarks/ablate.py reads it).
-    atomic_write_json(output_dir / "timing.json", {"total_seconds": round(time.perf_counter() - started, 2)})
-    print(f"output: {output_dir}")
-    print("val " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    if ddp.is_main:
+        # Wall time of model building, training and the final evaluation (benchmarks/ablate.py reads it).
+        atomic_write_json(output_dir / "timing.json", {"total_seconds": round(time.perf_counter() - started, 2)})
+        print(f"output: {output_dir}")
+        print("val " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return metrics
 
 

@@ -15,6 +15,7 @@ leave ``last_checkpoint`` naming poisoned weights that a resume would fail on ag
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -39,17 +40,23 @@ def train_step(
     iteration: int,
     clip_grad_norm: float = 0.0,
     nonfinite: str = "stop",
+    reduce: Callable[[dict[str, float]], dict[str, float]] | None = None,
 ) -> tuple[dict[str, float], bool]:
     """Run one step; returns ``(losses as floats incl. "loss", whether the update was applied)``.
 
     Args:
         iteration: 0-based index of this step (messages say ``iteration + 1``).
         nonfinite: ``stop`` raises :class:`NonFiniteError`; ``skip`` returns without updating.
+        reduce: Averages the numbers over data-parallel ranks before the finiteness test, so every
+            rank takes the same decision (a rank that skipped a backward the others ran would hang
+            their gradient all-reduce). The returned losses are the averaged ones.
     """
     loss_dict = model(images, targets)
     loss = sum(loss_dict.values())
     # One host transfer for all the numbers we log (each .item() would be a device sync on GPU).
     values = dict(zip([*loss_dict, "loss"], torch.stack([*loss_dict.values(), loss]).detach().tolist()))
+    if reduce is not None:
+        values = reduce(values)
     optimizer.zero_grad(set_to_none=True)
     if not math.isfinite(values["loss"]):
         if nonfinite == "skip":

@@ -104,6 +104,7 @@ def train_loop(
     progress: bool = True,
     nonfinite: str = "stop",
     max_nonfinite_skips: int = 10,
+    reduce: Callable[[dict[str, float]], dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """Train ``model`` from ``start_iter`` to ``max_iter``.
 
@@ -113,6 +114,8 @@ def train_loop(
         nonfinite: ``stop`` (a non-finite loss ends the run with one line naming the iteration, the
             loss terms and the last checkpoint) or ``skip`` (the step is dropped and counted; more
             than ``max_nonfinite_skips`` of them end the run).
+        reduce: Averages logged numbers over data-parallel ranks (losses, and the stop flag of a
+            signal, so that every rank stops at the same iteration).
         evaluate: called likewise every ``eval_period`` iterations (0 = only at the end); returns
             metrics, which are logged to TensorBoard under ``val/``.
         writer: a ``torch.utils.tensorboard.SummaryWriter`` (or None).
@@ -134,9 +137,14 @@ def train_loop(
             images, targets = _to_device(images, targets, device)
             lr = optimizer.param_groups[0]["lr"]  # the lr this iteration uses (logged below)
             try:
+                # The signal flag rides along with the losses: one all-reduce, one decision for all ranks.
+                flag = {"_signal": float(signals.received or 0)}
                 values, applied = train_step(
-                    model, images, targets, optimizer, iteration=it, clip_grad_norm=clip_grad_norm, nonfinite=nonfinite
+                    model, images, targets, optimizer, iteration=it, clip_grad_norm=clip_grad_norm, nonfinite=nonfinite,
+                    reduce=(lambda v: reduce({**v, **flag})) if reduce is not None else None,
                 )
+                if values.pop("_signal", 0.0) > 0 and signals.received is None:
+                    signals.received = signal.SIGTERM  # another rank was told to stop
             except NonFiniteError as e:
                 raise NonFiniteError(f"{e}; last good checkpoint: {last_saved or 'none written yet'}") from None
             scheduler.step()
