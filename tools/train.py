@@ -227,8 +227,8 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
         warmup_factor=solver.warmup_factor, schedule=solver.schedule, steps=list(solver.steps),
         gamma=solver.gamma, start_iter=start_iter,
     )
-    if state is not None and ddp.is_main:
-        print(f"resumed from {last} at iteration {start_iter}")
+    if state is not None:
+        log.warning("resumed from %s at iteration %d", last, start_iter)  # console and train.log
     if ddp.is_main:
         atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     dataset_info = {

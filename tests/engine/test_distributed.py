@@ -88,3 +88,4 @@ def test_two_nodes_through_the_c10d_rendezvous(single):
     for n, (_, stderr) in zip(nodes, results):
         assert n.returncode == 0, stderr[-3000:]
     _check(single, out, *results[0])
+
