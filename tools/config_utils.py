@@ -113,7 +113,8 @@ def build_model(model_cfg: DictConfig | dict, *, class_names: Sequence[str]):
         c = OmegaConf.to_container(OmegaConf.create({"model": model_cfg}), resolve=True)["model"]
     else:
         c = copy.deepcopy(model_cfg)
-    for key in ("defaults", "weights", "num_classes", "backbone_channels", "proposal_topk_train", "proposal_topk_test"):
+    for key in ("defaults", "weights", "sync_bn", "num_classes", "backbone_channels", "proposal_topk_train",
+                "proposal_topk_test"):
         c.pop(key, None)
     c["roi_heads"] = {k: v for k, v in c["roi_heads"].items() if k != "pooler"}  # older checkpoints' copy
     num_classes = len(class_names)
@@ -242,16 +243,37 @@ def user_message(err: DetectorError) -> str:
     return last[len(prefix):] if last.startswith(prefix) else last
 
 
+def reject_added_keys() -> None:
+    """``+solver.max_itr=5`` (Hydra's own hint for a typo) adds a key nothing reads: refuse it.
+
+    Every key a tool reads is defined in ``configs/``; a ``+key=value`` override can only add one
+    that nobody reads, so the run would silently ignore it. (``++key`` forces a value and is left
+    to the user.)
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    for override in HydraConfig.get().overrides.task:
+        if override.startswith("+") and not override.startswith("++"):
+            key = override[1:].split("=", 1)[0]
+            raise ConfigError(
+                f"{override}: no config defines {key!r}, so nothing would read it; check the spelling "
+                f"(the keys are in configs/, e.g. python tools/train.py --cfg job)"
+            )
+
+
 def run_cli(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Decorate a Hydra task so a user-input error prints one line and exits 1, with no traceback."""
 
     @functools.wraps(fn)
     def wrapper(cfg: DictConfig) -> Any:
         try:
+            reject_added_keys()
             return fn(cfg)
         except DetectorError as e:
             print(f"error: {user_message(e)}", file=sys.stderr)
-            sys.exit(1)
+            sys.exit(getattr(e, "exit_code", 1))
         except (OmegaConfBaseException, HydraException) as e:
             print(f"error: config: {str(e).strip().splitlines()[0]}", file=sys.stderr)
             sys.exit(1)

@@ -11,6 +11,7 @@ final evaluation on ``dataset.val``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -24,9 +25,12 @@ from torch.utils.tensorboard import SummaryWriter
 from config_utils import (
     build_model, check_split, console_logging_for, instantiate_or_explain, run_cli, validate_train_config,
 )
-from detector.data import DetectionDataset, build_detection_loader
+from detector.data import DetectionDataset, build_detection_loader, build_training_loader
 from detector.engine import (
+    NonFiniteError,
     build_lr_scheduler,
+    check_finite,
+    remove_stale_temporaries,
     load_finetune_weights,
     read_weights_file,
     build_optimizer,
@@ -35,10 +39,11 @@ from detector.engine import (
     save_checkpoint,
     train_loop,
 )
-from detector.errors import CheckpointError, ConfigError, DatasetError
+from detector.engine.distributed import all_gather_objects, barrier, init_distributed, mean_over_ranks, replicas_agree
+from detector.errors import CheckpointError, ConfigError, DatasetError, DetectorError
 from detector.evaluation import METRIC_KEYS, COCOEvaluator, inference_on_dataset
 from detector.evaluation.visualize import draw_detections
-from detector.utils.env import resolve_device, seed_all
+from detector.utils.env import resolve_device, rng_state, seed_all, set_rng_state
 from detector.utils.io import atomic_write_json, atomic_write_text
 
 
@@ -134,11 +139,24 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
     output_dir = Path(output_dir) if output_dir is not None else run_directory(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
+    ddp, device = init_distributed(device)
+    if not ddp.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # one log: rank 0's
     seed_all(int(cfg.seed))
 
+    if ddp.enabled and not ddp.is_main:
+        barrier()  # rank 0 draws a generated dataset first; the others then read it
     train_set, val_set = build_datasets(cfg)
+    if ddp.enabled and ddp.is_main:
+        barrier()
     started = time.perf_counter()  # after the (one-time) dataset generation
     solver = cfg.solver
+    global_batch = int(solver.ims_per_batch)
+    if global_batch % ddp.world_size:
+        raise ConfigError(
+            f"solver.ims_per_batch={global_batch} is the global batch; it must be a multiple of the "
+            f"{ddp.world_size} processes"
+        )
     if len(train_set) < solver.ims_per_batch:
         raise DatasetError(
             f"{train_set.source}: {len(train_set)} usable images, fewer than "
@@ -146,13 +164,27 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
         )
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
+    log = logging.getLogger(__name__)
+    if int(solver.warmup_iters) >= int(solver.max_iter):
+        log.warning("solver.warmup_iters=%d >= solver.max_iter=%d: the whole run is warmup, the lr never reaches "
+                    "solver.base_lr", solver.warmup_iters, solver.max_iter)
     weights = cfg.model.get("weights")
-    if weights and cfg.resume:
+    if weights and cfg.resume is True:
         raise ConfigError(
             "model.weights starts a new run from other weights and resume=true continues this one; "
             "use one of them"
         )
-    last = find_last_checkpoint(output_dir) if cfg.resume else None
+    removed = remove_stale_temporaries(output_dir)
+    if removed:
+        log.warning("removed %d unfinished checkpoint write(s) left by a killed run: %s", len(removed), removed[0])
+    resume = cfg.resume
+    if resume not in (True, False, "auto"):
+        raise ConfigError(f"resume must be true, false or auto, got {resume!r}")
+    last = find_last_checkpoint(output_dir, fallback=True) if resume else None
+    if resume is True and last is None:
+        raise ConfigError(
+            f"resume=true but {output_dir} has no checkpoint to continue; resume=auto starts the run when there is none"
+        )
     state = load_checkpoint(last) if last is not None else None
     model_cfg = cfg.model
     if state is not None:
@@ -163,6 +195,10 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
     model = build_model(model_cfg, class_names=train_set.class_names)
     if weights and state is None:
         finetune_from(model, str(weights), train_set.class_names)
+    if cfg.model.get("sync_bn"):
+        if device.type != "cuda":
+            raise ConfigError("model.sync_bn=true needs CUDA (torch's SyncBatchNorm has no CPU kernel); on CPU leave it false")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     optimizer = build_optimizer(
         model, base_lr=solver.base_lr, momentum=solver.momentum, weight_decay=solver.weight_decay
@@ -175,6 +211,15 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
         for group, fresh in zip(optimizer.param_groups, fresh_hyperparameters):
             group.update(fresh)  # lr, momentum, weight decay: from this run's config
         start_iter = int(state["iteration"])
+    # The RPN's and RoI sampler's draws: rank r > 0 from seed + r (rank 0, and one process, continue
+    # the stream the model's initialisation drew from; DDP gives every rank rank 0's initial weights).
+    if ddp.rank > 0:
+        torch.manual_seed(int(cfg.seed) + ddp.rank)
+    if state is not None:
+        states = state.get("extra", {}).get("rng_per_rank") or []
+        if len(states) == ddp.world_size:
+            # Last: building the model drew from the RNG; the run continues the checkpoint's stream.
+            set_rng_state(states[ddp.rank])
     # The schedule is always rebuilt from this run's config (a resumed run may extend max_iter) and
     # fast-forwarded to start_iter; only the iteration count comes from the checkpoint.
     scheduler = build_lr_scheduler(
@@ -183,57 +228,89 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
         gamma=solver.gamma, start_iter=start_iter,
     )
     if state is not None:
-        print(f"resumed from {last} at iteration {start_iter}")
-
-    atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
+        log.warning("resumed from %s at iteration %d", last, start_iter)  # console and train.log
+    if ddp.is_main:
+        atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     dataset_info = {
         "class_names": list(train_set.class_names),
         "label_to_cat_id": {int(k): int(v) for k, v in train_set.label_to_cat_id.items()},
         "train_source": train_set.source,
     }
 
-    loader = build_detection_loader(
-        train_set, batch_size=int(solver.ims_per_batch), shuffle=True,
-        num_workers=int(cfg.num_workers), seed=int(cfg.seed) + start_iter, drop_last=True,
+    # Batches are a function of (seed, sample position): a resumed run starts where the checkpoint
+    # stopped and sees exactly the batches the uninterrupted run saw (detector/data/sampler.py).
+    # With N processes, rank r takes every N-th sample of the same stream: the global batch of an
+    # iteration is the one a single process would draw.
+    loader = build_training_loader(
+        train_set, batch_size=global_batch // ddp.world_size, seed=int(cfg.seed), start=start_iter * global_batch,
+        num_workers=int(cfg.num_workers), rank=ddp.rank, world_size=ddp.world_size,
     )
+    # Evaluation is sharded the same way; the predictions are gathered before scoring.
+    val_shard = val_set if not ddp.enabled else torch.utils.data.Subset(val_set, range(ddp.rank, len(val_set), ddp.world_size))
     val_loader = build_detection_loader(
-        val_set, batch_size=int(solver.ims_per_batch), shuffle=False, num_workers=int(cfg.num_workers)
+        val_shard, batch_size=int(solver.ims_per_batch), shuffle=False, num_workers=int(cfg.num_workers)
     )
-
-    def checkpoint(it: int) -> None:
-        name = "model_final.pth" if it == solver.max_iter else f"model_{it:07d}.pth"
-        save_checkpoint(
-            output_dir / name, model=model, optimizer=optimizer, scheduler=scheduler, iteration=it,
-            config=resolved, extra={"dataset": dataset_info},
+    train_model = model
+    if ddp.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
         )
 
-    writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"))
+    def checkpoint(it: int) -> Path:
+        name = "model_final.pth" if it == solver.max_iter else f"model_{it:07d}.pth"
+        bad = check_finite(model)
+        if bad:
+            # Never let last_checkpoint name poisoned weights: a resume would fail on them again.
+            raise NonFiniteError(
+                f"iteration {it}: {len(bad)} weight tensor(s) are not finite ({', '.join(bad[:3])}); {name} not "
+                f"written, last good checkpoint: {find_last_checkpoint(output_dir) or 'none'}; lower solver.base_lr"
+            )
+        rng_per_rank = all_gather_objects(rng_state())  # every rank's stream, for an exact resume
+        if ddp.is_main:  # the unwrapped model: no "module." prefix, readable by eval and fine-tuning
+            save_checkpoint(
+                output_dir / name, model=model, optimizer=optimizer, scheduler=scheduler, iteration=it,
+                config=resolved, extra={"dataset": dataset_info, "rng_per_rank": rng_per_rank},
+                keep_last=int(cfg.checkpoint_keep_last),
+            )
+        barrier()
+        return output_dir / name
+
+    writer = SummaryWriter(log_dir=str(output_dir / "tensorboard")) if ddp.is_main else None
 
     def evaluate(it: int) -> dict[str, float]:
         final = it == solver.max_iter
         evaluator = COCOEvaluator(
             coco_gt=val_set.coco, label_to_cat_id=val_set.label_to_cat_id,
-            output_dir=output_dir if final else output_dir / "eval" / f"iter_{it:07d}",
+            output_dir=(output_dir if final else output_dir / "eval" / f"iter_{it:07d}") if ddp.is_main else None,
+            gather=all_gather_objects if ddp.enabled else None,
         )
         metrics = inference_on_dataset(
-            model, val_loader, evaluator, device=device, progress=bool(cfg.progress)
+            model, val_loader, evaluator, device=device, progress=bool(cfg.progress) and ddp.is_main
         )
-        log_val_images(model, val_set, writer, it, device)
+        if writer is not None:
+            log_val_images(model, val_set, writer, it, device)
         return metrics
 
-    with writer:
+    with writer if writer is not None else contextlib.nullcontext():
         summary = train_loop(
-            model=model, data_loader=loader, optimizer=optimizer, scheduler=scheduler,
+            model=train_model, data_loader=loader, optimizer=optimizer, scheduler=scheduler,
             max_iter=int(solver.max_iter), device=device, start_iter=start_iter,
             clip_grad_norm=float(solver.clip_grad_norm), log_period=int(cfg.log_period),
             checkpoint_period=int(cfg.checkpoint_period), eval_period=int(cfg.eval_period),
-            save_checkpoint=checkpoint, evaluate=evaluate, writer=writer, progress=bool(cfg.progress),
+            save_checkpoint=checkpoint, evaluate=evaluate, writer=writer, progress=bool(cfg.progress) and ddp.is_main,
+            nonfinite=str(solver.nonfinite), max_nonfinite_skips=int(solver.max_nonfinite_skips),
+            reduce=(lambda v: mean_over_ranks(v, device)) if ddp.enabled else None,
         )
+    if ddp.enabled:
+        if not replicas_agree(model):
+            raise DetectorError(f"the {ddp.world_size} replicas ended with different weights; this is a bug, please report it")
+        log.info("DDP: the %d replicas hold identical weights at the end of training", ddp.world_size)
     metrics = {k: summary[k] for k in METRIC_KEYS if k in summary}
-    # Wall time of model building, training and the final evaluation (benchmarks/ablate.py reads it).
-    atomic_write_json(output_dir / "timing.json", {"total_seconds": round(time.perf_counter() - started, 2)})
-    print(f"output: {output_dir}")
-    print("val " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    if ddp.is_main:
+        # Wall time of model building, training and the final evaluation (benchmarks/ablate.py reads it).
+        atomic_write_json(output_dir / "timing.json", {"total_seconds": round(time.perf_counter() - started, 2)})
+        print(f"output: {output_dir}")
+        print("val " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return metrics
 
 

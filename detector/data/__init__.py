@@ -8,7 +8,7 @@ different sizes and a list of target dicts (torchvision's detection contract), b
 :func:`build_detection_loader`.
 """
 
-from detector.data.collate import build_detection_loader, collate_detection
+from detector.data.collate import build_detection_loader, build_training_loader, collate_detection
 from detector.data.coco import CocoDetection
 from detector.data.dataset import DetectionDataset
 from detector.data.synthetic import (
@@ -30,6 +30,7 @@ __all__ = [
     "CocoDetection",
     "DetectionDataset",
     "build_detection_loader",
+    "build_training_loader",
     "build_train_augmentation",
     "collate_detection",
     "detection_compose",

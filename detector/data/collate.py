@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, get_worker_info
 
-__all__ = ["build_detection_loader", "collate_detection"]
+__all__ = ["build_detection_loader", "build_training_loader", "collate_detection"]
 
 _SEED_MODULUS = 2**32  # numpy / albumentations seeds must fit in 32 bits (here: unsigned)
 
@@ -75,6 +75,46 @@ def build_detection_loader(
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=_seed_worker_transforms,
         drop_last=drop_last,
+    )
+
+
+def build_training_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    seed: int,
+    start: int = 0,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
+    """The training stream: an endless loader whose batches are a pure function of (seed, position).
+
+    Sample ``p`` of the run is image ``order_e[p % N]`` of epoch ``e = p // N``, augmented with a
+    generator seeded from ``(seed, p)`` (:mod:`detector.data.sampler`). ``start`` is the first
+    position, ``iteration * global_batch`` on resume, so a resumed run sees the uninterrupted run's
+    batches exactly, whatever ``num_workers`` is; rank ``r`` of ``world_size`` takes every
+    ``world_size``-th position.
+
+    Args:
+        dataset: The training dataset (its ``transforms`` are reseeded per sample).
+        batch_size: Images per batch of this process.
+        seed: Seed of the epoch orders and of the augmentation.
+        start: Position of the first sample of the whole run this loader yields.
+        num_workers: Worker processes for loading; 0 loads in the main process.
+        rank, world_size: This process among the data-parallel ones.
+    """
+    from detector.data.sampler import PositionedDataset, TrainingSampler
+
+    return DataLoader(
+        PositionedDataset(dataset, seed=seed),
+        batch_size=batch_size,
+        sampler=TrainingSampler(start=start, rank=rank, world_size=world_size),
+        num_workers=num_workers,
+        collate_fn=collate_detection,
+        # Its own generator: creating the worker seeds must not draw from the global RNG, which the
+        # model's samplers use and a checkpoint restores.
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

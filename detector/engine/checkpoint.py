@@ -26,8 +26,13 @@ def save_checkpoint(
     iteration: int,
     config: dict | None = None,
     extra: dict | None = None,
+    keep_last: int = 0,
 ) -> Path:
-    """Write a checkpoint atomically, and point ``last_checkpoint`` in the same folder at it."""
+    """Write a checkpoint atomically, point ``last_checkpoint`` at it, then prune old ones.
+
+    ``keep_last > 0`` keeps that many periodic checkpoints (:func:`prune_checkpoints`), deleting the
+    older ones only once the new one and the marker are complete.
+    """
     path = Path(path)
     state = {
         "model": model.state_dict(),
@@ -39,6 +44,7 @@ def save_checkpoint(
     }
     atomic_torch_save(state, path)
     atomic_write_text(path.parent / "last_checkpoint", path.name + "\n")
+    prune_checkpoints(path.parent, keep_last)
     return path
 
 
@@ -112,10 +118,61 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], list[s
     return weights, classes
 
 
-def find_last_checkpoint(output_dir: str | Path) -> Path | None:
-    """The checkpoint named in ``output_dir/last_checkpoint``, if any."""
-    marker = Path(output_dir) / "last_checkpoint"
+def _iteration(path: Path) -> int:
+    """``model_0000500.pth`` -> 500; ``model_final.pth`` sorts last."""
+    stem = path.stem.removeprefix("model_")
+    return int(stem) if stem.isdigit() else 1 << 62
+
+
+def find_last_checkpoint(output_dir: str | Path, *, fallback: bool = False) -> Path | None:
+    """The checkpoint named in ``output_dir/last_checkpoint``, if any.
+
+    With ``fallback``, a marker that names a missing file (deleted, or a copy of the folder without
+    it) is not taken as "no checkpoint" -- which would restart from iteration 0 and overwrite the run
+    -- but falls back to the newest ``model_*.pth`` there that loads; if none does, one line says so.
+
+    Raises:
+        CheckpointError: ``fallback`` and the marker names a missing file and no other checkpoint
+            of the folder is complete.
+    """
+    output_dir = Path(output_dir)
+    marker = output_dir / "last_checkpoint"
     if not marker.is_file():
         return None
-    path = Path(output_dir) / marker.read_text().strip()
-    return path if path.is_file() else None
+    path = output_dir / marker.read_text().strip()
+    if path.is_file() or not fallback:
+        return path if path.is_file() else None
+    for candidate in sorted(output_dir.glob("model_*.pth"), key=_iteration, reverse=True):
+        try:
+            load_checkpoint(candidate)
+        except CheckpointError:
+            continue
+        return candidate
+    raise CheckpointError(
+        f"{marker} names {path.name}, which is missing, and no other checkpoint in {output_dir} is complete; "
+        f"delete {marker} to start the run over, or use another output_dir"
+    )
+
+
+def prune_checkpoints(output_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the ``keep_last`` newest ``model_<iteration>.pth`` (never ``model_final.pth``).
+
+    Called after the new checkpoint and its ``last_checkpoint`` marker are complete, so the marker
+    never names a deleted file. ``keep_last=0`` keeps everything.
+    """
+    if keep_last <= 0:
+        return []
+    periodic = sorted((p for p in Path(output_dir).glob("model_*.pth") if p.stem.removeprefix("model_").isdigit()),
+                      key=_iteration)
+    removed = periodic[:-keep_last]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
+
+
+def remove_stale_temporaries(output_dir: str | Path) -> list[Path]:
+    """Remove ``.model_*.pth.*.tmp`` files: checkpoint writes a killed process never finished."""
+    stale = sorted(Path(output_dir).glob(".model_*.pth.*.tmp")) if Path(output_dir).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

@@ -276,6 +276,7 @@ class COCOEvaluator:
         coco_gt: COCO,
         label_to_cat_id: Mapping[int, int],
         output_dir: str | os.PathLike | None = None,
+        gather: Any = None,
     ) -> None:
         """
         Args:
@@ -283,10 +284,14 @@ class COCOEvaluator:
             label_to_cat_id: contiguous label 1..K -> COCO category id.
             output_dir: where :meth:`evaluate` writes ``coco_results.json`` and ``metrics.json``;
                 None writes nothing.
+            gather: ``gather(obj) -> [obj of every rank]`` for a sharded evaluation
+                (:func:`detector.engine.distributed.all_gather_objects`): every rank then scores
+                the predictions of all shards. None: this process saw everything.
         """
         self.coco_gt = coco_gt
         self.label_to_cat_id = dict(label_to_cat_id)
         self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.gather = gather
         self.summary = ""
         self.results: list[dict] = []
         self.coco_eval: COCOeval | None = None
@@ -327,6 +332,11 @@ class COCOEvaluator:
             :data:`METRIC_KEYS` (fractions, NaN for area ranges without ground truth; all NaN when
             nothing was processed), plus ``num_images`` and ``num_detections``.
         """
+        if self.gather is not None:  # the shards of every rank, merged
+            merged: dict[int, dict[str, Any]] = {}
+            for part in self.gather(self._predictions):
+                merged.update(part)
+            self._predictions = merged
         results = predictions_to_coco_results(self._predictions, self.label_to_cat_id)
         self.results = results
         if self._predictions:

@@ -60,12 +60,14 @@ def test_non_finite_loss_stops_with_a_clear_message(split):
             self.w = torch.nn.Parameter(torch.ones(()))
 
         def forward(self, images, targets):
-            return {"loss_cls": self.w * math.inf}
+            return {"loss_roi_cls": self.w * math.inf}
 
     model = Exploding()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = build_lr_scheduler(opt, max_iter=2, warmup_iters=0, warmup_factor=1.0)
     loader = [([torch.zeros(3, 8, 8)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])]
-    with pytest.raises(FloatingPointError, match="iteration 0.*base_lr"):
+    from detector.engine import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match=r"iteration 1: loss_roi_cls=inf is not finite.*base_lr.*last good checkpoint: none"):
         train_loop(model=model, data_loader=loader, optimizer=opt, scheduler=sched, max_iter=2,
                    device=torch.device("cpu"), progress=False)

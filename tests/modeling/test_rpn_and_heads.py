@@ -23,7 +23,7 @@ def test_training_losses_finite_and_named():
     model = tiny_model().train()
     images, targets = _batch()
     losses = model(images, targets)
-    assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_box", "loss_roi_cls", "loss_roi_box"}
     for k, v in losses.items():
         assert v.dim() == 0 and torch.isfinite(v), k
     sum(losses.values()).backward()
@@ -36,9 +36,9 @@ def test_zero_box_losses_without_ground_truth():
     model = tiny_model().train()
     images, targets = _batch()
     losses = model(images, [_empty(t) for t in targets])
-    assert losses["loss_rpn_loc"].item() == 0.0
-    assert losses["loss_box_reg"].item() == 0.0
-    assert losses["loss_rpn_cls"].item() > 0 and losses["loss_cls"].item() > 0
+    assert losses["loss_rpn_box"].item() == 0.0
+    assert losses["loss_roi_box"].item() == 0.0
+    assert losses["loss_rpn_cls"].item() > 0 and losses["loss_roi_cls"].item() > 0
     sum(losses.values()).backward()
 
 
@@ -98,7 +98,7 @@ def test_fast_rcnn_with_external_proposals():
     images, targets = _batch()
     proposals = [t["boxes"] + 2.0 for t in targets]
     losses = model.train()(images, targets, proposals=proposals)
-    assert set(losses) == {"loss_cls", "loss_box_reg"}
+    assert set(losses) == {"loss_roi_cls", "loss_roi_box"}
     with torch.no_grad():
         out = model.eval()(images, proposals=proposals)
     assert len(out) == 2

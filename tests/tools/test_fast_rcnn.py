@@ -105,3 +105,18 @@ def test_detectron2_proposals_convert(tmp_path):
     images = {7: {"file_name": "a.jpg", "width": 100, "height": 100}, 9: {"file_name": "b.jpg", "width": 50, "height": 50}}
     got = load_proposals(out, images)
     assert got[7].tolist() == [[0, 0, 5, 5], [1, 2, 11, 22]] and got[9].shape == (0, 4)  # sorted by logit, xyxy
+
+
+@pytest.mark.parametrize("append_gt", [True, False])
+def test_ground_truth_is_added_to_external_proposals_in_training(append_gt):
+    """Proposals far from the object: only the appended ground truth can be a foreground RoI."""
+    from conftest import tiny_model
+
+    torch.manual_seed(0)
+    model = tiny_model(overrides=["model=fast_rcnn_vgg16", f"model.roi_heads.proposal_append_gt={str(append_gt).lower()}"]).train()
+    assert model.rpn is None
+    target = {"boxes": torch.tensor([[60.0, 60.0, 100.0, 100.0]]), "labels": torch.tensor([1]),
+              "proposals": torch.tensor([[0.0, 0.0, 20.0, 20.0], [5.0, 0.0, 30.0, 25.0]])}
+    losses = model([torch.rand(3, 128, 128)], [target])
+    assert set(losses) == {"loss_roi_cls", "loss_roi_box"}
+    assert (losses["loss_roi_box"].item() > 0) == append_gt

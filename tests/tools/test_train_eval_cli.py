@@ -61,7 +61,7 @@ def test_train_writes_everything(trained):
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
-    assert {"train/loss", "train/loss_cls", "train/loss_rpn_cls", "train/lr", "val/AP", "val/AP50"} <= scalars
+    assert {"train/loss", "train/loss_roi_cls", "train/loss_rpn_cls", "train/lr", "val/AP", "val/AP50"} <= scalars
     assert "val/detections_0" in images
     import torch
 

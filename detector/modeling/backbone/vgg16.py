@@ -90,9 +90,10 @@ class VGG16Backbone(nn.Module):
     def train(self, mode: bool = True) -> "VGG16Backbone":
         super().train(mode)
         # Frozen BatchNorm layers keep their ImageNet statistics: update nothing in frozen stages.
+        # _BatchNorm, not BatchNorm2d: SyncBatchNorm (model.sync_bn) replaces them and must stay frozen too.
         for stage in self._stages()[: self.freeze_at]:
             for m in stage:
-                if isinstance(m, nn.BatchNorm2d):
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         return self
 

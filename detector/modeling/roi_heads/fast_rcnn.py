@@ -57,7 +57,7 @@ def fast_rcnn_losses(
         smooth_l1_beta: 1.0 is the paper's smooth L1 (equation 3).
 
     Returns:
-        ``loss_cls`` and ``loss_box_reg``.
+        ``loss_roi_cls`` and ``loss_roi_box``.
     """
     loss_cls = F.cross_entropy(class_logits, gt_classes)
     fg = torch.nonzero(gt_classes > 0).squeeze(1)
@@ -65,7 +65,7 @@ def fast_rcnn_losses(
     loss_box = F.smooth_l1_loss(
         deltas, regression_targets[fg], beta=smooth_l1_beta, reduction="sum"
     ) / max(gt_classes.numel(), 1)
-    return {"loss_cls": loss_cls, "loss_box_reg": loss_box}
+    return {"loss_roi_cls": loss_cls, "loss_roi_box": loss_box}
 
 
 def fast_rcnn_inference(

@@ -203,5 +203,5 @@ class RPN(nn.Module):
         ) / normalizer
         return {
             "loss_rpn_cls": loss_cls * self.loss_weight,
-            "loss_rpn_loc": loss_loc * self.loss_weight,
+            "loss_rpn_box": loss_loc * self.loss_weight,
         }

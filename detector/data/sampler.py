@@ -1,0 +1,93 @@
+"""A training stream that is a pure function of (seed, position): exact resume, any worker count.
+
+detectron2's ``TrainingSampler`` is an infinite, seeded, rank-sharded stream of indices; it can not
+start in the middle, and the augmentation's random draws depend on which worker loaded a sample.
+Here the stream is one of *positions* ``0, 1, 2, ...`` (sample number ``p`` of the run), and
+:class:`PositionedDataset` turns a position into a sample deterministically:
+
+* ``epoch = p // N``, and the epoch's order is ``randperm(N)`` from a generator seeded with
+  ``(seed, epoch)``: sample ``p`` is image ``order[p % N]``;
+* the augmentation (albumentations' own generators) is reseeded with ``(seed, p)`` before the sample
+  is drawn, so its flip or crop does not depend on the worker, the number of workers, or what that
+  worker loaded before.
+
+A run that resumes at iteration ``i`` starts the stream at ``i * global_batch`` and sees exactly the
+samples, in the same order and with the same augmentation, that the uninterrupted run saw. With
+several processes (DDP), rank ``r`` of ``W`` takes positions ``start + r, start + r + W, ...``: the
+global batch of an iteration is the same whatever ``W`` is.
+
+Shape shorthand:
+    N: images in the dataset; W: processes (world size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+__all__ = ["PositionedDataset", "TrainingSampler"]
+
+_SEED_MODULUS = 2**32  # albumentations seeds are 32-bit
+
+
+class TrainingSampler(Sampler[int]):
+    """Infinite positions ``start + rank, start + rank + W, ...`` (never ends: the loop counts iterations)."""
+
+    def __init__(self, *, start: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} must be in [0, world_size={world_size})")
+        self.start, self.rank, self.world_size = int(start), int(rank), int(world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        position = self.start + self.rank
+        while True:
+            yield position
+            position += self.world_size
+
+
+class PositionedDataset(Dataset):
+    """``dataset`` read by position: shuffled epoch after epoch, augmentation seeded per sample."""
+
+    def __init__(self, dataset: Dataset, *, seed: int, shuffle: bool = True) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.shuffle = bool(shuffle)
+        self._order: tuple[int, torch.Tensor] | None = None  # (epoch, its permutation), cached
+
+    def __len__(self) -> int:  # the loop is iteration-based; this is the number of distinct images
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def index(self, position: int) -> int:
+        """The image index of sample ``position``."""
+        n = len(self.dataset)  # type: ignore[arg-type]
+        epoch, offset = divmod(int(position), n)
+        if not self.shuffle:
+            return offset
+        if self._order is None or self._order[0] != epoch:
+            generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
+            self._order = (epoch, torch.randperm(n, generator=generator))
+        return int(self._order[1][offset])
+
+    def __getitem__(self, position: int) -> Any:
+        transforms = getattr(self.dataset, "transforms", None)
+        if transforms is not None and hasattr(transforms, "set_random_seed"):
+            transforms.set_random_seed(_mix(self.seed, int(position)) % _SEED_MODULUS)
+        return self.dataset[self.index(position)]
+
+    def __getattr__(self, name: str) -> Any:
+        # class_names, coco, source, ... of the wrapped dataset (not called for own attributes)
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def _mix(seed: int, value: int) -> int:
+    """A 63-bit seed from (seed, value), so that neighbouring values give unrelated streams."""
+    x = (int(seed) * 0x9E3779B97F4A7C15 + int(value) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    x ^= x >> 31
+    x = (x * 0x94D049BB133111EB) & (2**64 - 1)
+    x ^= x >> 29
+    return x & (2**63 - 1)

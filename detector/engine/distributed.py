@@ -1,0 +1,107 @@
+"""Data-parallel training on PyTorch's own engine: torch.distributed + torchrun, gloo on CPU, NCCL on GPU.
+
+    torchrun --nproc-per-node=2 tools/train.py ...                          # one machine
+    torchrun --nnodes=2 --node-rank=R --nproc-per-node=G --rdzv-backend=c10d \
+        --rdzv-endpoint=HOST:PORT tools/train.py ...                        # several machines
+
+torchrun starts one process per device and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the
+rendezvous; :func:`init_distributed` joins the process group from them (a plain ``python
+tools/train.py`` has none of them and stays a single process). The rest is a few small helpers the
+training script uses so that one code path serves 1 and N processes: only rank 0 writes files,
+TensorBoard and the progress bar; logged losses are averaged over ranks; evaluation is sharded and
+the predictions gathered on rank 0; checkpoints hold the unwrapped model (no ``module.`` prefix).
+
+Written here because these are thin wrappers over ``torch.distributed`` calls, not a framework.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from detector.errors import ConfigError
+
+__all__ = [
+    "Distributed", "all_gather_objects", "barrier", "init_distributed", "mean_over_ranks", "replicas_agree",
+]
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process stands: ``rank`` of ``world_size`` (``local_rank`` on its machine)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
+    """Join torchrun's process group if this process was started by it; returns (ranks, device).
+
+    On CUDA each process takes ``cuda:LOCAL_RANK`` and NCCL; on CPU gloo.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed(), device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} GPUs")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30),
+            **({"device_id": device} if device.type == "cuda" else {}),
+        )
+    return Distributed(rank=rank, world_size=world_size, local_rank=local_rank), device
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """The mean of each logged number over the ranks (one all-reduce); unchanged in one process."""
+    if not (dist.is_available() and dist.is_initialized()) or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in one process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def replicas_agree(model: torch.nn.Module) -> bool:
+    """Do all ranks hold the same weights? (Per tensor: a float64 sum and a weighted sum, gathered.)"""
+    with torch.no_grad():
+        sums = [
+            (float(t.double().sum()), float((t.double().flatten() * torch.arange(1, t.numel() + 1, device=t.device,
+                                                                                   dtype=torch.float64)).sum()))
+            for t in model.state_dict().values() if t.is_floating_point()
+        ]
+    gathered = all_gather_objects(sums)
+    return all(g == gathered[0] for g in gathered)

@@ -1,0 +1,82 @@
+"""One training step, and what happens when its loss is not finite.
+
+``train_step`` is the body of :func:`detector.engine.trainer.train_loop`'s iteration: forward in
+training mode (the model returns its loss dict), sum, backward, clip the gradient norm, step the
+optimizer. A non-finite loss never reaches the optimizer: with ``nonfinite="stop"`` the run stops
+with one line naming the iteration (1-based, as the log counts) and the loss terms that are not
+finite; with ``"skip"`` the step is dropped (no update; the iteration still counts and the schedule
+moves on) and the caller counts it.
+
+:func:`check_finite` looks at every parameter and buffer (BatchNorm statistics included) before a
+checkpoint is written: a step that diverged without a non-finite loss (an enormous lr) must not
+leave ``last_checkpoint`` naming poisoned weights that a resume would fail on again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from detector.errors import DetectorError
+
+__all__ = ["NONFINITE_POLICIES", "NonFiniteError", "check_finite", "train_step"]
+
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class NonFiniteError(DetectorError):
+    """The loss or the weights stopped being finite (the message names the iteration and the fix)."""
+
+
+def train_step(
+    model: nn.Module,
+    images: list[torch.Tensor],
+    targets: list[dict],
+    optimizer: torch.optim.Optimizer,
+    *,
+    iteration: int,
+    clip_grad_norm: float = 0.0,
+    nonfinite: str = "stop",
+    reduce: Callable[[dict[str, float]], dict[str, float]] | None = None,
+) -> tuple[dict[str, float], bool]:
+    """Run one step; returns ``(losses as floats incl. "loss", whether the update was applied)``.
+
+    Args:
+        iteration: 0-based index of this step (messages say ``iteration + 1``).
+        nonfinite: ``stop`` raises :class:`NonFiniteError`; ``skip`` returns without updating.
+        reduce: Averages the numbers over data-parallel ranks before the finiteness test, so every
+            rank takes the same decision (a rank that skipped a backward the others ran would hang
+            their gradient all-reduce). The returned losses are the averaged ones.
+    """
+    loss_dict = model(images, targets)
+    loss = sum(loss_dict.values())
+    # One host transfer for all the numbers we log (each .item() would be a device sync on GPU).
+    values = dict(zip([*loss_dict, "loss"], torch.stack([*loss_dict.values(), loss]).detach().tolist()))
+    if reduce is not None:
+        values = reduce(values)
+    optimizer.zero_grad(set_to_none=True)
+    if not math.isfinite(values["loss"]):
+        if nonfinite == "skip":
+            return values, False
+        bad = [f"{k}={v}" for k, v in values.items() if k != "loss" and not math.isfinite(v)]
+        raise NonFiniteError(
+            f"iteration {iteration + 1}: {', '.join(bad) or 'loss=' + str(values['loss'])} is not finite; "
+            f"lower solver.base_lr, raise solver.warmup_iters, or set solver.nonfinite=skip"
+        )
+    loss.backward()
+    if clip_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    optimizer.step()
+    return values, True
+
+
+def check_finite(model: nn.Module) -> list[str]:
+    """Names of the parameters and buffers that hold a NaN or an infinity (empty: all finite)."""
+    bad = []
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad.append(name)
+    return bad

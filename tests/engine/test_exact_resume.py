@@ -1,0 +1,89 @@
+"""Exact resume: a run stopped at a checkpoint and resumed ends bit-identical to an uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY_MODEL, compose_config
+from detector.data.sampler import PositionedDataset, TrainingSampler
+
+DATA = ["dataset.train.num_images=5", "dataset.val.num_images=2", "dataset.generator.min_image_size=96",
+        "dataset.generator.max_image_size=128"]
+
+
+def test_positions_are_a_function_of_seed_and_position():
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return i
+
+    ds = PositionedDataset(Items(), seed=3)
+    stream = [ds[p] for p in range(15)]
+    assert sorted(stream[:5]) == sorted(stream[5:10]) == list(range(5)) and stream[:5] != stream[5:10]
+    assert [PositionedDataset(Items(), seed=3)[p] for p in range(7, 15)] == stream[7:]  # start anywhere
+    it = iter(TrainingSampler(start=8, rank=1, world_size=2))
+    assert [next(it) for _ in range(3)] == [9, 11, 13]
+
+
+def _train(tmp_path, out, overrides):
+    import train
+
+    cfg = compose_config("train", [f"dataset.root={tmp_path / 'data'}", *DATA, *TINY_MODEL, "solver.ims_per_batch=2",
+                                   "solver.warmup_iters=2", "num_workers=0", "progress=false", "device=cpu", "seed=0",
+                                   f"output_dir={out}", "eval_period=0", *overrides])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train.train(cfg)
+    return torch.load(out / "model_final.pth", weights_only=True)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_from_a_checkpoint_is_bit_identical(tmp_path, workers):
+    full = _train(tmp_path, tmp_path / "full", ["solver.max_iter=6", "checkpoint_period=3", f"num_workers={workers}"])
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copy(tmp_path / "full" / "model_0000003.pth", part / "model_0000003.pth")
+    (part / "last_checkpoint").write_text("model_0000003.pth\n")
+    resumed = _train(tmp_path, part, ["solver.max_iter=6", "checkpoint_period=3", "resume=true", f"num_workers={workers}"])
+    assert resumed["iteration"] == full["iteration"] == 6
+    for k, v in full["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+    for a, b in zip(full["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(tmp_path):
+    """The real thing: a training process killed with SIGKILL, resumed through the command line."""
+    args = [f"dataset.root={tmp_path / 'data'}", *DATA, *TINY_MODEL, "solver.ims_per_batch=2", "solver.warmup_iters=2",
+            "num_workers=0", "progress=false", "device=cpu", "seed=0", "solver.max_iter=24", "checkpoint_period=4"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    run = lambda out, extra=(): subprocess.run(  # noqa: E731
+        [sys.executable, str(ROOT / "tools" / "train.py"), *args, f"output_dir={out}", *extra], env=env,
+        capture_output=True, text=True, timeout=600)
+    assert run(tmp_path / "full").returncode == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "train.py"), *args, f"output_dir={killed}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "model_0000008.pth").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model_final.pth").exists(), "the run finished before it was killed"
+    r = run(killed, ["resume=true"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    full = torch.load(tmp_path / "full" / "model_final.pth", weights_only=True)["model"]
+    resumed = torch.load(killed / "model_final.pth", weights_only=True)["model"]
+    assert all(torch.equal(v, resumed[k]) for k, v in full.items())

@@ -1,0 +1,192 @@
+"""Surviving faults: non-finite losses and weights, signals, broken checkpoint folders and writes."""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY_MODEL, compose_config
+from detector.engine import (
+    NonFiniteError, build_lr_scheduler, find_last_checkpoint, load_checkpoint, remove_stale_temporaries,
+    save_checkpoint, train_loop,
+)
+from detector.errors import CheckpointError, ConfigError
+from detector.utils.io import atomic_write_text
+
+DATA = ["dataset.train.num_images=4", "dataset.val.num_images=2", "dataset.generator.min_image_size=96",
+        "dataset.generator.max_image_size=128"]
+
+
+def _cfg(tmp_path, out, overrides):
+    return compose_config("train", [f"dataset.root={tmp_path / 'data'}", *DATA, *TINY_MODEL, "solver.ims_per_batch=2",
+                                    "solver.warmup_iters=1", "num_workers=0", "progress=false", "device=cpu", "seed=0",
+                                    f"output_dir={out}", *overrides])
+
+
+def _train(tmp_path, out, overrides):
+    import train
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return train.train(_cfg(tmp_path, out, overrides))
+
+
+class Flaky(torch.nn.Module):
+    """A loss that is NaN on the given iterations (counted by calls)."""
+
+    def __init__(self, bad):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.bad, self.calls = set(bad), 0
+
+    def forward(self, images, targets):
+        self.calls += 1
+        return {"loss_roi_cls": self.w * (math.nan if self.calls in self.bad else 1.0)}
+
+
+def _loop(model, max_iter, **kwargs):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = build_lr_scheduler(opt, max_iter=max_iter, warmup_iters=0, warmup_factor=1.0, schedule="step", steps=[])
+    loader = [([torch.zeros(3, 8, 8)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])]
+    return train_loop(model=model, data_loader=loader, optimizer=opt, scheduler=sched, max_iter=max_iter,
+                      device=torch.device("cpu"), progress=False, **kwargs)
+
+
+def test_skip_policy_drops_counts_and_stops_after_the_limit():
+    model = Flaky(bad={2, 4})
+    _loop(model, 5, nonfinite="skip", max_nonfinite_skips=2)
+    assert model.w.item() == pytest.approx(1 - 0.1 * 3)  # 3 of 5 steps applied, the NaN ones dropped
+    with pytest.raises(NonFiniteError, match=r"iteration 4: 2 non-finite steps skipped, more than solver\.max_nonfinite_skips=1"):
+        _loop(Flaky(bad={2, 4}), 5, nonfinite="skip", max_nonfinite_skips=1)
+
+
+def test_stop_names_the_last_good_checkpoint(tmp_path):
+    saved = []
+
+    def save(it):
+        saved.append(tmp_path / f"model_{it}.pth")
+        return saved[-1]
+
+    with pytest.raises(NonFiniteError, match=r"iteration 3: loss_roi_cls=nan .*last good checkpoint: .*model_2\.pth"):
+        _loop(Flaky(bad={3}), 5, save_checkpoint=save, checkpoint_period=2)
+
+
+def test_a_diverging_run_never_leaves_a_poisoned_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteError) as err:
+        _train(tmp_path, out, ["solver.base_lr=1e6", "solver.clip_grad_norm=0", "checkpoint_period=1", "solver.max_iter=8"])
+    assert "\n" not in str(err.value) and "iteration" in str(err.value)
+    last = find_last_checkpoint(out)
+    if last is not None:  # whatever was written is finite, so a resume can start from it
+        state = load_checkpoint(last)
+        assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_missing_last_checkpoint_falls_back_or_stops(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    for it in (2, 4):
+        save_checkpoint(tmp_path / f"model_{it:07d}.pth", model=model, iteration=it)
+    (tmp_path / "last_checkpoint").write_text("model_0000006.pth\n")
+    assert find_last_checkpoint(tmp_path, fallback=True).name == "model_0000004.pth"
+    (tmp_path / "model_0000004.pth").write_bytes(b"truncated")
+    assert find_last_checkpoint(tmp_path, fallback=True).name == "model_0000002.pth"
+    (tmp_path / "model_0000002.pth").unlink()
+    with pytest.raises(CheckpointError, match=r"names model_0000006\.pth, which is missing, and no other checkpoint"):
+        find_last_checkpoint(tmp_path, fallback=True)
+
+
+def test_resume_true_without_a_checkpoint_and_resume_auto(tmp_path):
+    with pytest.raises(ConfigError, match="resume=true but .* has no checkpoint.*resume=auto"):
+        _train(tmp_path, tmp_path / "a", ["resume=true", "solver.max_iter=1"])
+    (tmp_path / "b").mkdir()
+    stale = tmp_path / "b" / ".model_0000002.pth.x1y2.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    _train(tmp_path, tmp_path / "b", ["resume=auto", "solver.max_iter=2"])  # starts; and cleans the leftover
+    assert not stale.exists() and (tmp_path / "b" / "model_final.pth").is_file()
+    assert remove_stale_temporaries(tmp_path / "nowhere") == []
+
+
+def test_keep_last_prunes_only_after_the_new_checkpoint(tmp_path):
+    _train(tmp_path, tmp_path / "k", ["solver.max_iter=5", "checkpoint_period=1", "checkpoint_keep_last=2"])
+    names = sorted(p.name for p in (tmp_path / "k").glob("model_*.pth"))
+    assert names == ["model_0000003.pth", "model_0000004.pth", "model_final.pth"]
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(tmp_path / "model_0000001.pth", model=model, iteration=1)
+    real_fsync = os.fsync
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(CheckpointError, match=r"cannot write .*model_0000002\.pth: No space left on device"):
+        save_checkpoint(tmp_path / "model_0000002.pth", model=model, iteration=2)
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "model_0000003.pth", model=model, iteration=3)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert find_last_checkpoint(tmp_path).name == "model_0000001.pth"
+    assert load_checkpoint(tmp_path / "model_0000001.pth")["iteration"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_written_files_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "x.json", "{}")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_warmup_longer_than_the_run_warns(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        _train(tmp_path, tmp_path / "w", ["solver.max_iter=2", "solver.warmup_iters=5"])
+    assert "solver.warmup_iters=5 >= solver.max_iter=2" in caplog.text
+
+
+def _cli(args, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0")
+    return subprocess.Popen([sys.executable, str(ROOT / "tools" / "train.py"), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_143(tmp_path):
+    out = tmp_path / "run"
+    args = [f"dataset.root={tmp_path / 'data'}", *DATA, *TINY_MODEL, "solver.ims_per_batch=2", "num_workers=0",
+            "progress=false", "device=cpu", "solver.max_iter=400", "checkpoint_period=0", f"output_dir={out}"]
+    proc = _cli(args)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "train.log").exists():
+        time.sleep(0.1)
+    while time.time() < deadline and "iter 20/400" not in (out / "train.log").read_text():
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-2000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: SIGTERM at iteration ") and "resume=true continues" in lines[0]
+    last = find_last_checkpoint(out)
+    assert last is not None and 20 <= load_checkpoint(last)["iteration"] < 400
+
+
+def test_keys_nobody_defines_are_refused(tmp_path):
+    proc = _cli(["+solver.max_itr=5", f"output_dir={tmp_path / 'x'}"])
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and stderr.strip().splitlines() == [
+        "error: +solver.max_itr=5: no config defines 'solver.max_itr', so nothing would read it; check the spelling "
+        "(the keys are in configs/, e.g. python tools/train.py --cfg job)"]
