@@ -44,7 +44,9 @@ def read_rgb(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            img = ImageOps.exif_transpose(img)
+            # In place: without it Pillow returns a copy of every image, rotated or not (a full
+            # extra copy per sample on the data-loading path).
+            ImageOps.exif_transpose(img, in_place=True)
             if img.mode in _SIXTEEN_BIT_MODES:
                 gray = np.asarray(img, dtype=np.float32) / 257.0
                 img = Image.fromarray(np.clip(gray + 0.5, 0, 255).astype(np.uint8))  # "L"
