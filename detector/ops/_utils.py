@@ -47,3 +47,13 @@ def check_roi_inputs(input: Tensor, rois: Tensor) -> None:
         raise ValueError(f"input must be a floating-point tensor, got {input.dtype}")
     if rois.device != input.device:
         raise ValueError(f"boxes are on {rois.device} but input is on {input.device}")
+
+
+def channels_last_empty(n: int, c: int, h: int, w: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """An uninitialised [n, c, h, w] tensor laid out channels-last ([n, h, w, c] in memory)."""
+    return torch.empty((n, h, w, c), dtype=dtype, device=device).permute(0, 3, 1, 2)
+
+
+def index_dtype(plane: int) -> torch.dtype:
+    """The smallest integer type that holds a flat index into a plane (window, samples) of this many."""
+    return torch.uint8 if plane <= 2**8 else torch.int16 if plane <= 2**15 else torch.int32

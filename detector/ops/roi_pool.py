@@ -3,12 +3,13 @@
 Shape shorthand:
     N: images, C: channels, H, W: feature-map size
     K: RoIs in the batch, kh x kw: output size
+    h x w: one RoI's quantized window in cells (its crop of the map); g: RoIs of one crop size
 
 RoIPool snaps an RoI to whole feature cells, splits it into kh x kw bins of whole cells and takes the
 max of each bin, per channel; the gradient goes to the argmax cell. Two rules for the snapping:
 
 ``quantization="round"`` -- Fast R-CNN's (and torchvision's): round the RoI's corners to cells,
-    ``x1' = round(x1 * s)``, ``x2' = round(x2 * s)``, width ``x2' - x1' + 1``; bin j spans
+    ``x1' = round(x1 * s)``, ``x2' = round(x2 * s)``, width ``w = max(x2' - x1' + 1, 1)``; bin j spans
     ``[floor(j * w / kw), ceil((j + 1) * w / kw))``, so neighbouring bins may overlap by a cell and
     together they cover the whole rounded RoI.
 ``quantization="floor"`` -- the seed's double quantization: floor the origin, floor the width and
@@ -17,22 +18,47 @@ max of each bin, per channel; the gradient goes to the argmax cell. Two rules fo
     W = 7.188 -> 7, H = 5.625 -> 5, bins 7/3 -> 2 by 5/3 -> 1: columns 9..14 and rows 6..8 are pooled,
     column 15 and rows 9..10 are lost (the "missing portion of the boy").
 
-Why not hand-written: the "round" rule is exactly ``torchvision.ops.roi_pool``'s kernel (CPU and CUDA,
-argmax backward), and the "floor" rule is the same kernel fed with a rewritten box. In cell units
-(``spatial_scale=1``) the box ``[X, Y, X + kw*bw - 1, Y + kh*bh - 1]`` makes the kernel's rounded width
-exactly ``kw * bw``, its bin size exactly the integer ``bw``, so its bins are the seed's bins
-``[X + j*bw, X + (j+1)*bw)`` and nothing else changes (clipping to the map, empty bins read 0).
+Both rules are one computation: quantize the RoI to a window of whole cells (origin and h x w), crop
+it out of the map, and *adaptive*-max-pool the crop to kh x kw. PyTorch's adaptive pooling splits a
+length h into bins ``[floor(i * h / kh), ceil((i + 1) * h / kh))`` -- Fast R-CNN's bins exactly -- and
+the seed's window of ``kh * bh`` rows splits into bins of exactly ``bh``. Cells of the window outside
+the map read -inf (a bin entirely outside reads 0, as torchvision's does).
+
+Why hand-written on the CPU (on CUDA both rules run torchvision's kernel, the second on a rewritten
+box): torchvision's CPU kernel is a serial loop over every output and every cell of its bin. Here
+RoIs with the same window size form a batch: a gather of whole channel vectors (the map laid out
+channels-last as a table ``[N*H*W, C]``, as in :mod:`detector.ops.roi_align`) crops them, and
+``adaptive_max_pool2d`` -- vectorised over channels in the channels-last layout -- pools them.
+A cell is read once per RoI (not once per bin that overlaps it). The forward keeps, per output, only
+the index of the winning cell in its window (1 byte when the window holds at most 256 cells); the
+backward rebuilds each batch's window gradient with ``adaptive_max_pool2d``'s own backward and adds
+it to the map with one ``index_add_`` of channel vectors. Batches are cut to a cache-sized number of
+elements. ``tools/benchmark.py ops`` measures it against torchvision's kernel.
+
+One exactness detail: torchvision computes the round rule's bin edges in floating point
+(``floor(j * (w / kw))``), which for a few window sizes (the first at w = 57 for kw = 7) differs by one
+cell from the exact ``floor(j * w / kw)``. RoIs with such a window take a slow path that reads the
+bins torchvision reads, one padded list of cells per bin (:func:`_pool_listed_bins`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
 from torchvision.ops import roi_pool as _tv_roi_pool
 
-from detector.ops._utils import BoxesType, boxes_to_rois, check_roi_inputs, pair
+from detector.ops._utils import BoxesType, boxes_to_rois, channels_last_empty, check_roi_inputs, index_dtype, pair
 
 _QUANTIZATIONS = ("round", "floor")
+
+# One batch of RoIs on the CPU holds at most this many elements of cropped windows (4 MiB in float32;
+# one RoI with a larger window is a batch of its own): the crop, its pooling and the copy out stay in
+# cache. Measured at the training shape (tools/benchmark.py ops, roi_pool f+b).
+_CPU_CHUNK_ELEMENTS = 1 << 20
 
 
 def floor_quantize(rois: Tensor, output_size: tuple[int, int], spatial_scale: float) -> Tensor:
@@ -75,16 +101,230 @@ def roi_pool(
     if quantization not in _QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {_QUANTIZATIONS}, got {quantization!r}")
     size = pair(output_size)
-    if quantization == "round":
-        return _tv_roi_pool(input, boxes, size, spatial_scale)
-    rois = boxes_to_rois(boxes, input, dtype=torch.float64)
-    check_roi_inputs(input, rois)
-    q = floor_quantize(rois, size, spatial_scale)
     kh, kw = size
-    cells = torch.stack(
-        [q[:, 0], q[:, 1], q[:, 2], q[:, 1] + kw * q[:, 3] - 1, q[:, 2] + kh * q[:, 4] - 1], dim=1
+    # Geometry: the round rule in the map's precision (torchvision's, for equal results), but never
+    # below float32; the floor rule in float64, so that a half-precision coordinate is not rounded
+    # across a cell border before it is floored.
+    geometry = torch.promote_types(input.dtype, torch.float32) if quantization == "round" else torch.float64
+    rois = boxes_to_rois(boxes, input, dtype=geometry)
+    check_roi_inputs(input, rois)
+    num_images, channels, height, width = input.shape
+    if rois.shape[0] == 0:
+        return input.new_zeros((0, channels, kh, kw)) + 0 * input.sum()  # keeps backward connected
+    if bool(((rois[:, 0] < 0) | (rois[:, 0] >= num_images)).any()):
+        raise ValueError(
+            f"boxes' batch indices must lie in [0, {num_images - 1}] (the input holds {num_images} "
+            f"images), got {int(rois[:, 0].min())}..{int(rois[:, 0].max())}"
+        )
+    with torch.no_grad():
+        if quantization == "round":
+            x0, x1 = _round_half_away(rois[:, 1] * spatial_scale), _round_half_away(rois[:, 3] * spatial_scale)
+            y0, y1 = _round_half_away(rois[:, 2] * spatial_scale), _round_half_away(rois[:, 4] * spatial_scale)
+            w, h = (x1 - x0 + 1).clamp(min=1), (y1 - y0 + 1).clamp(min=1)
+        else:
+            q = floor_quantize(rois, size, spatial_scale)
+            x0, y0, w, h = q[:, 1], q[:, 2], kw * q[:, 3], kh * q[:, 4]
+    if input.is_cuda:
+        # torchvision's CUDA kernel, fed the window as a box in cell units: its rounded width is
+        # then exactly w (one kernel launch, against one batch per window size here).
+        cells = torch.stack([rois[:, 0], x0, y0, x0 + w - 1, y0 + h - 1], dim=1)
+        return _tv_roi_pool(input, cells.to(input.dtype), size, 1.0)
+
+    with torch.no_grad():
+        windows = torch.stack([rois[:, 0], y0, x0, h, w], dim=1).long()  # [K, 5] (batch, y, x, h, w)
+        listed = torch.zeros(len(rois), dtype=torch.bool, device=input.device)
+        if quantization == "round":
+            listed = _float_bins_differ(h, kh) | _float_bins_differ(w, kw)
+    if bool(listed.any()):
+        # A few windows whose bins torchvision computes in floating point (module docstring): pool
+        # those one listed bin at a time, and the rest as one batch per window size.
+        out = _CropMaxPool.apply(input, _plan(windows[~listed], input.shape, size))
+        slow = _pool_listed_bins(input, windows[listed], size, rois.dtype)
+        order = torch.argsort(torch.cat([torch.nonzero(~listed).squeeze(1), torch.nonzero(listed).squeeze(1)]))
+        return torch.cat([out, slow])[order]
+    return _CropMaxPool.apply(input, _plan(windows, input.shape, size))
+
+
+def _round_half_away(x: Tensor) -> Tensor:
+    """C's ``round``: halves away from zero (``torch.round`` rounds halves to even)."""
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
+def _float_bins_differ(length: Tensor, bins: int) -> Tensor:
+    """[K] bool: whether torchvision's floating-point bin edges differ from the exact integer ones."""
+    bin_size = length / bins  # in the geometry's dtype, as torchvision's kernel computes it
+    j = torch.arange(bins, device=length.device, dtype=length.dtype)
+    n, ji = length.long()[:, None], torch.arange(bins, device=length.device)
+    starts = torch.floor(j * bin_size[:, None]).long() != ji * n // bins
+    ends = torch.ceil((j + 1) * bin_size[:, None]).long() != -(-(ji + 1) * n // bins)
+    return (starts | ends).any(1)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """RoIs with equal windows: pooled together."""
+
+    rois: Tensor  # int64 [g]: their positions in the output
+    cells: Tensor  # int64 [g, h, w]: the table row each window cell reads (N*H*W: outside the map)
+    empty: Tensor | None  # bool [g, 1, kh, kw]: bins entirely outside the map (read 0); None: none
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What :class:`_CropMaxPool` computes: the batches, and the output's size."""
+
+    batches: tuple[_Batch, ...]
+    num_rois: int
+    output_size: tuple[int, int]
+    max_rois: int  # RoIs in the largest batch
+    max_cells: int  # window cells in the largest batch (g * h * w)
+
+
+def _plan(windows: Tensor, input_shape: torch.Size, output_size: tuple[int, int]) -> _Plan:
+    """Group the windows ([K, 5] batch, y, x, h, w) by size into cache-sized batches."""
+    num_images, channels, height, width = input_shape
+    device = windows.device
+    outside_row = num_images * height * width
+    b, y0, x0, h, w = windows.unbind(1)
+    kh, kw = output_size
+    # A bin lies entirely outside the map when its rows or its columns do (adaptive pooling's bins).
+    i, j = torch.arange(kh, device=device), torch.arange(kw, device=device)
+    row_lo, row_hi = y0[:, None] + i * h[:, None] // kh, y0[:, None] - (-(i + 1) * h[:, None] // kh)
+    col_lo, col_hi = x0[:, None] + j * w[:, None] // kw, x0[:, None] - (-(j + 1) * w[:, None] // kw)
+    empty_rows = (row_hi <= 0) | (row_lo >= height)  # [K, kh]
+    empty_cols = (col_hi <= 0) | (col_lo >= width)  # [K, kw]
+    empty = empty_rows[:, :, None] | empty_cols[:, None, :]  # [K, kh, kw]
+    key = h * (int(w.max()) + 1) + w if len(windows) else h
+    sizes, group = torch.unique(key, return_inverse=True)
+    order = torch.argsort(group, stable=True)
+    counts = torch.bincount(group, minlength=len(sizes)).tolist()
+    batches, start = [], 0
+    for count in counts:
+        members = order[start : start + count]
+        start += count
+        hh, ww = int(h[members[0]]), int(w[members[0]])
+        # Both the crop and the pooled output of a batch stay within the cache-sized budget.
+        per_batch = max(1, _CPU_CHUNK_ELEMENTS // (max(hh * ww, kh * kw) * channels))
+        for s in range(0, count, per_batch):
+            idx = members[s : s + per_batch]
+            ys = y0[idx, None] + torch.arange(hh, device=device)  # [g, h]
+            xs = x0[idx, None] + torch.arange(ww, device=device)  # [g, w]
+            inside = ((ys >= 0) & (ys < height))[:, :, None] & ((xs >= 0) & (xs < width))[:, None, :]
+            cells = b[idx, None, None] * (height * width) + ys[:, :, None] * width + xs[:, None, :]
+            e = empty[idx]
+            batches.append(_Batch(idx, torch.where(inside, cells, outside_row), e[:, None] if bool(e.any()) else None))
+    return _Plan(
+        tuple(batches), len(windows), output_size,
+        max_rois=max((len(t.rois) for t in batches), default=0),
+        max_cells=max((t.cells.numel() for t in batches), default=0),
     )
-    return _tv_roi_pool(input, cells.to(input.dtype), size, 1.0)
+
+
+def _table(input: Tensor, fill: float) -> Tensor:
+    """The map as channel vectors [N*H*W + 1, C]; the last row (``fill``) stands for outside the map."""
+    num_images, channels, height, width = input.shape
+    table = input.new_empty(num_images * height * width + 1, channels)
+    table[:-1].view(num_images, height, width, channels).copy_(input.permute(0, 2, 3, 1))
+    table[-1] = fill
+    return table
+
+
+class _CropMaxPool(torch.autograd.Function):
+    """forward(input [N, C, H, W], plan) -> [K, C, kh, kw]: crop each window, adaptive-max-pool it.
+
+    Per batch: ``crop = table[cells]`` is [g, h, w, C], which read as [g, C, h, w] is channels-last,
+    the layout ``adaptive_max_pool2d`` reduces fastest (vectorised over C). It returns the winner's
+    flat index in the h x w window, kept in the smallest integer type that holds it (batches in plan
+    order, one tensor). The backward scatters each output's gradient to its winner
+    (``adaptive_max_pool2d_backward``, which reads only the shape of its ``self`` argument) and adds
+    the window gradients to the map's cells (``index_add_`` of channel vectors). Buffers are
+    allocated once and reused by every batch: fresh multi-MiB tensors per batch cost page faults.
+    """
+
+    @staticmethod
+    def forward(ctx, input: Tensor, plan: _Plan) -> Tensor:
+        kh, kw = plan.output_size
+        channels, dtype, device = input.shape[1], input.dtype, input.device
+        table = _table(input, float("-inf"))
+        output = input.new_empty(plan.num_rois, channels, kh, kw)
+        largest = max((hh * ww for t in plan.batches for hh, ww in [t.cells.shape[1:]]), default=1)
+        winners = channels_last_empty(plan.num_rois, channels, kh, kw, dtype=index_dtype(largest), device=device)
+        crop_buf = input.new_empty(plan.max_cells * channels)
+        pooled_buf = channels_last_empty(plan.max_rois, channels, kh, kw, dtype=dtype, device=device)
+        index_buf = channels_last_empty(plan.max_rois, channels, kh, kw, dtype=torch.int64, device=device)
+        done = 0
+        for batch in plan.batches:
+            g, hh, ww = batch.cells.shape
+            crop = crop_buf[: g * hh * ww * channels].view(g * hh * ww, channels)
+            torch.index_select(table, 0, batch.cells.reshape(-1), out=crop)
+            crop = crop.view(g, hh, ww, channels).permute(0, 3, 1, 2)  # [g, C, h, w], channels-last
+            pooled, winner = pooled_buf[:g], index_buf[:g]
+            torch.ops.aten.adaptive_max_pool2d.out(crop, (kh, kw), out=pooled, indices=winner)
+            if batch.empty is not None:
+                pooled.masked_fill_(batch.empty, 0)  # a bin outside the map reads 0
+            output.index_copy_(0, batch.rois, pooled)
+            winners[done : done + g] = winner
+            done += g
+        ctx.plan, ctx.input_shape = plan, input.shape
+        ctx.save_for_backward(winners)
+        return output
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor):
+        (winners,) = ctx.saved_tensors
+        plan = ctx.plan
+        num_images, channels, height, width = ctx.input_shape
+        kh, kw = plan.output_size
+        dtype, device = grad_output.dtype, grad_output.device
+        grad_table = grad_output.new_zeros(num_images * height * width + 1, channels)
+        grad_buf = channels_last_empty(plan.max_rois, channels, kh, kw, dtype=dtype, device=device)
+        index_buf = channels_last_empty(plan.max_rois, channels, kh, kw, dtype=torch.int64, device=device)
+        crop_buf = grad_output.new_empty(plan.max_cells * channels)
+        rows = grad_output.permute(0, 2, 3, 1)  # [K, kh, kw, C]: gathers below come out channels-last
+        done = 0
+        for batch in plan.batches:
+            g, hh, ww = batch.cells.shape
+            grad = grad_buf[:g]
+            torch.index_select(rows, 0, batch.rois, out=grad.permute(0, 2, 3, 1))
+            winner = index_buf[:g].copy_(winners[done : done + g])
+            done += g
+            grad_crop = crop_buf[: g * hh * ww * channels].view(g, hh, ww, channels).permute(0, 3, 1, 2)
+            torch.ops.aten.adaptive_max_pool2d_backward.grad_input(grad, grad_crop, winner, grad_input=grad_crop)
+            grad_table.index_add_(0, batch.cells.reshape(-1), grad_crop.permute(0, 2, 3, 1).reshape(-1, channels))
+        grad_input = grad_table[:-1].view(num_images, height, width, channels).permute(0, 3, 1, 2).contiguous()
+        return grad_input, None
+
+
+def _pool_listed_bins(input: Tensor, windows: Tensor, output_size: tuple[int, int], dtype: torch.dtype) -> Tensor:
+    """The round rule's bins with torchvision's floating-point edges: [K', C, kh, kw], autograd ops.
+
+    Each bin lists the cells it reads, padded to the longest list with the outside-the-map row
+    (-inf); the max over the list is the bin. Only the rare windows of the module docstring's
+    exactness detail come here, so plain differentiable ops suffice.
+    """
+    kh, kw = output_size
+    num_images, channels, height, width = input.shape
+    b, y0, x0, h, w = windows.unbind(1)
+
+    def edges(start: Tensor, length: Tensor, bins: int, size: int) -> tuple[Tensor, Tensor]:
+        bin_size = length.to(dtype) / bins
+        j = torch.arange(bins, device=input.device, dtype=dtype)
+        lo = torch.floor(j * bin_size[:, None]).long() + start[:, None]
+        hi = torch.ceil((j + 1) * bin_size[:, None]).long() + start[:, None]
+        return lo.clamp(0, size), hi.clamp(0, size)  # [K', bins]
+
+    ys, ye = edges(y0, h, kh, height)
+    xs, xe = edges(x0, w, kw, width)
+    th, tw = max(int((ye - ys).max()), 1), max(int((xe - xs).max()), 1)
+    ty, tx = ys[..., None] + torch.arange(th, device=input.device), xs[..., None] + torch.arange(tw, device=input.device)
+    inside = (ty < ye[..., None])[:, :, None, :, None] & (tx < xe[..., None])[:, None, :, None, :]
+    cells = b[:, None, None, None, None] * (height * width) + ty[:, :, None, :, None] * width + tx[:, None, :, None, :]
+    cells = torch.where(inside, cells, num_images * height * width).reshape(-1, th * tw)  # [K'*kh*kw, T]
+    table = torch.cat([input.permute(0, 2, 3, 1).reshape(-1, channels), input.new_full((1, channels), float("-inf"))])
+    pooled = F.embedding(cells, table).amax(1)  # [K'*kh*kw, C]
+    pooled = pooled.masked_fill(~inside.flatten(3).any(-1).reshape(-1, 1), 0)  # an empty bin reads 0
+    return pooled.view(len(windows), kh, kw, channels).permute(0, 3, 1, 2).contiguous()
 
 
 class RoIPool(nn.Module):

@@ -96,3 +96,52 @@ def test_floor_quantizes_in_float64_for_half_precision_maps():
     rois = torch.tensor([[0, 319.9, 10.0, 500.0, 300.0]])  # 319.9/32 = 9.997 -> 9, but 319.9 in fp16 is 320
     out = roi_pool(x.float(), rois, 2, 1 / 32, quantization="floor")
     torch.testing.assert_close(roi_pool(x, rois, 2, 1 / 32, quantization="floor").float(), out)
+
+
+def _grad(fn, x, rois, k, scale, grad):
+    x = x.clone().requires_grad_(True)
+    fn(x, rois, k, scale).backward(grad)
+    return x.grad
+
+
+@pytest.mark.parametrize("k,scale", [(7, 1 / 32), (3, 1 / 16), ((2, 5), 1 / 32)])
+def test_round_backward_is_torchvision(k, scale):
+    x = torch.randn(2, 5, 36, 50, dtype=torch.float64)
+    rois = _rois(40, torch.float64, seed=2)
+    grad = torch.randn(40, 5, *((k, k) if isinstance(k, int) else k), dtype=torch.float64)
+    torch.testing.assert_close(_grad(roi_pool, x, rois, k, scale, grad), _grad(torchvision.ops.roi_pool, x, rois, k, scale, grad))
+
+
+def test_ties_send_the_gradient_to_the_first_cell_like_torchvision():
+    # Integer-valued maps after a ReLU: most bins hold several equal maxima (zeros, mostly).
+    x = torch.randint(-3, 3, (2, 4, 18, 25)).double().relu()
+    rois = _rois(30, torch.float64, seed=3)
+    grad = torch.rand(30, 4, 7, 7, dtype=torch.float64)
+    assert torch.equal(roi_pool(x, rois, 7, 1 / 32), torchvision.ops.roi_pool(x, rois, 7, 1 / 32))
+    torch.testing.assert_close(_grad(roi_pool, x, rois, 7, 1 / 32, grad), _grad(torchvision.ops.roi_pool, x, rois, 7, 1 / 32, grad))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_windows_with_floating_point_bin_edges_match_torchvision(dtype):
+    # At spatial_scale 1, windows 57 and 114 cells wide split into 7 bins differently in floating
+    # point (torchvision) and in exact integers (adaptive pooling): the listed-bins path takes them.
+    x = torch.randn(1, 3, 60, 130, dtype=dtype)
+    rois = torch.tensor([[0, 0, 0, 56, 10], [0, 3, 1, 116, 58], [0, 2, 2, 20, 20], [0, 100, 40, 156, 70]], dtype=dtype)
+    from detector.ops.roi_pool import _float_bins_differ
+
+    assert _float_bins_differ(torch.tensor([57.0, 114.0, 19.0], dtype=torch.float32), 7).tolist() == [True, True, False]
+    grad = torch.randn(4, 3, 7, 7, dtype=dtype)
+    torch.testing.assert_close(roi_pool(x, rois, 7, 1.0), torchvision.ops.roi_pool(x, rois, 7, 1.0))
+    torch.testing.assert_close(_grad(roi_pool, x, rois, 7, 1.0, grad), _grad(torchvision.ops.roi_pool, x, rois, 7, 1.0, grad))
+
+
+def test_gradcheck_round_and_floor():
+    x = torch.randn(2, 2, 9, 11, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0, 3.0, 5.0, 60.0, 40.0], [1, -10.0, 20.0, 30.0, 90.0], [1, 70.0, 30.0, 120.0, 80.0]], dtype=torch.float64)
+    for q in ("round", "floor"):
+        assert torch.autograd.gradcheck(lambda t: roi_pool(t, rois, (3, 2), 1 / 8, quantization=q), (x,))
+
+
+def test_bad_batch_index_is_one_clear_error():
+    with pytest.raises(ValueError, match="batch indices must lie in"):
+        roi_pool(torch.randn(1, 2, 5, 5), torch.tensor([[1.0, 0, 0, 8, 8]]), 2, 0.5)
