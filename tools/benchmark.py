@@ -2,6 +2,8 @@
 
     python tools/benchmark.py ops                  # RoI operators at the training shape, CPU (+ CUDA)
     python tools/benchmark.py ops --repeat 9 --device cpu
+    python tools/benchmark.py train                # training step vs torchvision's FasterRCNN (tools/benchmark_train.py)
+    python tools/benchmark.py train --split        # ... and where our step's time goes
 
 ``ops``: forward and forward+backward time of every RoIAlign / RoIPool mode of ``detector.ops``
 against torchvision's kernels, at the training shape of the seed's detector: 2 images, 512 channels,
@@ -101,10 +103,34 @@ def report_ops(rows: list[tuple[str, float, float]], device: torch.device, paire
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["ops"], help="what to benchmark")
-    parser.add_argument("--repeat", type=int, default=5, help="timed runs per mode (median reported)")
-    parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all")
+    parser.add_argument("what", choices=["ops", "train"], help="what to benchmark")
+    parser.add_argument("--repeat", type=int, default=5, help="ops: timed runs per mode (median reported)")
+    parser.add_argument("--device", choices=["all", "cpu", "cuda"], default=None, help="ops: all (default); train: cpu (default) or cuda")
+    train = parser.add_argument_group("train (the setting of issue 11 by default)")
+    train.add_argument("--width", type=float, default=0.25, help="VGG16 channel multiplier")
+    train.add_argument("--size", type=int, default=320, help="image size (min_size = max_size)")
+    train.add_argument("--batch", type=int, default=4, help="images per step")
+    train.add_argument("--rois", type=int, default=512, help="RoIs per image (box head sampler)")
+    train.add_argument("--rpn-topk", type=int, nargs=2, default=[2000, 2000], metavar=("PRE", "POST"), help="RPN top-k in training")
+    train.add_argument("--rounds", type=int, default=10, help="timed steps per detector (after 2 warm-up steps)")
+    train.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
+    train.add_argument("--split", action="store_true", help="also time our step stage by stage")
+    train.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes (CPU)")
+    train.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.what == "train":
+        import benchmark_train
+
+        if args.memory_of:
+            return benchmark_train.memory_of(args, args.memory_of)
+        args.device = args.device or "cpu"
+        if args.device == "all":
+            raise SystemExit("error: train runs on one device: --device cpu or --device cuda")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("error: --device cuda but no CUDA GPU is available")
+        print(benchmark_train.run_train_benchmark(args))
+        return
+    args.device = args.device or "all"
     devices = []
     if args.device in ("all", "cpu"):
         devices.append(torch.device("cpu"))
