@@ -243,6 +243,22 @@ def console_logging_for(progress: bool) -> None:
             handler.setLevel(logging.WARNING)
 
 
+def report(text: str) -> None:
+    """Print ``text`` (a tool's result: a metrics line, a table) and keep it in the run's log file.
+
+    The log file is Hydra's job log, ``<output_dir>/<tool>.log`` (``train.log``, ``eval.log``): the
+    text goes to every file handler of the root logger, so the console shows it once, as printed,
+    whatever its level. Called in-process without Hydra there is no log file and it is only printed.
+    """
+    print(text)
+    root = logging.getLogger()
+    message = "\n" + text if "\n" in text else text  # a table starts on its own line, columns aligned
+    record = root.makeRecord("report", logging.INFO, __file__, 0, message, None, None)
+    for handler in root.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def user_message(err: DetectorError) -> str:
     """The one line of a user-input error, also when a DataLoader worker raised it.
 

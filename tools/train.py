@@ -5,8 +5,8 @@
     python tools/train.py -m model/pooler=roi_pool,roi_align output_dir=outputs/sweep
 
 Everything a run writes goes under its output directory: the resolved ``config.yaml``, checkpoints
-(``model_final.pth``), ``tensorboard/`` scalars, ``coco_results.json`` and ``metrics.json`` of the
-final evaluation on ``dataset.val``.
+(``model_final.pth``), ``tensorboard/`` scalars, ``train.log``, ``coco_results.json`` and
+``metrics.json`` of the final evaluation on ``dataset.val``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from config_utils import (
-    amp_dtype, build_model, check_split, console_logging_for, instantiate_or_explain, run_cli, validate_train_config,
+    amp_dtype, build_model, check_split, console_logging_for, instantiate_or_explain, report, run_cli,
+    validate_train_config,
 )
 from detector.data import DetectionDataset, build_detection_loader, build_training_loader
 from detector.engine import (
@@ -314,8 +315,8 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
     if ddp.is_main:
         # Wall time of model building, training and the final evaluation (benchmarks/ablate.py reads it).
         atomic_write_json(output_dir / "timing.json", {"total_seconds": round(time.perf_counter() - started, 2)})
-        print(f"output: {output_dir}")
-        print("val " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        report(f"output: {output_dir}")
+        report("val " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))  # console and train.log
     return metrics
 
 
