@@ -171,3 +171,17 @@ def test_the_heads_pool_a_bf16_map_in_float32(pooler):
     assert pooled.dtype == torch.bfloat16
     # Pooled in float32 from the bf16 values, rounded once at the end.
     torch.testing.assert_close(pooled, pooler(x.float(), BOXES).bfloat16(), atol=0, rtol=0)
+
+
+def test_fast_rcnn_proposals_reach_the_pooler_unrounded(monkeypatch):
+    model = tiny_model(overrides=["model=fast_rcnn_vgg16"]).eval()
+    seen = []
+    pool = model.roi_heads.pool
+    monkeypatch.setattr(model.roi_heads, "pool", lambda features, proposals: seen.append(proposals) or pool(features, proposals))
+    image, proposals = torch.rand(3, 128, 1000), [BOXES[0][:1]]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        detections = model([image], proposals=proposals)
+    h, w = model.transform.target_size(128, 1000)
+    expected = proposals[0] * torch.tensor([w / 1000, h / 128, w / 1000, h / 128])
+    assert seen[0][0].dtype == torch.float32 and detections[0]["boxes"].dtype == torch.float32
+    torch.testing.assert_close(seen[0][0], expected)  # bf16 would have moved x1 by over a pixel
