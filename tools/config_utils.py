@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -23,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from detector.data import DetectionDataset
 from detector.engine.solver import scaled_lr
+from detector.engine.step import AMP_DTYPES
 from detector.errors import CheckpointError, ConfigError, DatasetError, DetectorError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +81,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check_number(cfg, "solver.clip_grad_norm", minimum=0)
     if _get(cfg, "solver.schedule") not in ("cosine", "step"):
         raise ConfigError(f"solver.schedule must be cosine or step, got {_get(cfg, 'solver.schedule')!r}")
+    amp_dtype(cfg)
     _check_number(cfg, "seed", integer=True, minimum=0)
     _check_number(cfg, "checkpoint_period", integer=True, minimum=0)
     _check_number(cfg, "eval_period", integer=True, minimum=0)
@@ -89,6 +92,18 @@ def validate_train_config(cfg: DictConfig) -> None:
         node = _get(cfg, f"dataset.{split}")
         if not isinstance(node, DictConfig) or "_target_" not in node:
             raise ConfigError(f"dataset.{split} must be a dataset node with a _target_ (see configs/dataset/)")
+
+
+def amp_dtype(cfg: DictConfig) -> torch.dtype | None:
+    """``solver.amp``: off -> None, bf16 -> torch.bfloat16, fp16 -> torch.float16 (one line otherwise).
+
+    An unquoted ``off`` in YAML (or ``solver.amp=false``) is the boolean False: that is off too.
+    """
+    value = _get(cfg, "solver.amp")
+    value = "off" if value is False else value
+    if not isinstance(value, str) or value not in AMP_DTYPES:
+        raise ConfigError(f"solver.amp must be off, bf16 or fp16, got {value!r}")
+    return AMP_DTYPES[value]
 
 
 def validate_model_config(cfg: DictConfig) -> None:
@@ -226,6 +241,22 @@ def console_logging_for(progress: bool) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.WARNING)
+
+
+def report(text: str) -> None:
+    """Print ``text`` (a tool's result: a metrics line, a table) and keep it in the run's log file.
+
+    The log file is Hydra's job log, ``<output_dir>/<tool>.log`` (``train.log``, ``eval.log``): the
+    text goes to every file handler of the root logger, so the console shows it once, as printed,
+    whatever its level. Called in-process without Hydra there is no log file and it is only printed.
+    """
+    print(text)
+    root = logging.getLogger()
+    message = "\n" + text if "\n" in text else text  # a table starts on its own line, columns aligned
+    record = root.makeRecord("report", logging.INFO, __file__, 0, message, None, None)
+    for handler in root.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def user_message(err: DetectorError) -> str:

@@ -9,7 +9,8 @@ ones it was trained with). Per checkpoint, ``OUT/<i>_<name>/`` receives ``coco_r
 ``metrics.json`` and ``analysis.json``; ``OUT/comparison.json`` and ``OUT/comparison.md`` hold the
 table (COCO AP..APl, VOC07 11-point and VOC area mAP@0.5, mean IoU of true positives, images/s),
 ``OUT/plots/`` the charts (AP against IoU threshold, per-class AP, precision/recall at 0.5 and 0.75,
-true-positive IoU histogram, AP by object size).
+true-positive IoU histogram, AP by object size). ``OUT/eval.log`` keeps the log and the printed table,
+as ``train.log`` does for a training run.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from config_utils import build_split, model_from_checkpoint, run_cli
+from config_utils import build_split, console_logging_for, model_from_checkpoint, report, run_cli
 from detector.data import DetectionDataset, build_detection_loader
 from detector.engine import load_checkpoint
 from detector.errors import CheckpointError, ConfigError, DatasetError
@@ -104,6 +105,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         raise ConfigError("nothing to evaluate: pass checkpoints='[A.pth,...]' and/or results='[A.json,...]'")
     if results_files and cfg.get("dataset") is None:
         raise ConfigError("results=... needs dataset=... (the ground truth the detections were made on)")
+    console_logging_for(bool(cfg.progress))
     output_dir = Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.output_dir)
     device = resolve_device(cfg.device)
 
@@ -173,7 +175,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         atomic_write_json(output_dir / name / "analysis.json", json_safe(analysis))
         if bool(cfg.voc_results):
             written = write_voc_results(results, dataset, output_dir / name / "voc_results")
-            print(f"{name}: VOC devkit results files in {written}")
+            report(f"{name}: VOC devkit results files in {written}")
         analyses[f"{i}: {label}"] = analysis
         rows.append({
             "model": label, "source": str(path), **extra,
@@ -185,11 +187,12 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     atomic_write_json(output_dir / "comparison.json", json_safe(rows))
     atomic_write_text(output_dir / "comparison.md", format_markdown(rows))
     plots = plot_all(analyses, output_dir / "plots")
-    print(format_table(rows))
+    # On the console and in OUT/eval.log (as train.py's final metrics line is in train.log).
+    report(format_table(rows))
     for line in notes:  # Fast R-CNN rows: the recall of the proposals they were given
-        print(line)
-    print(f"plots: {', '.join(str(p) for p in plots)}")
-    print(f"output: {output_dir}")
+        report(line)
+    report(f"plots: {', '.join(str(p) for p in plots)}")
+    report(f"output: {output_dir}")
     return rows
 
 

@@ -5,8 +5,8 @@
     python tools/train.py -m model/pooler=roi_pool,roi_align output_dir=outputs/sweep
 
 Everything a run writes goes under its output directory: the resolved ``config.yaml``, checkpoints
-(``model_final.pth``), ``tensorboard/`` scalars, ``coco_results.json`` and ``metrics.json`` of the
-final evaluation on ``dataset.val``.
+(``model_final.pth``), ``tensorboard/`` scalars, ``train.log``, ``coco_results.json`` and
+``metrics.json`` of the final evaluation on ``dataset.val``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from config_utils import (
-    build_model, check_split, console_logging_for, instantiate_or_explain, run_cli, validate_train_config,
+    amp_dtype, build_model, check_split, console_logging_for, instantiate_or_explain, report, run_cli,
+    validate_train_config,
 )
 from detector.data import DetectionDataset, build_detection_loader, build_training_loader
 from detector.engine import (
@@ -204,6 +205,9 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
         model, base_lr=solver.base_lr, momentum=solver.momentum, weight_decay=solver.weight_decay
     )
     fresh_hyperparameters = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    # solver.amp: bf16 / fp16 autocast in the forward; fp16 also scales the loss (detector/engine/step.py).
+    amp = amp_dtype(cfg)
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     start_iter = 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -211,6 +215,8 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
         for group, fresh in zip(optimizer.param_groups, fresh_hyperparameters):
             group.update(fresh)  # lr, momentum, weight decay: from this run's config
         start_iter = int(state["iteration"])
+        if scaler is not None and state.get("grad_scaler"):
+            scaler.load_state_dict(state["grad_scaler"])  # the loss scale and its growth counter
     # The RPN's and RoI sampler's draws: rank r > 0 from seed + r (rank 0, and one process, continue
     # the stream the model's initialisation drew from; DDP gives every rank rank 0's initial weights).
     if ddp.rank > 0:
@@ -268,7 +274,7 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
         rng_per_rank = all_gather_objects(rng_state())  # every rank's stream, for an exact resume
         if ddp.is_main:  # the unwrapped model: no "module." prefix, readable by eval and fine-tuning
             save_checkpoint(
-                output_dir / name, model=model, optimizer=optimizer, scheduler=scheduler, iteration=it,
+                output_dir / name, model=model, optimizer=optimizer, scheduler=scheduler, grad_scaler=scaler, iteration=it,
                 config=resolved, extra={"dataset": dataset_info, "rng_per_rank": rng_per_rank},
                 keep_last=int(cfg.checkpoint_keep_last),
             )
@@ -299,7 +305,7 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
             checkpoint_period=int(cfg.checkpoint_period), eval_period=int(cfg.eval_period),
             save_checkpoint=checkpoint, evaluate=evaluate, writer=writer, progress=bool(cfg.progress) and ddp.is_main,
             nonfinite=str(solver.nonfinite), max_nonfinite_skips=int(solver.max_nonfinite_skips),
-            reduce=(lambda v: mean_over_ranks(v, device)) if ddp.enabled else None,
+            reduce=(lambda v: mean_over_ranks(v, device)) if ddp.enabled else None, amp_dtype=amp, scaler=scaler,
         )
     if ddp.enabled:
         if not replicas_agree(model):
@@ -309,8 +315,8 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
     if ddp.is_main:
         # Wall time of model building, training and the final evaluation (benchmarks/ablate.py reads it).
         atomic_write_json(output_dir / "timing.json", {"total_seconds": round(time.perf_counter() - started, 2)})
-        print(f"output: {output_dir}")
-        print("val " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        report(f"output: {output_dir}")
+        report("val " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))  # console and train.log
     return metrics
 
 

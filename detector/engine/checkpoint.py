@@ -1,4 +1,5 @@
-"""Checkpoints: model, optimizer, scheduler, iteration and the resolved config, written atomically.
+"""Checkpoints: model, optimizer, scheduler (and float16 GradScaler), iteration and the resolved config,
+written atomically.
 
 A checkpoint is self-describing: ``tools/eval.py`` rebuilds the model (pooler included) from the
 ``config`` stored inside it, so comparing RoIPool with RoIAlign needs only the checkpoint files.
@@ -23,6 +24,7 @@ def save_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
     iteration: int,
     config: dict | None = None,
     extra: dict | None = None,
@@ -31,13 +33,15 @@ def save_checkpoint(
     """Write a checkpoint atomically, point ``last_checkpoint`` at it, then prune old ones.
 
     ``keep_last > 0`` keeps that many periodic checkpoints (:func:`prune_checkpoints`), deleting the
-    older ones only once the new one and the marker are complete.
+    older ones only once the new one and the marker are complete. ``grad_scaler`` (a float16 run's)
+    stores its scale and growth counter, plain floats and ints that ``weights_only`` loading accepts.
     """
     path = Path(path)
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else None,
         "iteration": int(iteration),
         "config": config,
         "extra": extra or {},

@@ -2,7 +2,16 @@
 
 ``train_step`` is the body of :func:`detector.engine.trainer.train_loop`'s iteration: forward in
 training mode (the model returns its loss dict), sum, backward, clip the gradient norm, step the
-optimizer. A non-finite loss never reaches the optimizer: with ``nonfinite="stop"`` the run stops
+optimizer.
+
+Mixed precision (``amp_dtype``): the forward runs under ``torch.autocast`` on the images' device
+(convolutions and linear layers in bfloat16 or float16, the parameters stay float32) and the loss
+terms are summed in float32. float16 keeps 5 exponent bits, so small gradients underflow: its
+backward goes through a ``torch.amp.GradScaler`` (scale the loss, backward, unscale the gradients
+*before* clipping so ``clip_grad_norm`` is in true units, step, update the scale). A step whose
+scaled gradients overflow is skipped by the scaler itself and the scale halves: that is how float16
+training finds its scale, not a non-finite loss, so it is logged at debug level and not counted.
+bfloat16 has float32's exponent range and needs no scaler. A non-finite loss never reaches the optimizer: with ``nonfinite="stop"`` the run stops
 with one line naming the iteration (1-based, as the log counts) and the loss terms that are not
 finite; with ``"skip"`` the step is dropped (no update; the iteration still counts and the schedule
 moves on) and the caller counts it.
@@ -14,6 +23,8 @@ leave ``last_checkpoint`` naming poisoned weights that a resume would fail on ag
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from collections.abc import Callable
 
@@ -22,9 +33,13 @@ from torch import nn
 
 from detector.errors import DetectorError
 
-__all__ = ["NONFINITE_POLICIES", "NonFiniteError", "check_finite", "train_step"]
+__all__ = ["AMP_DTYPES", "NONFINITE_POLICIES", "NonFiniteError", "check_finite", "train_step"]
+
+logger = logging.getLogger(__name__)
 
 NONFINITE_POLICIES = ("stop", "skip")
+# Mixed-precision modes by name (``solver.amp``); None = full float32.
+AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteError(DetectorError):
@@ -41,6 +56,8 @@ def train_step(
     clip_grad_norm: float = 0.0,
     nonfinite: str = "stop",
     reduce: Callable[[dict[str, float]], dict[str, float]] | None = None,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[dict[str, float], bool]:
     """Run one step; returns ``(losses as floats incl. "loss", whether the update was applied)``.
 
@@ -50,8 +67,18 @@ def train_step(
         reduce: Averages the numbers over data-parallel ranks before the finiteness test, so every
             rank takes the same decision (a rank that skipped a backward the others ran would hang
             their gradient all-reduce). The returned losses are the averaged ones.
+        amp_dtype: ``torch.bfloat16`` or ``torch.float16`` runs the forward under autocast on the
+            images' device; None (the default) runs it in float32.
+        scaler: the ``torch.amp.GradScaler`` of a float16 run (None otherwise). An update it skips
+            because the gradients overflowed still counts as applied (see the module docstring).
     """
-    loss_dict = model(images, targets)
+    autocast = (
+        torch.autocast(device_type=images[0].device.type, dtype=amp_dtype)
+        if amp_dtype is not None else contextlib.nullcontext()
+    )
+    with autocast:
+        loss_dict = model(images, targets)
+    loss_dict = {k: v.float() for k, v in loss_dict.items()}  # the sum in float32, whatever the forward ran in
     loss = sum(loss_dict.values())
     # One host transfer for all the numbers we log (each .item() would be a device sync on GPU).
     values = dict(zip([*loss_dict, "loss"], torch.stack([*loss_dict.values(), loss]).detach().tolist()))
@@ -66,10 +93,22 @@ def train_step(
             f"iteration {iteration + 1}: {', '.join(bad) or 'loss=' + str(values['loss'])} is not finite; "
             f"lower solver.base_lr, raise solver.warmup_iters, or set solver.nonfinite=skip"
         )
-    loss.backward()
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # before clipping: clip_grad_norm is a norm of the true gradients
     if clip_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+        return values, True
+    scale = scaler.get_scale()
+    scaler.step(optimizer)  # skipped if the unscaled gradients hold an inf or a NaN
+    scaler.update()
+    if scaler.get_scale() < scale:
+        logger.debug("iteration %d: float16 gradients overflowed at scale %g; the GradScaler skipped the "
+                     "update and lowered the scale to %g", iteration + 1, scale, scaler.get_scale())
     return values, True
 
 

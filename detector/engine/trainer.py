@@ -4,7 +4,8 @@ No trainer class hierarchy to subclass: to change what happens every iteration, 
 and pass a different hook (STYLE.md rule 7, after nanoGPT's train.py).
 
 Per iteration: fetch a batch, run :func:`detector.engine.step.train_step` (forward, loss, backward,
-clip, optimizer step; a non-finite loss stops the run or skips the step), step the lr schedule.
+clip, optimizer step; a non-finite loss stops the run or skips the step; optionally under bfloat16 or
+float16 autocast), step the lr schedule.
 Every ``log_period`` iterations the running-mean losses and the lr go to TensorBoard; the progress
 bar shows the ETA and the running losses all the time.
 
@@ -105,6 +106,8 @@ def train_loop(
     nonfinite: str = "stop",
     max_nonfinite_skips: int = 10,
     reduce: Callable[[dict[str, float]], dict[str, float]] | None = None,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
     """Train ``model`` from ``start_iter`` to ``max_iter``.
 
@@ -119,6 +122,9 @@ def train_loop(
         evaluate: called likewise every ``eval_period`` iterations (0 = only at the end); returns
             metrics, which are logged to TensorBoard under ``val/``.
         writer: a ``torch.utils.tensorboard.SummaryWriter`` (or None).
+        amp_dtype, scaler: mixed precision, passed to :func:`~detector.engine.step.train_step`
+            (bfloat16 or float16 autocast; the GradScaler of a float16 run). ``save_checkpoint``
+            should store the scaler's state for an exact resume.
 
     Returns:
         The running-mean losses over the last ``log_period`` iterations, plus the last metrics.
@@ -142,6 +148,7 @@ def train_loop(
                 values, applied = train_step(
                     model, images, targets, optimizer, iteration=it, clip_grad_norm=clip_grad_norm, nonfinite=nonfinite,
                     reduce=(lambda v: reduce({**v, **flag})) if reduce is not None else None,
+                    amp_dtype=amp_dtype, scaler=scaler,
                 )
                 if values.pop("_signal", 0.0) > 0 and signals.received is None:
                     signals.received = signal.SIGTERM  # another rank was told to stop

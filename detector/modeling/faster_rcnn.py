@@ -17,6 +17,7 @@ Fast R-CNN (Girshick 2015) is the same model with ``rpn=None``: proposals from a
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from detector.errors import ConfigError
@@ -79,9 +80,11 @@ class FasterRCNN(nn.Module):
 
         losses: dict[str, Tensor] = {}
         if proposals is not None:
-            # External proposals are in original pixels: bring them to the resized images.
+            # External proposals are in original pixels: bring them to the resized images. In at
+            # least float32: under autocast the features are bfloat16, which would round box corners.
+            dtype = torch.promote_types(features.dtype, torch.float32)
             proposals = [
-                p.to(features.dtype) * features.new_tensor([w / ow, h / oh, w / ow, h / oh])
+                p.to(dtype) * torch.tensor([w / ow, h / oh, w / ow, h / oh], dtype=dtype, device=features.device)
                 for p, (h, w), (oh, ow) in zip(proposals, image_list.image_sizes, original_sizes)
             ]
         else:

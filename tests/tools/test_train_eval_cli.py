@@ -78,6 +78,12 @@ def test_eval_compares_checkpoints(trained):
     r = run_tool("eval.py", [ckpts, f"output_dir={out}", "progress=false", "num_workers=0"], cwd=tmp)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "RoIPool(s32)" in r.stdout and "RoIAlign(s32, sr2, aligned)" in r.stdout
+    # OUT/eval.log keeps the table as printed (train.log does the same for the training run's val line).
+    table = next(line for line in r.stdout.splitlines() if "RoIAlign(s32, sr2, aligned)" in line)
+    log = (out / "eval.log").read_text()
+    assert table in log and f"output: {out}" in log
+    assert r.stdout.count(table) == 1  # printed once, not echoed again by the log handler
+    assert "val AP=" in (runs["roi_align"] / "train.log").read_text()
     rows = json.loads((out / "comparison.json").read_text())
     assert [row["pooler"] for row in rows] == ["RoIPool(s32)", "RoIAlign(s32, sr2, aligned)"]
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "VOC07", "VOC", "TP_IoU", "images_per_second"):

@@ -95,6 +95,20 @@ class RoIHeads(nn.Module):
             regression_targets.append(self.box_coder.encode(proposals_i[keep], matched_boxes[keep]))
         return sampled_proposals, torch.cat(gt_classes), torch.cat(regression_targets)
 
+    def pool(self, features: Tensor, proposals: list[Tensor]) -> Tensor:
+        """The pooler on ``features`` [N, C, Hf, Wf] and proposals (N [P, 4]) -> [R, C, k, k], in features' dtype.
+
+        Under autocast the map arrives in bfloat16 or float16 while the proposals are float32. The
+        pooler runs in float32 with autocast off, as torchvision's autocast kernels for its RoI ops
+        do: torchvision's RoIPool CPU kernel has no bfloat16 and wants the rois in the map's dtype,
+        and bilinear weights and sums stay exact. The map at stride 32 is small, so the copy is cheap;
+        the result goes back to the map's dtype for the box head.
+        """
+        if features.dtype not in (torch.bfloat16, torch.float16):
+            return self.pooler(features, proposals)
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return self.pooler(features.float(), proposals).to(features.dtype)
+
     def forward(
         self,
         features: Tensor,
@@ -117,8 +131,11 @@ class RoIHeads(nn.Module):
             proposals, gt_classes, regression_targets = self.label_and_sample_proposals(
                 proposals, targets
             )
-        pooled = self.pooler(features, proposals)  # [R, C, k, k]
+        pooled = self.pool(features, proposals)  # [R, C, k, k]
         class_logits, box_deltas = self.predictor(self.box_head(pooled))
+        # Under autocast the linear layers return bfloat16/float16: scores that rank detections and
+        # deltas that move boxes are taken in float32 (bf16 keeps 8 bits: a few pixels at 800).
+        class_logits, box_deltas = class_logits.float(), box_deltas.float()
 
         if self.training:
             losses = fast_rcnn_losses(

@@ -120,7 +120,9 @@ class RPN(nn.Module):
         hf, wf = logits.shape[-2:]
         logits = logits.permute(0, 2, 3, 1).reshape(num_images, -1)
         deltas = deltas.view(num_images, a, 4, hf, wf).permute(0, 3, 4, 1, 2).reshape(num_images, -1, 4)
-        return anchors, logits, deltas
+        # Under autocast the head's convs return bfloat16/float16: the logits rank anchors for the
+        # top-k and the deltas move boxes, so both continue in float32 (as the anchors are).
+        return anchors, logits.float(), deltas.float()
 
     @torch.no_grad()
     def find_proposals(
