@@ -166,7 +166,7 @@ class _Batch:
 
     rois: Tensor  # int64 [g]: their positions in the output
     cells: Tensor  # int64 [g, h, w]: the table row each window cell reads (N*H*W: outside the map)
-    empty: Tensor | None  # bool [g, 1, kh, kw]: bins entirely outside the map (read 0); None: none
+    empty: tuple[Tensor, Tensor, Tensor] | None  # (RoI in batch, row, column) of bins outside the map (read 0)
 
 
 @dataclass(frozen=True)
@@ -211,8 +211,8 @@ def _plan(windows: Tensor, input_shape: torch.Size, output_size: tuple[int, int]
             xs = x0[idx, None] + torch.arange(ww, device=device)  # [g, w]
             inside = ((ys >= 0) & (ys < height))[:, :, None] & ((xs >= 0) & (xs < width))[:, None, :]
             cells = b[idx, None, None] * (height * width) + ys[:, :, None] * width + xs[:, None, :]
-            e = empty[idx]
-            batches.append(_Batch(idx, torch.where(inside, cells, outside_row), e[:, None] if bool(e.any()) else None))
+            e = torch.nonzero(empty[idx]).unbind(1)  # few: only windows that reach past the map
+            batches.append(_Batch(idx, torch.where(inside, cells, outside_row), e if len(e[0]) else None))
     return _Plan(
         tuple(batches), len(windows), output_size,
         max_rois=max((len(t.rois) for t in batches), default=0),
@@ -261,7 +261,7 @@ class _CropMaxPool(torch.autograd.Function):
             pooled, winner = pooled_buf[:g], index_buf[:g]
             torch.ops.aten.adaptive_max_pool2d.out(crop, (kh, kw), out=pooled, indices=winner)
             if batch.empty is not None:
-                pooled.masked_fill_(batch.empty, 0)  # a bin outside the map reads 0
+                pooled.permute(0, 2, 3, 1)[batch.empty] = 0  # a bin outside the map reads 0
             output.index_copy_(0, batch.rois, pooled)
             winners[done : done + g] = winner
             done += g
