@@ -212,7 +212,7 @@ def test_every_variant_matches_a_slow_reference(reduction, layout, sampling_rati
 def test_chunks_give_the_same_result(monkeypatch, reduction, sampling_ratio):
     # The CPU path runs in cache-sized chunks of RoIs; tiny chunks (one RoI, then three with a
     # ragged last chunk) must give exactly what one chunk gives, forward and backward.
-    roi_align_module = importlib.import_module("detector.ops.roi_align")
+    sparse_map = importlib.import_module("detector.ops.sparse_map")
     g = torch.Generator().manual_seed(7)
     inp = torch.randn(2, 4, 18, 25, generator=g, dtype=torch.float64)
     rois = _random_rois(11, 2, torch.float64, 7)
@@ -226,12 +226,12 @@ def test_chunks_give_the_same_result(monkeypatch, reduction, sampling_ratio):
         out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape))
         return out.detach(), x.grad
 
-    monkeypatch.setattr(roi_align_module, "_CPU_CHUNK_ELEMENTS", 1 << 30)
+    monkeypatch.setattr(sparse_map, "CPU_CHUNK_ELEMENTS", 1 << 30)
     whole = run()
     # 1 element: one RoI per chunk; 4 channels x 36 samples x 3: three RoIs per chunk (or fewer
     # with adaptive grids), the last chunk ragged (11 RoIs).
     for budget in (1, 4 * 36 * 3):
-        monkeypatch.setattr(roi_align_module, "_CPU_CHUNK_ELEMENTS", budget)
+        monkeypatch.setattr(sparse_map, "CPU_CHUNK_ELEMENTS", budget)
         for a, b in zip(run(), whole):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
