@@ -63,10 +63,20 @@ def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(
-            backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30),
-            **({"device_id": device} if device.type == "cuda" else {}),
-        )
+        backend, timeout = ("nccl" if device.type == "cuda" else "gloo"), timedelta(minutes=30)
+        extra = {"device_id": device} if device.type == "cuda" else {}
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # Under torchrun the agent hosts the store, and it outlives a restart of the worker
+            # group. Plain env:// init keys the process group the same way in every attempt, so
+            # after `--max-restarts` a new rank read a killed rank's gloo address ("Gloo
+            # connectFullMesh failed ... Connection refused", torch 2.14) -- a race: a minimal
+            # all-reduce script under --max-restarts=1 failed or hung in 2 of 3 runs without this and
+            # passed 3 of 3 with it. Keys under the attempt number keep each attempt's addresses
+            # apart (the end-to-end restart: tests/engine/test_distributed.py).
+            attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+            agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
+            extra.update(store=dist.PrefixStore(f"detector/attempt_{attempt}", agent), rank=rank, world_size=world_size)
+        dist.init_process_group(backend=backend, timeout=timeout, **extra)
     return Distributed(rank=rank, world_size=world_size, local_rank=local_rank), device
 
 

@@ -89,3 +89,51 @@ def test_two_nodes_through_the_c10d_rendezvous(single):
         assert n.returncode == 0, stderr[-3000:]
     _check(single, out, *results[0])
 
+
+
+def _override(args, **values):
+    """``args`` with ``key=value`` replaced for each given key (dots as ``__``), else appended."""
+    values = {k.replace("__", "."): v for k, v in values.items()}
+    kept = [a for a in args if a.split("=", 1)[0] not in values]
+    return [*kept, *(f"{k}={v}" for k, v in values.items())]
+
+
+def _workers(pid):
+    """The training processes torchrun started (its children running tools/train.py)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = [int(c) for c in f.read().split()]
+    return [c for c in children if "train.py" in open(f"/proc/{c}/cmdline").read()]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="finds torchrun's workers through /proc")
+def test_a_killed_worker_comes_back_from_the_newest_checkpoint_under_max_restarts(single):
+    """torchrun --max-restarts=1 + resume=auto: SIGKILL one worker mid-run; the restarted group
+    resumes from the newest complete checkpoint and ends bit-identical to an uninterrupted run."""
+    import signal
+    import time
+
+    def args(out):
+        return _override(_args(single, out), solver__max_iter=24, checkpoint_period=4, resume="auto", log_period=4)
+
+    elastic = ["--nproc-per-node=2", "--max-restarts=1", "--rdzv-backend=c10d"]
+    ref = _torchrun([*elastic, f"--rdzv-endpoint=127.0.0.1:{_free_port()}"], args(single / "elastic_ref"))
+    _, stderr = ref.communicate(timeout=600)
+    assert ref.returncode == 0, stderr[-3000:]
+
+    out = single / "elastic"
+    proc = _torchrun([*elastic, f"--rdzv-endpoint=127.0.0.1:{_free_port()}"], args(out))
+    deadline = time.time() + 300
+    while not (out / "model_0000008.pth").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    victims = _workers(proc.pid)
+    assert victims, "no worker to kill"
+    os.kill(victims[-1], signal.SIGKILL)
+    assert not (out / "model_final.pth").exists(), "the run finished before a worker was killed"
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    log = (out / "train.log").read_text()
+    assert re.search(r"resum\w+ .*model_00000\d\d\.pth", log, re.IGNORECASE), log[-2000:]
+    final = torch.load(out / "model_final.pth", weights_only=True)["model"]
+    expected = torch.load(single / "elastic_ref" / "model_final.pth", weights_only=True)["model"]
+    assert final.keys() == expected.keys()
+    assert all(torch.equal(final[k], expected[k]) for k in final)
