@@ -248,7 +248,8 @@ class _CropMaxPool(torch.autograd.Function):
         table = _table(input, float("-inf"))
         output = input.new_empty(plan.num_rois, channels, kh, kw)
         largest = max((hh * ww for t in plan.batches for hh, ww in [t.cells.shape[1:]]), default=1)
-        winners = channels_last_empty(plan.num_rois, channels, kh, kw, dtype=index_dtype(largest), device=device)
+        keep = ctx.needs_input_grad[0]  # the winners serve the backward only (none at inference)
+        winners = channels_last_empty(plan.num_rois if keep else 0, channels, kh, kw, dtype=index_dtype(largest), device=device)
         crop_buf = input.new_empty(plan.max_cells * channels)
         pooled_buf = channels_last_empty(plan.max_rois, channels, kh, kw, dtype=dtype, device=device)
         index_buf = channels_last_empty(plan.max_rois, channels, kh, kw, dtype=torch.int64, device=device)
@@ -263,7 +264,8 @@ class _CropMaxPool(torch.autograd.Function):
             if batch.empty is not None:
                 pooled.permute(0, 2, 3, 1)[batch.empty] = 0  # a bin outside the map reads 0
             output.index_copy_(0, batch.rois, pooled)
-            winners[done : done + g] = winner
+            if keep:
+                winners[done : done + g] = winner
             done += g
         ctx.plan, ctx.input_shape = plan, input.shape
         ctx.save_for_backward(winners)
