@@ -116,6 +116,8 @@ def main() -> None:
     train.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
     train.add_argument("--split", action="store_true", help="also time our step stage by stage")
     train.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes (CPU)")
+    train.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                       help="a configs/train.yaml override for both detectors (repeatable), e.g. dataset=voc ...")
     train.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.what == "train":

@@ -55,7 +55,7 @@ POOLERS = ("roi_align", "roi_pool")
 FRAMEWORKS = ("ours", "torchvision")
 
 
-def benchmark_config(*, width: float, size: int, rois: int, rpn_topk: tuple[int, int], pooler: str, extra: list[str] = ()):
+def benchmark_config(*, width: float, size: int, rois: int, rpn_topk: tuple[int, int], pooler: str, extra=()):
     """The one config both detectors are built from (the issue's setting by default)."""
     from hydra import compose, initialize_config_dir
 
@@ -191,7 +191,8 @@ def peak_memory_cpu(args, framework: str, pooler: str) -> float:
     """Peak RSS (MiB) of a fresh process that builds one detector and trains ``3`` steps."""
     cmd = [sys.executable, str(Path(__file__).resolve().parent / "benchmark.py"), "train", "--memory-of", f"{framework}:{pooler}",
            "--width", str(args.width), "--size", str(args.size), "--batch", str(args.batch), "--rois", str(args.rois),
-           "--rpn-topk", str(args.rpn_topk[0]), str(args.rpn_topk[1]), "--amp", args.amp]
+           "--rpn-topk", str(args.rpn_topk[0]), str(args.rpn_topk[1]), "--amp", args.amp,
+           *(f"--override={o}" for o in args.override)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
 
@@ -200,7 +201,8 @@ def memory_of(args, spec: str) -> None:
     """``--memory-of ours:roi_align``: build, train 3 steps, print the peak RSS as JSON (a child process)."""
     framework, pooler = spec.split(":")
     device = torch.device("cpu")
-    cfg = benchmark_config(width=args.width, size=args.size, rois=args.rois, rpn_topk=tuple(args.rpn_topk), pooler=pooler)
+    cfg = benchmark_config(width=args.width, size=args.size, rois=args.rois, rpn_topk=tuple(args.rpn_topk),
+                           pooler=pooler, extra=args.override)
     batches, names = load_batches(cfg, args.batch, 3, device)
     torch.manual_seed(0)
     ours, theirs = build_pair(cfg, names)
@@ -250,7 +252,8 @@ def run_train_benchmark(args) -> str:
     rounds, warmup = args.rounds, 2
     models, fns_train, fns_infer, mem = {}, {}, {}, {}
     for pooler in POOLERS:
-        cfg = benchmark_config(width=args.width, size=args.size, rois=args.rois, rpn_topk=tuple(args.rpn_topk), pooler=pooler)
+        cfg = benchmark_config(width=args.width, size=args.size, rois=args.rois, rpn_topk=tuple(args.rpn_topk),
+                               pooler=pooler, extra=args.override)
         batches, names = load_batches(cfg, args.batch, 4, device)
         torch.manual_seed(0)
         ours, theirs = build_pair(cfg, names)
