@@ -166,7 +166,6 @@ class _Batch:
 
     rois: Tensor  # int64 [g]: their positions in the output
     cells: Tensor  # int64 [g, h, w]: the table row each window cell reads (N*H*W: outside the map)
-    empty: tuple[Tensor, Tensor, Tensor] | None  # (RoI in batch, row, column) of bins outside the map (read 0)
 
 
 @dataclass(frozen=True)
@@ -178,10 +177,16 @@ class _Plan:
     output_size: tuple[int, int]
     max_rois: int  # RoIs in the largest batch
     max_cells: int  # window cells in the largest batch (g * h * w)
+    empty: tuple[Tensor, Tensor, Tensor]  # (RoI, row, column) of the bins outside the map (read 0)
 
 
 def _plan(windows: Tensor, input_shape: torch.Size, output_size: tuple[int, int]) -> _Plan:
-    """Group the windows ([K, 5] batch, y, x, h, w) by size into cache-sized batches."""
+    """Group the windows ([K, 5] batch, y, x, h, w) by size into cache-sized batches.
+
+    The per-RoI geometry is computed once for all RoIs (each window's rows and columns as table
+    offsets, up to the largest window); a batch then only slices it (Python's per-op cost, times
+    the number of window sizes, is what planning costs).
+    """
     num_images, channels, height, width = input_shape
     device = windows.device
     outside_row = num_images * height * width
@@ -193,30 +198,34 @@ def _plan(windows: Tensor, input_shape: torch.Size, output_size: tuple[int, int]
     col_lo, col_hi = x0[:, None] + j * w[:, None] // kw, x0[:, None] - (-(j + 1) * w[:, None] // kw)
     empty_rows = (row_hi <= 0) | (row_lo >= height)  # [K, kh]
     empty_cols = (col_hi <= 0) | (col_lo >= width)  # [K, kw]
-    empty = empty_rows[:, :, None] | empty_cols[:, None, :]  # [K, kh, kw]
-    key = h * (int(w.max()) + 1) + w if len(windows) else h
+    empty = torch.nonzero(empty_rows[:, :, None] | empty_cols[:, None, :]).unbind(1)  # few
+    # Row r of a window reads table rows b*H*W + y*W + x; a row or a column outside the map is marked
+    # negative (far below any valid sum) and sent to the outside row below.
+    far = -2 * outside_row - 2
+    ys = y0[:, None] + torch.arange(int(h.max()), device=device)  # [K, h_max]
+    xs = x0[:, None] + torch.arange(int(w.max()), device=device)  # [K, w_max]
+    row_base = torch.where((ys >= 0) & (ys < height), b[:, None] * (height * width) + ys * width, far)
+    col = torch.where((xs >= 0) & (xs < width), xs, far)
+    key = h * (int(w.max()) + 1) + w
     sizes, group = torch.unique(key, return_inverse=True)
     order = torch.argsort(group, stable=True)
     counts = torch.bincount(group, minlength=len(sizes)).tolist()
+    sizes_hw = torch.stack([h, w], 1)[order[torch.cumsum(torch.tensor([0, *counts[:-1]]), 0)]].tolist()
     batches, start = [], 0
-    for count in counts:
+    for count, (hh, ww) in zip(counts, sizes_hw):
         members = order[start : start + count]
         start += count
-        hh, ww = int(h[members[0]]), int(w[members[0]])
         # Both the crop and the pooled output of a batch stay within the cache-sized budget.
         per_batch = max(1, _CPU_CHUNK_ELEMENTS // (max(hh * ww, kh * kw) * channels))
         for s in range(0, count, per_batch):
             idx = members[s : s + per_batch]
-            ys = y0[idx, None] + torch.arange(hh, device=device)  # [g, h]
-            xs = x0[idx, None] + torch.arange(ww, device=device)  # [g, w]
-            inside = ((ys >= 0) & (ys < height))[:, :, None] & ((xs >= 0) & (xs < width))[:, None, :]
-            cells = b[idx, None, None] * (height * width) + ys[:, :, None] * width + xs[:, None, :]
-            e = torch.nonzero(empty[idx]).unbind(1)  # few: only windows that reach past the map
-            batches.append(_Batch(idx, torch.where(inside, cells, outside_row), e if len(e[0]) else None))
+            cells = row_base[idx, :hh, None] + col[idx, None, :ww]  # [g, h, w]
+            batches.append(_Batch(idx, cells.masked_fill_(cells < 0, outside_row)))
     return _Plan(
         tuple(batches), len(windows), output_size,
         max_rois=max((len(t.rois) for t in batches), default=0),
         max_cells=max((t.cells.numel() for t in batches), default=0),
+        empty=empty,
     )
 
 
@@ -261,12 +270,13 @@ class _CropMaxPool(torch.autograd.Function):
             crop = crop.view(g, hh, ww, channels).permute(0, 3, 1, 2)  # [g, C, h, w], channels-last
             pooled, winner = pooled_buf[:g], index_buf[:g]
             torch.ops.aten.adaptive_max_pool2d.out(crop, (kh, kw), out=pooled, indices=winner)
-            if batch.empty is not None:
-                pooled.permute(0, 2, 3, 1)[batch.empty] = 0  # a bin outside the map reads 0
             output.index_copy_(0, batch.rois, pooled)
             if keep:
                 winners[done : done + g] = winner
             done += g
+        # A bin outside the map pooled -inf: it reads 0 (its winner is an outside cell, so its
+        # gradient goes to the outside row and is dropped).
+        output.permute(0, 2, 3, 1)[plan.empty] = 0
         ctx.plan, ctx.input_shape = plan, input.shape
         ctx.save_for_backward(winners)
         return output
