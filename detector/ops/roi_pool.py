@@ -127,8 +127,11 @@ def roi_pool(
     if input.is_cuda:
         # torchvision's CUDA kernel, fed the window as a box in cell units: its rounded width is
         # then exactly w (one kernel launch, against one batch per window size here).
+        # In float32 at least: cell numbers above 256 are not integers in bfloat16 (2048 in float16),
+        # and a max is exact through the round trip (rounding is monotonic).
         cells = torch.stack([rois[:, 0], x0, y0, x0 + w - 1, y0 + h - 1], dim=1)
-        return _tv_roi_pool(input, cells.to(input.dtype), size, 1.0)
+        dtype = torch.promote_types(input.dtype, torch.float32)
+        return _tv_roi_pool(input.to(dtype), cells.to(dtype), size, 1.0).to(input.dtype)
 
     with torch.no_grad():
         windows = torch.stack([rois[:, 0], y0, x0, h, w], dim=1).long()  # [K, 5] (batch, y, x, h, w)

@@ -44,6 +44,8 @@ def test_round_is_torchvision(dtype, k, scale):
     x = torch.randn(2, 4, 36, 50, dtype=dtype)
     rois = _rois(20, dtype)
     torch.testing.assert_close(roi_pool(x, rois, k, scale), torchvision.ops.roi_pool(x, rois, k, scale))
+    grad = torch.randn(20, 4, k, k, dtype=dtype)
+    torch.testing.assert_close(_grad(roi_pool, x, rois, k, scale, grad), _grad(torchvision.ops.roi_pool, x, rois, k, scale, grad))
 
 
 @pytest.mark.parametrize("k,scale", list(itertools.product([(2, 2), (3, 3), (7, 7), (3, 5)], [1 / 16, 1 / 32])))
