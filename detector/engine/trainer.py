@@ -21,6 +21,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -154,7 +155,12 @@ def train_loop(
                     signals.received = signal.SIGTERM  # another rank was told to stop
             except NonFiniteError as e:
                 raise NonFiniteError(f"{e}; last good checkpoint: {last_saved or 'none written yet'}") from None
-            scheduler.step()
+            with warnings.catch_warnings():
+                # A GradScaler that skips an overflowing fp16 step skips optimizer.step(), and torch
+                # then warns that the schedule moved first; the schedule is meant to move (it counts
+                # iterations, like the log), so that warning says nothing here.
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                scheduler.step()
             done = it + 1
             if not applied:
                 skipped += 1
