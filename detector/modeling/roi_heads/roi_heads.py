@@ -99,10 +99,10 @@ class RoIHeads(nn.Module):
         """The pooler on ``features`` [N, C, Hf, Wf] and proposals (N [P, 4]) -> [R, C, k, k], in features' dtype.
 
         Under autocast the map arrives in bfloat16 or float16 while the proposals are float32. The
-        pooler runs in float32 with autocast off, as torchvision's autocast kernels for its RoI ops
-        do: torchvision's RoIPool CPU kernel has no bfloat16 and wants the rois in the map's dtype,
-        and bilinear weights and sums stay exact. The map at stride 32 is small, so the copy is cheap;
-        the result goes back to the map's dtype for the box head.
+        pooler runs in float32 with autocast off, as torchvision's autocast wrappers of its RoI ops
+        do: RoIAlign's weighted sums would lose digits in 16 bits (RoIPool's max would not), and
+        every pooler then sees one dtype. The map at stride 32 is small, so the copy is cheap; the
+        result goes back to the map's dtype for the box head.
         """
         if features.dtype not in (torch.bfloat16, torch.float16):
             return self.pooler(features, proposals)
