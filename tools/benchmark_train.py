@@ -251,10 +251,12 @@ def run_train_benchmark(args) -> str:
     device = torch.device(args.device)
     rounds, warmup = args.rounds, 2
     models, fns_train, fns_infer, mem = {}, {}, {}, {}
+    batches = names = None
     for pooler in POOLERS:
         cfg = benchmark_config(width=args.width, size=args.size, rois=args.rois, rpn_topk=tuple(args.rpn_topk),
                                pooler=pooler, extra=args.override)
-        batches, names = load_batches(cfg, args.batch, 4, device)
+        if batches is None:  # the same images for every detector
+            batches, names = load_batches(cfg, args.batch, 4, device)
         torch.manual_seed(0)
         ours, theirs = build_pair(cfg, names)
         for framework, model in zip(FRAMEWORKS, (ours, theirs)):

@@ -180,6 +180,7 @@ class _Plan:
     output_size: tuple[int, int]
     max_rois: int  # RoIs in the largest batch
     max_cells: int  # window cells in the largest batch (g * h * w)
+    max_window: int  # cells in the largest window (h * w): the winners' index range
     empty: tuple[Tensor, Tensor, Tensor]  # (RoI, row, column) of the bins outside the map (read 0)
 
 
@@ -228,6 +229,7 @@ def _plan(windows: Tensor, input_shape: torch.Size, output_size: tuple[int, int]
         tuple(batches), len(windows), output_size,
         max_rois=max((len(t.rois) for t in batches), default=0),
         max_cells=max((t.cells.numel() for t in batches), default=0),
+        max_window=int((h * w).max()) if len(windows) else 1,
         empty=empty,
     )
 
@@ -259,9 +261,8 @@ class _CropMaxPool(torch.autograd.Function):
         channels, dtype, device = input.shape[1], input.dtype, input.device
         table = _table(input, float("-inf"))
         output = input.new_empty(plan.num_rois, channels, kh, kw)
-        largest = max((hh * ww for t in plan.batches for hh, ww in [t.cells.shape[1:]]), default=1)
         keep = ctx.needs_input_grad[0]  # the winners serve the backward only (none at inference)
-        winners = channels_last_empty(plan.num_rois if keep else 0, channels, kh, kw, dtype=index_dtype(largest), device=device)
+        winners = channels_last_empty(plan.num_rois if keep else 0, channels, kh, kw, dtype=index_dtype(plan.max_window), device=device)
         crop_buf = input.new_empty(plan.max_cells * channels)
         pooled_buf = channels_last_empty(plan.max_rois, channels, kh, kw, dtype=dtype, device=device)
         index_buf = channels_last_empty(plan.max_rois, channels, kh, kw, dtype=torch.int64, device=device)
