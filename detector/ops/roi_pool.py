@@ -2,8 +2,8 @@
 
 Shape shorthand:
     N: images, C: channels, H, W: feature-map size
-    K: RoIs in the batch, kh x kw: output size
-    h x w: one RoI's quantized window in cells (its crop of the map); g: RoIs of one crop size
+    K: RoIs in the batch, kh x kw: output size, B = kh * kw: bins per RoI
+    U: distinct bin rectangles in the batch; u of them of one size, s cells each (s = rows * cols)
 
 RoIPool snaps an RoI to whole feature cells, splits it into kh x kw bins of whole cells and takes the
 max of each bin, per channel; the gradient goes to the argmax cell. Two rules for the snapping:
@@ -18,27 +18,33 @@ max of each bin, per channel; the gradient goes to the argmax cell. Two rules fo
     W = 7.188 -> 7, H = 5.625 -> 5, bins 7/3 -> 2 by 5/3 -> 1: columns 9..14 and rows 6..8 are pooled,
     column 15 and rows 9..10 are lost (the "missing portion of the boy").
 
-Both rules are one computation: quantize the RoI to a window of whole cells (origin and h x w), crop
-it out of the map, and *adaptive*-max-pool the crop to kh x kw. PyTorch's adaptive pooling splits a
-length h into bins ``[floor(i * h / kh), ceil((i + 1) * h / kh))`` -- Fast R-CNN's bins exactly -- and
-the seed's window of ``kh * bh`` rows splits into bins of exactly ``bh``. Cells of the window outside
-the map read -inf (a bin entirely outside reads 0, as torchvision's does).
+Both rules give every bin a rectangle of whole cells (rows ``[y_lo, y_hi)``, columns
+``[x_lo, x_hi)``), clipped to the map; a bin whose clipped rectangle is empty reads 0 (as torchvision's
+does). So RoIPool is a max over rectangles, and the rectangles repeat: at stride 32 a map has few
+cells, bins are one to three cells wide, and the 50 176 bins of the benchmark's 1 024 RoIs are only
+5 219 distinct rectangles. Computing each distinct rectangle once is the whole idea here.
 
 Why hand-written on the CPU (on CUDA both rules run torchvision's kernel, the second on a rewritten
-box): torchvision's CPU kernel is a serial loop over every output and every cell of its bin. Here
-RoIs with the same window size form a batch: a gather of whole channel vectors (the map laid out
-channels-last as a table ``[N*H*W, C]``, as in :mod:`detector.ops.roi_align`) crops them, and
-``adaptive_max_pool2d`` -- vectorised over channels in the channels-last layout -- pools them.
-A cell is read once per RoI (not once per bin that overlaps it). The forward keeps, per output, only
-the index of the winning cell in its window (1 byte when the window holds at most 256 cells); the
-backward rebuilds each batch's window gradient with ``adaptive_max_pool2d``'s own backward and adds
-it to the map with one ``index_add_`` of channel vectors. Batches are cut to a cache-sized number of
-elements. ``tools/benchmark.py ops`` measures it against torchvision's kernel.
+box): torchvision's CPU kernel is a serial loop over every output and every cell of its bin. Here:
 
-One exactness detail: torchvision computes the round rule's bin edges in floating point
-(``floor(j * (w / kw))``), which for a few window sizes (the first at w = 57 for kw = 7) differs by one
-cell from the exact ``floor(j * w / kw)``. RoIs with such a window take a slow path that reads the
-bins torchvision reads, one padded list of cells per bin (:func:`_pool_listed_bins`).
+1. plan -- every bin's rectangle as one integer key (its size, then its top-left cell), and
+   ``torch.unique`` over the keys: the distinct rectangles, sorted by size, and each bin's rectangle.
+2. forward -- the map laid out channels-last as a table ``[N*H*W, C]``; per rectangle size, a gather
+   of each rectangle's cells ``[u, s, C]`` and ``amax`` over its s cells (vectorised over C), giving
+   a table of rectangle maxima ``[U, C]``; then the output is that table's rows read back per bin
+   (``index_select``) and turned to ``[K, C, kh, kw]`` in cache-sized chunks.
+3. backward -- the output's gradient summed per rectangle (``index_add_`` of channel vectors into
+   ``[U, C]``), then sent to each rectangle's winning cell per channel (``scatter_add_``).
+
+The winner is the first maximal cell in row-major order, as in torchvision's scan (its ``>``);
+``amax`` plus "first cell equal to the max" finds it several times faster than ``max(dim)`` with
+indices, and it is kept in 1 byte per rectangle and channel when a rectangle holds at most 255 cells.
+``tools/benchmark.py ops`` measures all of this against torchvision's kernel.
+
+One exactness detail: torchvision computes the round rule's bin edges in floating point,
+``floor(j * (w / kw))`` and ``ceil((j + 1) * (w / kw))`` in the map's precision, which for a few window
+sizes (the first at w = 57 for kw = 7) differs by one cell from the exact ``floor(j * w / kw)``. The
+edges here are computed by the same floating-point formula, so they are torchvision's bins.
 """
 
 from __future__ import annotations
@@ -48,17 +54,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
-from torch.nn import functional as F
 from torchvision.ops import roi_pool as _tv_roi_pool
 
-from detector.ops._utils import BoxesType, boxes_to_rois, channels_last_empty, check_roi_inputs, index_dtype, pair
+from detector.ops._utils import BoxesType, boxes_to_rois, check_roi_inputs, index_dtype, pair
 
 _QUANTIZATIONS = ("round", "floor")
 
-# One batch of RoIs on the CPU holds at most this many elements of cropped windows (4 MiB in float32;
-# one RoI with a larger window is a batch of its own): the crop, its pooling and the copy out stay in
-# cache. Measured at the training shape (tools/benchmark.py ops, roi_pool f+b).
-_CPU_CHUNK_ELEMENTS = 1 << 20
+# One chunk on the CPU holds at most this many elements (1 MiB in float32, about one core's L2) -- of
+# gathered rectangle cells, or of output rows on their way to [K, C, kh, kw]. Measured at the ops
+# benchmark's shape (tools/benchmark.py ops, roi_pool f+b): 2^18 was 2-4 % faster than 2^17 or 2^19..2^22.
+_CPU_CHUNK_ELEMENTS = 1 << 18
 
 
 def floor_quantize(rois: Tensor, output_size: tuple[int, int], spatial_scale: float) -> Tensor:
@@ -126,7 +131,7 @@ def roi_pool(
             x0, y0, w, h = q[:, 1], q[:, 2], kw * q[:, 3], kh * q[:, 4]
     if input.is_cuda:
         # torchvision's CUDA kernel, fed the window as a box in cell units: its rounded width is
-        # then exactly w (one kernel launch, against one batch per window size here).
+        # then exactly w, and its bins are the ones computed below for the CPU.
         # In float32 at least: cell numbers above 256 are not integers in bfloat16 (2048 in float16),
         # and a max is exact through the round trip (rounding is monotonic).
         cells = torch.stack([rois[:, 0], x0, y0, x0 + w - 1, y0 + h - 1], dim=1)
@@ -134,18 +139,12 @@ def roi_pool(
         return _tv_roi_pool(input.to(dtype), cells.to(dtype), size, 1.0).to(input.dtype)
 
     with torch.no_grad():
-        windows = torch.stack([rois[:, 0], y0, x0, h, w], dim=1).long()  # [K, 5] (batch, y, x, h, w)
-        listed = torch.zeros(len(rois), dtype=torch.bool, device=input.device)
         if quantization == "round":
-            listed = _float_bins_differ(h, kh) | _float_bins_differ(w, kw)
-    if bool(listed.any()):
-        # A few windows whose bins torchvision computes in floating point (module docstring): pool
-        # those one listed bin at a time, and the rest as one batch per window size.
-        out = _CropMaxPool.apply(input, _plan(windows[~listed], input.shape, size))
-        slow = _pool_listed_bins(input, windows[listed], size, rois.dtype)
-        order = torch.argsort(torch.cat([torch.nonzero(~listed).squeeze(1), torch.nonzero(listed).squeeze(1)]))
-        return torch.cat([out, slow])[order]
-    return _CropMaxPool.apply(input, _plan(windows, input.shape, size))
+            rows, cols = _float_bins(y0, h, kh), _float_bins(x0, w, kw)
+        else:
+            rows, cols = _whole_bins(y0, h // kh, kh), _whole_bins(x0, w // kw, kw)
+        plan = _plan(rois[:, 0].long(), rows, cols, input.shape)
+    return _RectangleMaxPool.apply(input, plan)
 
 
 def _round_half_away(x: Tensor) -> Tensor:
@@ -153,134 +152,113 @@ def _round_half_away(x: Tensor) -> Tensor:
     return torch.sign(x) * torch.floor(x.abs() + 0.5)
 
 
-def _float_bins_differ(length: Tensor, bins: int) -> Tensor:
-    """[K] bool: whether torchvision's floating-point bin edges differ from the exact integer ones."""
-    bin_size = length / bins  # in the geometry's dtype, as torchvision's kernel computes it
+def _float_bins(start: Tensor, length: Tensor, bins: int) -> tuple[Tensor, Tensor]:
+    """The round rule's bin edges [K, bins] in cells, in torchvision's floating point (module docstring)."""
+    bin_size = (length / bins)[:, None]  # in the geometry's dtype, as torchvision's kernel computes it
     j = torch.arange(bins, device=length.device, dtype=length.dtype)
-    n, ji = length.long()[:, None], torch.arange(bins, device=length.device)
-    starts = torch.floor(j * bin_size[:, None]).long() != ji * n // bins
-    ends = torch.ceil((j + 1) * bin_size[:, None]).long() != -(-(ji + 1) * n // bins)
-    return (starts | ends).any(1)
+    base = start.long()[:, None]
+    return base + torch.floor(j * bin_size).long(), base + torch.ceil((j + 1) * bin_size).long()
+
+
+def _whole_bins(start: Tensor, bin_size: Tensor, bins: int) -> tuple[Tensor, Tensor]:
+    """The floor rule's bin edges [K, bins]: ``bins`` bins of exactly ``bin_size`` cells."""
+    lo = start.long()[:, None] + torch.arange(bins, device=start.device) * bin_size.long()[:, None]
+    return lo, lo + bin_size.long()[:, None]
 
 
 @dataclass(frozen=True)
-class _Batch:
-    """RoIs with equal windows: pooled together."""
+class _Group:
+    """Distinct rectangles of one size: rows ``start .. start + len(cells)`` of the maxima table."""
 
-    rois: Tensor  # int64 [g]: their positions in the output
-    cells: Tensor  # int64 [g, h, w]: the table row each window cell reads (N*H*W: outside the map)
+    start: int
+    cells: Tensor  # int64 [u, s]: each rectangle's cells as table rows, row-major
 
 
 @dataclass(frozen=True)
 class _Plan:
-    """What :class:`_CropMaxPool` computes: the batches, and the output's size."""
+    """What :class:`_RectangleMaxPool` computes, from the boxes alone."""
 
-    batches: tuple[_Batch, ...]
-    num_rois: int
+    rectangle: Tensor  # int64 [K * B]: each bin's row in the maxima table
+    groups: tuple[_Group, ...]
+    num_rectangles: int  # U (an empty rectangle, if any bin has one, is row 0 and reads 0)
     output_size: tuple[int, int]
-    max_rois: int  # RoIs in the largest batch
-    max_cells: int  # window cells in the largest batch (g * h * w)
-    max_window: int  # cells in the largest window (h * w): the winners' index range
-    empty: tuple[Tensor, Tensor, Tensor]  # (RoI, row, column) of the bins outside the map (read 0)
+    max_cells: int  # s of the largest rectangle: the winners' index range
 
 
-def _plan(windows: Tensor, input_shape: torch.Size, output_size: tuple[int, int]) -> _Plan:
-    """Group the windows ([K, 5] batch, y, x, h, w) by size into cache-sized batches.
+def _plan(batch: Tensor, rows: tuple[Tensor, Tensor], cols: tuple[Tensor, Tensor], input_shape: torch.Size) -> _Plan:
+    """Each bin's rectangle, clipped to the map, and the distinct rectangles grouped by size.
 
-    The per-RoI geometry is computed once for all RoIs (each window's rows and columns as table
-    offsets, up to the largest window); a batch then only slices it (Python's per-op cost, times
-    the number of window sizes, is what planning costs).
+    A rectangle's key is ``size * N*H*W + top-left table row`` with ``size = rows * (W + 1) + cols``,
+    so ``torch.unique`` (which sorts) returns the distinct rectangles already grouped by size. An empty
+    bin's key is -1: it sorts first and becomes the one rectangle of size 0 (row 0, value 0).
     """
     num_images, channels, height, width = input_shape
-    device = windows.device
-    outside_row = num_images * height * width
-    b, y0, x0, h, w = windows.unbind(1)
-    kh, kw = output_size
-    # A bin lies entirely outside the map when its rows or its columns do (adaptive pooling's bins).
-    i, j = torch.arange(kh, device=device), torch.arange(kw, device=device)
-    row_lo, row_hi = y0[:, None] + i * h[:, None] // kh, y0[:, None] - (-(i + 1) * h[:, None] // kh)
-    col_lo, col_hi = x0[:, None] + j * w[:, None] // kw, x0[:, None] - (-(j + 1) * w[:, None] // kw)
-    empty_rows = (row_hi <= 0) | (row_lo >= height)  # [K, kh]
-    empty_cols = (col_hi <= 0) | (col_lo >= width)  # [K, kw]
-    empty = torch.nonzero(empty_rows[:, :, None] | empty_cols[:, None, :]).unbind(1)  # few
-    # Row r of a window reads table rows b*H*W + y*W + x; a row or a column outside the map is marked
-    # negative (far below any valid sum) and sent to the outside row below.
-    far = -2 * outside_row - 2
-    ys = y0[:, None] + torch.arange(int(h.max()), device=device)  # [K, h_max]
-    xs = x0[:, None] + torch.arange(int(w.max()), device=device)  # [K, w_max]
-    row_base = torch.where((ys >= 0) & (ys < height), b[:, None] * (height * width) + ys * width, far)
-    col = torch.where((xs >= 0) & (xs < width), xs, far)
-    key = h * (int(w.max()) + 1) + w
-    sizes, group = torch.unique(key, return_inverse=True)
-    order = torch.argsort(group, stable=True)
-    counts = torch.bincount(group, minlength=len(sizes)).tolist()
-    sizes_hw = torch.stack([h, w], 1)[order[torch.cumsum(torch.tensor([0, *counts[:-1]]), 0)]].tolist()
-    batches, start = [], 0
-    for count, (hh, ww) in zip(counts, sizes_hw):
-        members = order[start : start + count]
+    device = batch.device
+    (y_lo, y_hi), (x_lo, x_hi) = rows, cols
+    y_lo, y_hi, x_lo, x_hi = y_lo.clamp(0, height), y_hi.clamp(0, height), x_lo.clamp(0, width), x_hi.clamp(0, width)
+    cells = num_images * height * width
+    corner = (batch[:, None, None] * height + y_lo[:, :, None]) * width + x_lo[:, None, :]  # [K, kh, kw]
+    size = (y_hi - y_lo)[:, :, None] * (width + 1) + (x_hi - x_lo)[:, None, :]
+    empty = (y_hi <= y_lo)[:, :, None] | (x_hi <= x_lo)[:, None, :]
+    key = torch.where(empty, -1, size * cells + corner).view(-1)
+    keys, rectangle = torch.unique(key, return_inverse=True)
+    sizes, counts = torch.unique_consecutive(torch.where(keys < 0, 0, keys // cells), return_counts=True)
+    groups, start = [], 0
+    offsets = torch.arange(height, device=device)[:, None] * width + torch.arange(width, device=device)
+    for size, count in zip(sizes.tolist(), counts.tolist()):
+        rh, rw = divmod(size, width + 1)
+        if rh * rw > 0:
+            top_left = keys[start : start + count] % cells
+            groups.append(_Group(start, top_left[:, None] + offsets[:rh, :rw].reshape(1, -1)))
         start += count
-        # Both the crop and the pooled output of a batch stay within the cache-sized budget.
-        per_batch = max(1, _CPU_CHUNK_ELEMENTS // (max(hh * ww, kh * kw) * channels))
-        for s in range(0, count, per_batch):
-            idx = members[s : s + per_batch]
-            cells = row_base[idx, :hh, None] + col[idx, None, :ww]  # [g, h, w]
-            batches.append(_Batch(idx, cells.masked_fill_(cells < 0, outside_row)))
     return _Plan(
-        tuple(batches), len(windows), output_size,
-        max_rois=max((len(t.rois) for t in batches), default=0),
-        max_cells=max((t.cells.numel() for t in batches), default=0),
-        max_window=int((h * w).max()) if len(windows) else 1,
-        empty=empty,
+        rectangle, tuple(groups), len(keys), (rows[0].shape[1], cols[0].shape[1]),
+        max_cells=max((g.cells.shape[1] for g in groups), default=1),
     )
 
 
-def _table(input: Tensor, fill: float) -> Tensor:
-    """The map as channel vectors [N*H*W + 1, C]; the last row (``fill``) stands for outside the map."""
-    num_images, channels, height, width = input.shape
-    table = input.new_empty(num_images * height * width + 1, channels)
-    table[:-1].view(num_images, height, width, channels).copy_(input.permute(0, 2, 3, 1))
-    table[-1] = fill
-    return table
+class _RectangleMaxPool(torch.autograd.Function):
+    """forward(input [N, C, H, W], plan) -> [K, C, kh, kw]: the max of each bin's rectangle.
 
-
-class _CropMaxPool(torch.autograd.Function):
-    """forward(input [N, C, H, W], plan) -> [K, C, kh, kw]: crop each window, adaptive-max-pool it.
-
-    Per batch: ``crop = table[cells]`` is [g, h, w, C], which read as [g, C, h, w] is channels-last,
-    the layout ``adaptive_max_pool2d`` reduces fastest (vectorised over C). It returns the winner's
-    flat index in the h x w window, kept in the smallest integer type that holds it (batches in plan
-    order, one tensor). The backward scatters each output's gradient to its winner
-    (``adaptive_max_pool2d_backward``, which reads only the shape of its ``self`` argument) and adds
-    the window gradients to the map's cells (``index_add_`` of channel vectors). Buffers are
-    allocated once and reused by every batch: fresh multi-MiB tensors per batch cost page faults.
+    The maxima table ``[U, C]`` is computed once per distinct rectangle, then read by every bin that
+    has it. The backward sums the bins' gradients per rectangle and sends each sum to the winner.
     """
 
     @staticmethod
     def forward(ctx, input: Tensor, plan: _Plan) -> Tensor:
         kh, kw = plan.output_size
-        channels, dtype, device = input.shape[1], input.dtype, input.device
-        table = _table(input, float("-inf"))
-        output = input.new_empty(plan.num_rois, channels, kh, kw)
+        bins = kh * kw
+        num_rois = plan.rectangle.numel() // bins
+        num_images, channels, height, width = input.shape
+        table = input.permute(0, 2, 3, 1).reshape(num_images * height * width, channels)  # one small copy
+        maxima = input.new_zeros(plan.num_rectangles, channels)  # the empty rectangle, if any, stays 0
         keep = ctx.needs_input_grad[0]  # the winners serve the backward only (none at inference)
-        winners = channels_last_empty(plan.num_rois if keep else 0, channels, kh, kw, dtype=index_dtype(plan.max_window), device=device)
-        crop_buf = input.new_empty(plan.max_cells * channels)
-        pooled_buf = channels_last_empty(plan.max_rois, channels, kh, kw, dtype=dtype, device=device)
-        index_buf = channels_last_empty(plan.max_rois, channels, kh, kw, dtype=torch.int64, device=device)
-        done = 0
-        for batch in plan.batches:
-            g, hh, ww = batch.cells.shape
-            crop = crop_buf[: g * hh * ww * channels].view(g * hh * ww, channels)
-            torch.index_select(table, 0, batch.cells.reshape(-1), out=crop)
-            crop = crop.view(g, hh, ww, channels).permute(0, 3, 1, 2)  # [g, C, h, w], channels-last
-            pooled, winner = pooled_buf[:g], index_buf[:g]
-            torch.ops.aten.adaptive_max_pool2d.out(crop, (kh, kw), out=pooled, indices=winner)
-            output.index_copy_(0, batch.rois, pooled)
-            if keep:
-                winners[done : done + g] = winner
-            done += g
-        # A bin outside the map pooled -inf: it reads 0 (its winner is an outside cell, so its
-        # gradient goes to the outside row and is dropped).
-        output.permute(0, 2, 3, 1)[plan.empty] = 0
+        win_dtype = index_dtype(plan.max_cells + 1)  # +1: the rank below counts down from s
+        winners = torch.zeros((plan.num_rectangles if keep else 0, channels), dtype=win_dtype, device=input.device)
+        for group in plan.groups:
+            u, s = group.cells.shape
+            # s counts down to 1 along the cells: the largest rank among the maximal cells is the first.
+            rank = torch.arange(s, 0, -1, dtype=win_dtype, device=input.device)[None, :, None]
+            per = max(1, _CPU_CHUNK_ELEMENTS // (s * channels))
+            for a in range(0, u, per):
+                cells = group.cells[a : a + per]
+                crop = table.index_select(0, cells.reshape(-1)).view(len(cells), s, channels)
+                rows = slice(group.start + a, group.start + a + len(cells))
+                torch.amax(crop, dim=1, out=maxima[rows])
+                if keep and s == 2:  # the second cell wins only if strictly larger (torchvision's >)
+                    torch.gt(crop[:, 1], crop[:, 0], out=winners[rows])
+                elif keep and s > 2:
+                    first = ((crop == maxima[rows, None]) * rank).amax(1)
+                    torch.sub(s, first, out=winners[rows]).clamp_(max=s - 1)  # a NaN max equals no cell
+        output = input.new_empty(num_rois, channels, kh, kw)
+        flat = output.view(num_rois, channels, bins)
+        per = max(1, _CPU_CHUNK_ELEMENTS // (bins * channels))
+        buffer = input.new_empty(min(per, num_rois) * bins, channels)
+        for a in range(0, num_rois, per):
+            g = min(per, num_rois - a)
+            rows = buffer[: g * bins]
+            torch.index_select(maxima, 0, plan.rectangle[a * bins : (a + g) * bins], out=rows)
+            flat[a : a + g].copy_(rows.view(g, bins, channels).transpose(1, 2))
         ctx.plan, ctx.input_shape = plan, input.shape
         ctx.save_for_backward(winners)
         return output
@@ -291,56 +269,28 @@ class _CropMaxPool(torch.autograd.Function):
         (winners,) = ctx.saved_tensors
         plan = ctx.plan
         num_images, channels, height, width = ctx.input_shape
-        kh, kw = plan.output_size
-        dtype, device = grad_output.dtype, grad_output.device
-        grad_table = grad_output.new_zeros(num_images * height * width + 1, channels)
-        grad_buf = channels_last_empty(plan.max_rois, channels, kh, kw, dtype=dtype, device=device)
-        index_buf = channels_last_empty(plan.max_rois, channels, kh, kw, dtype=torch.int64, device=device)
-        crop_buf = grad_output.new_empty(plan.max_cells * channels)
-        rows = grad_output.permute(0, 2, 3, 1)  # [K, kh, kw, C]: gathers below come out channels-last
-        done = 0
-        for batch in plan.batches:
-            g, hh, ww = batch.cells.shape
-            grad = grad_buf[:g]
-            torch.index_select(rows, 0, batch.rois, out=grad.permute(0, 2, 3, 1))
-            winner = index_buf[:g].copy_(winners[done : done + g])
-            done += g
-            grad_crop = crop_buf[: g * hh * ww * channels].view(g, hh, ww, channels).permute(0, 3, 1, 2)
-            torch.ops.aten.adaptive_max_pool2d_backward.grad_input(grad, grad_crop, winner, grad_input=grad_crop)
-            grad_table.index_add_(0, batch.cells.reshape(-1), grad_crop.permute(0, 2, 3, 1).reshape(-1, channels))
-        grad_input = grad_table[:-1].view(num_images, height, width, channels).permute(0, 3, 1, 2).contiguous()
+        num_rois = grad_output.shape[0]
+        bins = plan.rectangle.numel() // max(num_rois, 1)
+        flat = grad_output.reshape(num_rois, channels, bins)
+        per_rectangle = grad_output.new_zeros(plan.num_rectangles, channels)
+        per = max(1, _CPU_CHUNK_ELEMENTS // (bins * channels))
+        buffer = grad_output.new_empty(min(per, num_rois) * bins, channels)
+        for a in range(0, num_rois, per):
+            g = min(per, num_rois - a)
+            rows = buffer[: g * bins]
+            rows.view(g, bins, channels).copy_(flat[a : a + g].transpose(1, 2))
+            per_rectangle.index_add_(0, plan.rectangle[a * bins : (a + g) * bins], rows)
+        grad_table = grad_output.new_zeros(num_images * height * width, channels)
+        for group in plan.groups:
+            u, s = group.cells.shape
+            grads = per_rectangle[group.start : group.start + u]
+            if s == 1:
+                grad_table.index_add_(0, group.cells.view(-1), grads)
+            else:
+                target = group.cells.gather(1, winners[group.start : group.start + u].long())  # [u, C] table rows
+                grad_table.scatter_add_(0, target, grads)
+        grad_input = grad_table.view(num_images, height, width, channels).permute(0, 3, 1, 2).contiguous()
         return grad_input, None
-
-
-def _pool_listed_bins(input: Tensor, windows: Tensor, output_size: tuple[int, int], dtype: torch.dtype) -> Tensor:
-    """The round rule's bins with torchvision's floating-point edges: [K', C, kh, kw], autograd ops.
-
-    Each bin lists the cells it reads, padded to the longest list with the outside-the-map row
-    (-inf); the max over the list is the bin. Only the rare windows of the module docstring's
-    exactness detail come here, so plain differentiable ops suffice.
-    """
-    kh, kw = output_size
-    num_images, channels, height, width = input.shape
-    b, y0, x0, h, w = windows.unbind(1)
-
-    def edges(start: Tensor, length: Tensor, bins: int, size: int) -> tuple[Tensor, Tensor]:
-        bin_size = length.to(dtype) / bins
-        j = torch.arange(bins, device=input.device, dtype=dtype)
-        lo = torch.floor(j * bin_size[:, None]).long() + start[:, None]
-        hi = torch.ceil((j + 1) * bin_size[:, None]).long() + start[:, None]
-        return lo.clamp(0, size), hi.clamp(0, size)  # [K', bins]
-
-    ys, ye = edges(y0, h, kh, height)
-    xs, xe = edges(x0, w, kw, width)
-    th, tw = max(int((ye - ys).max()), 1), max(int((xe - xs).max()), 1)
-    ty, tx = ys[..., None] + torch.arange(th, device=input.device), xs[..., None] + torch.arange(tw, device=input.device)
-    inside = (ty < ye[..., None])[:, :, None, :, None] & (tx < xe[..., None])[:, None, :, None, :]
-    cells = b[:, None, None, None, None] * (height * width) + ty[:, :, None, :, None] * width + tx[:, None, :, None, :]
-    cells = torch.where(inside, cells, num_images * height * width).reshape(-1, th * tw)  # [K'*kh*kw, T]
-    table = torch.cat([input.permute(0, 2, 3, 1).reshape(-1, channels), input.new_full((1, channels), float("-inf"))])
-    pooled = F.embedding(cells, table).amax(1)  # [K'*kh*kw, C]
-    pooled = pooled.masked_fill(~inside.flatten(3).any(-1).reshape(-1, 1), 0)  # an empty bin reads 0
-    return pooled.view(len(windows), kh, kw, channels).permute(0, 3, 1, 2).contiguous()
 
 
 class RoIPool(nn.Module):

@@ -8,6 +8,7 @@ import torch
 import torchvision
 
 from detector.ops import RoIPool, roi_pool
+from detector.ops._utils import pair
 from detector.ops.roi_pool import floor_quantize
 
 
@@ -125,16 +126,31 @@ def test_ties_send_the_gradient_to_the_first_cell_like_torchvision():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_windows_with_floating_point_bin_edges_match_torchvision(dtype):
-    # At spatial_scale 1, windows 57 and 114 cells wide split into 7 bins differently in floating
-    # point (torchvision) and in exact integers (adaptive pooling): the listed-bins path takes them.
+    # At spatial_scale 1, windows of 57 and 114 cells (float32) or 58 (float64) split into 7 bins
+    # differently in floating point (torchvision's edges) and in exact integers: match the former.
+    n = 57 if dtype == torch.float32 else 58
+    bin_size = torch.tensor(float(n), dtype=dtype) / 7
+    exact = [(j * n // 7, -(-(j + 1) * n // 7)) for j in range(7)]
+    floating = [(int(torch.floor(j * bin_size)), int(torch.ceil((j + 1) * bin_size))) for j in range(7)]
+    assert floating != exact  # the case this test is about exists in this precision
     x = torch.randn(1, 3, 60, 130, dtype=dtype)
     rois = torch.tensor([[0, 0, 0, 56, 10], [0, 3, 1, 116, 58], [0, 2, 2, 20, 20], [0, 100, 40, 156, 70]], dtype=dtype)
-    from detector.ops.roi_pool import _float_bins_differ
-
-    assert _float_bins_differ(torch.tensor([57.0, 114.0, 19.0], dtype=torch.float32), 7).tolist() == [True, True, False]
     grad = torch.randn(4, 3, 7, 7, dtype=dtype)
     torch.testing.assert_close(roi_pool(x, rois, 7, 1.0), torchvision.ops.roi_pool(x, rois, 7, 1.0))
     torch.testing.assert_close(_grad(roi_pool, x, rois, 7, 1.0, grad), _grad(torchvision.ops.roi_pool, x, rois, 7, 1.0, grad))
+
+
+def test_shared_and_large_rectangles_match_torchvision():
+    # Many RoIs share bins (the same box twice, boxes one cell apart) and some bins hold more than
+    # 255 cells (the winners' index no longer fits a byte); ties too, on a ReLU'd integer map.
+    x = torch.randint(-2, 3, (2, 3, 40, 60)).double().relu()
+    boxes = [[0, 0, 0, 59, 39], [0, 0, 0, 59, 39], [1, 5, 5, 45, 30], [1, 6, 5, 46, 30], [0, 10, 2, 12, 3], [1, 0, 0, 80, 80]]
+    rois = torch.tensor(boxes, dtype=torch.float64)
+    for k in (2, (3, 2), 7):
+        kh, kw = pair(k)
+        grad = torch.rand(len(rois), 3, kh, kw, dtype=torch.float64)
+        assert torch.equal(roi_pool(x, rois, k, 1.0), torchvision.ops.roi_pool(x, rois, k, 1.0))
+        torch.testing.assert_close(_grad(roi_pool, x, rois, k, 1.0, grad), _grad(torchvision.ops.roi_pool, x, rois, k, 1.0, grad))
 
 
 def test_gradcheck_round_and_floor():
