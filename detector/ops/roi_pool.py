@@ -37,13 +37,13 @@ box): torchvision's CPU kernel is a serial loop over every output and every cell
    ``[U, C]``), then sent to each rectangle's winning cell per channel (``scatter_add_``).
 
 The winner is the first maximal cell in row-major order, as in torchvision's scan (its ``>``);
-``amax`` plus "first cell equal to the max" finds it several times faster than ``max(dim)`` with
-indices, and it is kept in 1 byte per rectangle and channel when a rectangle holds at most 255 cells.
+``amax`` plus "first cell equal to the max" finds it about twice as fast as ``max(dim)`` with
+indices (measured on the benchmark's rectangles), and it is kept in 1 byte per rectangle and channel when a rectangle holds at most 255 cells.
 ``tools/benchmark.py ops`` measures all of this against torchvision's kernel.
 
 One exactness detail: torchvision computes the round rule's bin edges in floating point,
 ``floor(j * (w / kw))`` and ``ceil((j + 1) * (w / kw))`` in the map's precision, which for a few window
-sizes (the first at w = 57 for kw = 7) differs by one cell from the exact ``floor(j * w / kw)``. The
+sizes (for kw = 7 the first is w = 57 in float32, 58 in float64) differs by one cell from the exact ``floor(j * w / kw)``. The
 edges here are computed by the same floating-point formula, so they are torchvision's bins.
 """
 
