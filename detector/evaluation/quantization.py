@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from detector.ops._utils import round_half_away
+
 __all__ = ["RULES", "QuantizedBox", "quantize_boxes", "size_bucket", "summarize"]
 
 RULES = ("round", "floor")
@@ -63,9 +65,9 @@ def quantize_boxes(boxes: Tensor, *, stride: int, output_size: int, rule: str) -
     size = (boxes[:, 2:] - boxes[:, :2]) * s
     if rule == "round":
         # torchvision's roi_pool: round() of the scaled corners (half away from zero, as C's round).
-        lo = torch.sign(origin) * torch.floor(origin.abs() + 0.5)
+        lo = round_half_away(origin)
         hi_corner = boxes[:, 2:] * s
-        hi = torch.sign(hi_corner) * torch.floor(hi_corner.abs() + 0.5) + 1  # inclusive end cell
+        hi = round_half_away(hi_corner) + 1  # inclusive end cell
         quantized_size = hi - lo
     else:
         lo = torch.floor(origin)

@@ -57,3 +57,13 @@ def channels_last_empty(n: int, c: int, h: int, w: int, *, dtype: torch.dtype, d
 def index_dtype(plane: int) -> torch.dtype:
     """The smallest integer type that holds a flat index into a plane (window, samples) of this many."""
     return torch.uint8 if plane <= 2**8 else torch.int16 if plane <= 2**15 else torch.int32
+
+
+def round_half_away(x: Tensor) -> Tensor:
+    """C's ``round`` (halves away from zero; ``torch.round`` rounds halves to even), exactly.
+
+    ``floor(|x| + 0.5)`` is not: for the float just below 0.5 the sum rounds up to 1.0. The
+    fractional part ``x - trunc(x)`` is exact in floating point, and so is twice it.
+    """
+    whole = torch.trunc(x)
+    return whole + torch.trunc(2 * (x - whole))

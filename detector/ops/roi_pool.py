@@ -36,19 +36,25 @@ box): torchvision's CPU kernel is a serial loop over every output and every cell
 3. backward -- the output's gradient summed per rectangle (``index_add_`` of channel vectors into
    ``[U, C]``), then sent to each rectangle's winning cell per channel (``scatter_add_``).
 
-The winner is the first maximal cell in row-major order, as in torchvision's scan (its ``>``);
+The winner is the first maximal cell in row-major order, as in torchvision's scan (its ``>``, from
+-FLT_MAX: a NaN cell never wins, and a bin with nothing above -FLT_MAX reads -FLT_MAX, no gradient);
 ``amax`` plus "first cell equal to the max" finds it about twice as fast as ``max(dim)`` with
-indices (measured on the benchmark's rectangles), and it is kept in 1 byte per rectangle and channel when a rectangle holds at most 255 cells.
+indices (measured on the benchmark's rectangles). The winners are kept in 1 byte per rectangle and
+channel when no rectangle of the call holds more than 255 cells (else 2 or 4 bytes).
 ``tools/benchmark.py ops`` measures all of this against torchvision's kernel.
 
 One exactness detail: torchvision computes the round rule's bin edges in floating point,
 ``floor(j * (w / kw))`` and ``ceil((j + 1) * (w / kw))`` in the map's precision, which for a few window
-sizes (for kw = 7 the first is w = 57 in float32, 58 in float64) differs by one cell from the exact ``floor(j * w / kw)``. The
-edges here are computed by the same floating-point formula, so they are torchvision's bins.
+sizes (for kw = 7 the first is w = 57 in float32, 29 in float64) differs by one cell from the exact
+``floor(j * w / kw)``. The edges here are computed by the same formula in the same precision for
+float32 and float64 maps, so they are torchvision's bins. Half-precision maps keep float32 geometry
+(float16 holds integers exactly only up to 2048, bfloat16 up to 256), so their bins can differ from
+those of torchvision's float16 CPU kernel (bfloat16 it does not run).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -56,7 +62,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torchvision.ops import roi_pool as _tv_roi_pool
 
-from detector.ops._utils import BoxesType, boxes_to_rois, check_roi_inputs, index_dtype, pair
+from detector.ops._utils import BoxesType, boxes_to_rois, check_roi_inputs, index_dtype, pair, round_half_away
 
 _QUANTIZATIONS = ("round", "floor")
 
@@ -123,8 +129,8 @@ def roi_pool(
         )
     with torch.no_grad():
         if quantization == "round":
-            x0, x1 = _round_half_away(rois[:, 1] * spatial_scale), _round_half_away(rois[:, 3] * spatial_scale)
-            y0, y1 = _round_half_away(rois[:, 2] * spatial_scale), _round_half_away(rois[:, 4] * spatial_scale)
+            x0, x1 = round_half_away(rois[:, 1] * spatial_scale), round_half_away(rois[:, 3] * spatial_scale)
+            y0, y1 = round_half_away(rois[:, 2] * spatial_scale), round_half_away(rois[:, 4] * spatial_scale)
             w, h = (x1 - x0 + 1).clamp(min=1), (y1 - y0 + 1).clamp(min=1)
         else:
             q = floor_quantize(rois, size, spatial_scale)
@@ -144,12 +150,8 @@ def roi_pool(
         else:
             rows, cols = _whole_bins(y0, h // kh, kh), _whole_bins(x0, w // kw, kw)
         plan = _plan(rois[:, 0].long(), rows, cols, input.shape)
-    return _RectangleMaxPool.apply(input, plan)
-
-
-def _round_half_away(x: Tensor) -> Tensor:
-    """C's ``round``: halves away from zero (``torch.round`` rounds halves to even)."""
-    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+    # The winners serve the backward only: none at inference, nor under torch.no_grad.
+    return _RectangleMaxPool.apply(input, plan, torch.is_grad_enabled() and input.requires_grad)
 
 
 def _float_bins(start: Tensor, length: Tensor, bins: int) -> tuple[Tensor, Tensor]:
@@ -225,14 +227,19 @@ class _RectangleMaxPool(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, input: Tensor, plan: _Plan) -> Tensor:
+    def forward(ctx, input: Tensor, plan: _Plan, keep: bool) -> Tensor:
         kh, kw = plan.output_size
         bins = kh * kw
         num_rois = plan.rectangle.numel() // bins
         num_images, channels, height, width = input.shape
-        table = input.permute(0, 2, 3, 1).reshape(num_images * height * width, channels)  # one small copy
+        # The map channels-last (one small copy), under torchvision's scan: its max starts at -FLT_MAX
+        # and a cell wins only if strictly greater, so a NaN never wins, a bin of cells at or below
+        # -FLT_MAX reads -FLT_MAX and sends no gradient (``dead`` below).
+        table = input.new_empty(num_images, height, width, channels)
+        torch.nan_to_num(input.permute(0, 2, 3, 1), nan=-math.inf, posinf=math.inf, neginf=-math.inf, out=table)
+        floor = torch.tensor(-torch.finfo(torch.float32).max, dtype=input.dtype).item()  # -inf in float16
+        table = table.view(-1, channels).clamp_(min=floor)
         maxima = input.new_zeros(plan.num_rectangles, channels)  # the empty rectangle, if any, stays 0
-        keep = ctx.needs_input_grad[0]  # the winners serve the backward only (none at inference)
         win_dtype = index_dtype(plan.max_cells + 1)  # +1: the rank below counts down from s
         winners = torch.zeros((plan.num_rectangles if keep else 0, channels), dtype=win_dtype, device=input.device)
         for group in plan.groups:
@@ -259,7 +266,11 @@ class _RectangleMaxPool(torch.autograd.Function):
             rows = buffer[: g * bins]
             torch.index_select(maxima, 0, plan.rectangle[a * bins : (a + g) * bins], out=rows)
             flat[a : a + g].copy_(rows.view(g, bins, channels).transpose(1, 2))
-        ctx.plan, ctx.input_shape = plan, input.shape
+        dead = None
+        if keep:
+            at_floor = maxima == floor  # (the empty rectangle's 0 never is)
+            dead = at_floor if bool(at_floor.any()) else None
+        ctx.plan, ctx.input_shape, ctx.dead = plan, input.shape, dead
         ctx.save_for_backward(winners)
         return output
 
@@ -280,6 +291,8 @@ class _RectangleMaxPool(torch.autograd.Function):
             rows = buffer[: g * bins]
             rows.view(g, bins, channels).copy_(flat[a : a + g].transpose(1, 2))
             per_rectangle.index_add_(0, plan.rectangle[a * bins : (a + g) * bins], rows)
+        if ctx.dead is not None:
+            per_rectangle.masked_fill_(ctx.dead, 0)
         grad_table = grad_output.new_zeros(num_images * height * width, channels)
         for group in plan.groups:
             u, s = group.cells.shape
@@ -290,7 +303,7 @@ class _RectangleMaxPool(torch.autograd.Function):
                 target = group.cells.gather(1, winners[group.start : group.start + u].long())  # [u, C] table rows
                 grad_table.scatter_add_(0, target, grads)
         grad_input = grad_table.view(num_images, height, width, channels).permute(0, 3, 1, 2).contiguous()
-        return grad_input, None
+        return grad_input, None, None
 
 
 class RoIPool(nn.Module):

@@ -153,6 +153,41 @@ def test_shared_and_large_rectangles_match_torchvision():
         torch.testing.assert_close(_grad(roi_pool, x, rois, k, 1.0, grad), _grad(torchvision.ops.roi_pool, x, rois, k, 1.0, grad))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_corners_just_below_a_half_round_like_c(dtype):
+    # floor(|x| + 0.5) rounds the float just below 0.5 up to 1; C's round (torchvision's) gives 0.
+    below_half = torch.nextafter(torch.tensor(0.5, dtype=dtype), torch.tensor(0.0, dtype=dtype)).item()
+    x = torch.arange(16.0, dtype=dtype).view(1, 1, 4, 4)
+    for scale in (1.0, 1 / 16):
+        rois = torch.tensor([[0, below_half / scale, 0, 3 / scale, 3 / scale]], dtype=dtype)
+        assert torch.equal(roi_pool(x, rois, (1, 4), scale), torchvision.ops.roi_pool(x, rois, (1, 4), scale))
+
+
+def test_nan_and_minus_inf_cells_follow_torchvisions_scan():
+    # torchvision's max starts at -FLT_MAX and a cell wins only if strictly greater: a NaN never
+    # wins, and a bin of -inf cells reads -FLT_MAX and sends no gradient.
+    x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    x[0, 0, :3, :3] = float("nan")
+    x[0, 1, :2, :] = float("-inf")
+    x[0, 0, 4, 4] = float("nan")
+    rois = torch.tensor([[0, 0.0, 0, 5, 5], [0, 0, 0, 2, 1], [0, 3, 3, 5, 5]], dtype=torch.float64)
+    for k in (1, 2, 3):
+        ours, theirs = roi_pool(x, rois, k, 1.0), torchvision.ops.roi_pool(x, rois, k, 1.0)
+        torch.testing.assert_close(ours, theirs)
+        assert not ours.isnan().any()
+        grad = torch.rand(3, 2, k, k, dtype=torch.float64)
+        torch.testing.assert_close(_grad(roi_pool, x, rois, k, 1.0, grad), _grad(torchvision.ops.roi_pool, x, rois, k, 1.0, grad))
+
+
+def test_no_winners_are_kept_without_a_gradient_to_take():
+    x = torch.randn(1, 3, 8, 8, requires_grad=True)
+    rois = torch.tensor([[0, 0.0, 0, 7, 7]])
+    with torch.no_grad():
+        out = roi_pool(x, rois, 2, 1.0)
+    assert out.grad_fn is None
+    torch.testing.assert_close(out, torchvision.ops.roi_pool(x.detach(), rois, 2, 1.0))
+
+
 def test_gradcheck_round_and_floor():
     x = torch.randn(2, 2, 9, 11, dtype=torch.float64, requires_grad=True)
     rois = torch.tensor([[0, 3.0, 5.0, 60.0, 40.0], [1, -10.0, 20.0, 30.0, 90.0], [1, 70.0, 30.0, 120.0, 80.0]], dtype=torch.float64)
