@@ -11,6 +11,9 @@ a 25 x 18 map at stride 32 (800 x 576 images), 512 RoIs per image, 7 x 7 output,
 aligned. Each line is the median of ``--repeat`` runs, modes interleaved run by run so that a noisy
 neighbour slows them all alike. "vs avg, paired" is the median over runs of the ratio to our avg taken
 within the same run (moments apart): on a shared machine it moves less than the ratio of medians.
+Forward+backward is timed twice: with the upstream gradient made inside the timed region
+(``ones_like``, as before; a fresh tensor of the output's size, whose first touch both operators pay)
+and with it made before the clock starts ("given": the operator's own work alone).
 """
 
 from __future__ import annotations
@@ -36,20 +39,24 @@ def training_shape(device: torch.device, seed: int = 0) -> tuple[torch.Tensor, t
     return features.to(device), rois.to(device)
 
 
-def _time(fn: Callable[[], torch.Tensor], features: torch.Tensor, backward: bool) -> float:
+def _time(fn: Callable[[], torch.Tensor], features: torch.Tensor, grad: torch.Tensor | str | None) -> float:
+    """One timed call: forward only (``grad=None``), forward+backward with the upstream gradient made
+    inside the timed region (``"fresh"``: ``ones_like``, as a caller's backward allocates it), or
+    forward+backward on a gradient made before the clock starts (a tensor: the operator's own work)."""
     sync = torch.cuda.synchronize if features.is_cuda else (lambda: None)
     features.grad = None
     sync()
     t = time.perf_counter()
     out = fn()
-    if backward:
-        out.backward(torch.ones_like(out))
+    if grad is not None:
+        out.backward(torch.ones_like(out) if isinstance(grad, str) else grad)
     sync()
     return time.perf_counter() - t
 
 
-def bench_ops(device: torch.device, repeat: int) -> tuple[list[tuple[str, float, float]], dict[str, float]]:
-    """Rows (mode, median fwd s, median fwd+bwd s) and, per roi_align mode, the paired f+b ratio to avg."""
+def bench_ops(device: torch.device, repeat: int) -> tuple[list[tuple[str, float, float, float]], dict[str, float]]:
+    """Rows (mode, median fwd s, median fwd+bwd s, median fwd+bwd s with the gradient given) and, per
+    roi_align mode, the paired f+b ratio to avg."""
     features, rois = training_shape(device)
     features.requires_grad_(True)
     s = 1 / 32
@@ -63,23 +70,26 @@ def bench_ops(device: torch.device, repeat: int) -> tuple[list[tuple[str, float,
         "roi_pool round": lambda: roi_pool(features, rois, 7, s),
         "roi_pool floor": lambda: roi_pool(features, rois, 7, s, quantization="floor"),
     }
-    times = {name: ([], []) for name in modes}
+    times = {name: ([], [], []) for name in modes}
+    given = None
     for name, fn in modes.items():  # warm-up
-        _time(fn, features, True)
+        _time(fn, features, "fresh")
+        given = torch.ones_like(fn().detach())  # every mode's output has this shape
     for _ in range(repeat):
         for name, fn in modes.items():
-            times[name][0].append(_time(fn, features, False))
-            times[name][1].append(_time(fn, features, True))
-    rows = [(name, statistics.median(f), statistics.median(fb)) for name, (f, fb) in times.items()]
+            times[name][0].append(_time(fn, features, None))
+            times[name][1].append(_time(fn, features, "fresh"))
+            times[name][2].append(_time(fn, features, given))
+    rows = [(name, statistics.median(f), statistics.median(fb), statistics.median(fg)) for name, (f, fb, fg) in times.items()]
     avg = times["roi_align avg centered"][1]
     paired = {
-        name: statistics.median(t / a for t, a in zip(fb, avg)) for name, (_, fb) in times.items() if name.startswith("roi_align")
+        name: statistics.median(t / a for t, a in zip(fb, avg)) for name, (_, fb, _) in times.items() if name.startswith("roi_align")
     }
     return rows, paired
 
 
-def report_ops(rows: list[tuple[str, float, float]], device: torch.device, paired: dict[str, float] | None = None) -> str:
-    by = {name: (f, fb) for name, f, fb in rows}
+def report_ops(rows: list[tuple[str, float, float, float]], device: torch.device, paired: dict[str, float] | None = None) -> str:
+    by = {name: (f, fb, fg) for name, f, fb, fg in rows}
     ref_align = by["torchvision roi_align (avg, centered)"]
     ref_pool = by["torchvision roi_pool"]
     ours_avg = by["roi_align avg centered"]
@@ -88,13 +98,17 @@ def report_ops(rows: list[tuple[str, float, float]], device: torch.device, paire
         f"torch {torch.__version__}, torchvision {torchvision.__version__}",
         "shape: 2 x 512 x 18 x 25 features (stride 32), 1024 RoIs, 7x7 output, sampling ratio 2, aligned",
         "speed-up = torchvision's time / ours (higher is better); vs avg = ours / our avg-centered",
-        f"{'mode':<40} {'fwd ms':>8} {'fwd+bwd ms':>11} {'speed-up fwd':>13} {'speed-up f+b':>13} {'vs avg f+b':>11}"
+        "f+b: the upstream gradient made in the timed region (ones_like); given: made before the clock",
+        f"{'mode':<40} {'fwd ms':>8} {'f+b ms':>8} {'given ms':>9} {'speed-up fwd':>13} {'speed-up f+b':>13} {'given':>7} {'vs avg f+b':>11}"
         + (f" {'vs avg, paired':>15}" if paired else ""),
     ]
-    for name, f, fb in rows:
+    for name, f, fb, fg in rows:
         ref = ref_pool if "roi_pool" in name else ref_align
         vs_avg = f"{fb / ours_avg[1]:.2f}x" if name.startswith("roi_align") else ""
-        line = f"{name:<40} {f * 1e3:8.1f} {fb * 1e3:11.1f} {ref[0] / f:12.2f}x {ref[1] / fb:12.2f}x {vs_avg:>11}"
+        line = (
+            f"{name:<40} {f * 1e3:8.1f} {fb * 1e3:8.1f} {fg * 1e3:9.1f} {ref[0] / f:12.2f}x {ref[1] / fb:12.2f}x "
+            f"{ref[2] / fg:6.2f}x {vs_avg:>11}"
+        )
         if paired and name in paired:
             line += f" {paired[name]:14.2f}x"
         lines.append(line.rstrip())

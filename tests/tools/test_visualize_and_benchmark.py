@@ -34,10 +34,11 @@ def test_benchmark_report_has_ratios():
     assert features.shape == (2, 512, 18, 25) and rois.shape == (1024, 5)
     names = ["torchvision roi_align (avg, centered)", "roi_align avg centered", "roi_align max centered",
              "torchvision roi_pool", "roi_pool floor"]
-    rows = [(n, 0.1, 1.0) for n in names]
-    rows[1] = ("roi_align avg centered", 0.1, 0.25)
+    rows = [(n, 0.1, 1.0, 0.9) for n in names]
+    rows[1] = ("roi_align avg centered", 0.1, 0.25, 0.18)
     text = report_ops(rows, torch.device("cpu"))
     assert "4.00x" in text  # torchvision's 1.0 s / our 0.25 s
+    assert "5.00x" in text  # with the gradient given: 0.9 s / 0.18 s
     assert "paired" not in text
     text = report_ops(rows, torch.device("cpu"), {"roi_align avg centered": 1.0, "roi_align max centered": 1.37})
     assert "vs avg, paired" in text and "1.37x" in text
