@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from config_utils import build_split, model_from_checkpoint
+from config_utils import build_split, model_from_checkpoint, report
+from stored_config import targets_in
 from detector.data import build_detection_loader
 from detector.engine import load_checkpoint, save_checkpoint
 from detector.evaluation import COCOEvaluator, inference_on_dataset
@@ -66,6 +67,8 @@ def _dump(checkpoint: Path, folder: Path, cfg: DictConfig) -> tuple[Path, Path]:
             "checkpoint": str(checkpoint), "split": split, "output": str(out), "num_proposals": 1000,
             "device": cfg.device, "batch_size": int(cfg.solver.ims_per_batch), "num_workers": int(cfg.num_workers),
             "progress": bool(cfg.progress), "dataset": None,
+            # The checkpoint is this run's own: the parts the user's config names are the user's choice.
+            "trusted_targets": targets_in(OmegaConf.to_container(cfg, resolve=True)),
         }))
         files.append(out)
     return files[0], files[1]
@@ -94,22 +97,22 @@ def train_alternating(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     initial = cfg.model.get("weights")
     dirs = {k: output_dir / name for k, name in ((1, "step1_rpn"), (2, "step2_fast_rcnn"), (3, "step3_rpn"), (4, "step4_fast_rcnn"))}
 
-    print("alternating training, step 1/4: the RPN from the initial backbone")
+    report("alternating training, step 1/4: the RPN from the initial backbone")
     train(_step_config(cfg, fast_rcnn=False, freeze=False, head_loss=0.0, weights=initial, proposals=None), dirs[1])
     step1 = dirs[1] / "model_final.pth"
     proposals1 = _dump(step1, dirs[1], cfg)
 
-    print("alternating training, step 2/4: Fast R-CNN on step 1's proposals, from the initial backbone")
+    report("alternating training, step 2/4: Fast R-CNN on step 1's proposals, from the initial backbone")
     train(_step_config(cfg, fast_rcnn=True, freeze=False, head_loss=1.0, weights=initial, proposals=proposals1), dirs[2])
     step2 = dirs[2] / "model_final.pth"
 
-    print("alternating training, step 3/4: the RPN-only layers on step 2's frozen backbone")
+    report("alternating training, step 3/4: the RPN-only layers on step 2's frozen backbone")
     init3 = _merge(output_dir / "init_step3.pth", [(step1, ("rpn.",)), (step2, ("backbone.", "roi_heads."))])
     train(_step_config(cfg, fast_rcnn=False, freeze=True, head_loss=0.0, weights=str(init3), proposals=None), dirs[3])
     step3 = dirs[3] / "model_final.pth"
     proposals3 = _dump(step3, dirs[3], cfg)
 
-    print("alternating training, step 4/4: the Fast R-CNN-only layers on step 3's proposals")
+    report("alternating training, step 4/4: the Fast R-CNN-only layers on step 3's proposals")
     init4 = _merge(output_dir / "init_step4.pth", [(step3, ("backbone.",)), (step2, ("roi_heads.",))])
     train(_step_config(cfg, fast_rcnn=True, freeze=True, head_loss=1.0, weights=str(init4), proposals=proposals3), dirs[4])
     step4 = dirs[4] / "model_final.pth"
@@ -140,12 +143,13 @@ class _Weights(torch.nn.Module):
 
 def _evaluate(checkpoint: Path, cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     device = resolve_device(cfg.device)
-    model, _ = model_from_checkpoint(checkpoint, load_checkpoint(checkpoint), device)
+    model, _ = model_from_checkpoint(checkpoint, load_checkpoint(checkpoint), device,
+                                     trusted_targets=targets_in(OmegaConf.to_container(cfg.model, resolve=True)))
     val_set = build_split(cfg.dataset.val, what="dataset.val")
     loader = build_detection_loader(val_set, batch_size=int(cfg.solver.ims_per_batch), shuffle=False,
                                     num_workers=int(cfg.num_workers))
     evaluator = COCOEvaluator(coco_gt=val_set.coco, label_to_cat_id=val_set.label_to_cat_id, output_dir=output_dir)
     metrics = inference_on_dataset(model, loader, evaluator, device=device, progress=bool(cfg.progress))
-    print(f"output: {output_dir}")
-    print("val " + "  ".join(f"{k}={metrics[k]:.4f}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")))
+    report(f"output: {output_dir}")
+    report("val " + "  ".join(f"{k}={metrics[k]:.4f}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")))
     return metrics

@@ -21,7 +21,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from config_utils import instantiate_or_explain, run_cli
+from config_utils import instantiate_or_explain, report, run_cli
 from detector.errors import ConfigError, DatasetError
 from detector.evaluation.quantization import RULES, quantize_boxes, size_bucket, summarize
 from detector.utils.io import atomic_write_json, atomic_write_text
@@ -71,8 +71,8 @@ def analyze(cfg: DictConfig) -> dict:
     atomic_write_json(output_dir / "quantization.json", result)
     atomic_write_text(output_dir / "quantization.md", table + "\n")
     plot(values, output_dir / "quantization_hist.png", stride, k)
-    print(table)
-    print(f"output: {output_dir}")
+    report(table)
+    report(f"output: {output_dir}")
     return result
 
 

@@ -7,17 +7,20 @@ resolvers the YAML files use, and instantiates the model and datasets with ``hyd
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
 import math
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.errors import HydraException, InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -26,6 +29,7 @@ from detector.data import DetectionDataset
 from detector.engine.solver import scaled_lr
 from detector.engine.step import AMP_DTYPES
 from detector.errors import CheckpointError, ConfigError, DatasetError, DetectorError
+from stored_config import DATASET_TARGETS, MODEL_TARGETS, check_stored_config, stored_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,39 +203,123 @@ def check_split(dataset: DetectionDataset, key: str, reference: DetectionDataset
         )
 
 
-def build_split(node: Any, *, what: str, **kwargs: Any) -> DetectionDataset:
+def build_split(
+    node: Any, *, what: str, from_file: Path | None = None, trusted_targets: Sequence[str] = (), **kwargs: Any
+) -> DetectionDataset:
     """An evaluation split from a dataset node (``_target_``), checked by :func:`check_split`.
 
-    A checkpoint written before datasets had a ``_target_`` stores ``images`` + ``annotations``:
-    that is read as COCO JSON.
+    ``from_file``: the node was read from that file (a checkpoint's stored ``dataset.val``), so it
+    is data: it may only name the framework's dataset readers (or ``trusted_targets``), and a
+    generated split is read from disk as it is, never drawn or redrawn (a file must not make a tool
+    write, let alone over a folder it names).
     """
+    if from_file is not None:
+        if not isinstance(node, dict):
+            raise CheckpointError(f"{from_file}: {what} is not a dataset node; pass dataset=... to name the data")
+        check_stored_config(node, source=from_file, key=what, allowed=DATASET_TARGETS, trusted=trusted_targets)
+        node = copy.deepcopy(node)
+        if node.get("_target_") == "detector.data.generated.generated_split":
+            node["create"] = False
     node = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    if "_target_" not in node and {"images", "annotations"} <= node.keys():
-        node = {"_target_": "detector.data.CocoDetection", "images": node["images"], "annotations": node["annotations"]}
-    dataset = instantiate_or_explain(node, what=what, **kwargs)
+    if "_target_" not in node:
+        raise ConfigError(f"{what} names no dataset (_target_); see configs/dataset/ or pass dataset=...")
+    try:
+        dataset = instantiate_or_explain(node, what=what, **kwargs)
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError) as e:
+        if from_file is None:
+            raise
+        raise CheckpointError(
+            f"{from_file}: its stored {what} cannot be built ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            f"pass dataset=... to name the data"
+        ) from None
     check_split(dataset, what)
     return dataset
 
 
-def model_from_checkpoint(path: Path, state: dict, device) -> tuple[Any, list[str]]:
+def model_from_checkpoint(
+    path: Path, state: dict, device, *, trusted_targets: Sequence[str] = ()
+) -> tuple[Any, list[str]]:
     """Rebuild a trained model from the config and class names stored in its checkpoint.
 
-    Needs no dataset: the classes come from the checkpoint (``extra.dataset.class_names``).
+    Needs no dataset: the classes come from the checkpoint (``extra.dataset.class_names``). The
+    stored config is data from a file: it is checked by :func:`stored_model_config` before
+    anything is built, so it can only name this framework's own parts (plus ``trusted_targets``,
+    the user's own parts named on the command line).
     """
-    stored = state.get("config")
-    if not isinstance(stored, dict) or "model" not in stored:
-        raise CheckpointError(f"{path} holds no training config; it was not written by tools/train.py")
-    class_names = list(state.get("extra", {}).get("dataset", {}).get("class_names", []))
-    if not class_names:
+    model_cfg = stored_model_config(path, state, trusted_targets=trusted_targets)
+    class_names = state.get("extra", {}).get("dataset", {}).get("class_names", []) if isinstance(
+        state.get("extra"), dict) else []
+    if not isinstance(class_names, list) or not class_names or not all(isinstance(n, str) for n in class_names):
         raise CheckpointError(f"{path} stores no class names; it was not written by tools/train.py")
-    model_cfg = copy.deepcopy(stored["model"])
-    model_cfg["backbone"]["weights"] = None  # the checkpoint brings every weight: load nothing first
-    model = build_model(model_cfg, class_names=class_names)
+    class_names = list(class_names)
+    try:
+        model_cfg["backbone"]["weights"] = None  # the checkpoint brings every weight: load nothing first
+        model = build_model(model_cfg, class_names=class_names)
+    except DetectorError as e:
+        raise CheckpointError(f"{path}: its stored config.{e}") from None
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError) as e:
+        # A stored config of the wrong shape (a part given as a string, a missing node): the file
+        # was not written by tools/train.py, or was edited.
+        raise CheckpointError(
+            f"{path}: its stored config.model cannot be built ({type(e).__name__}: {e}); it was not written "
+            f"by tools/train.py, or was edited"
+        ) from None
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit its stored config: {str(e).splitlines()[0]}") from None
     return model.to(device).eval(), class_names
+
+
+def stored_model_config(path: Path, state: dict, *, trusted_targets: Sequence[str] = ()) -> dict:
+    """The checkpoint's stored ``model`` config, checked to name only the framework's parts.
+
+    Refused with one line (the key and the value) before anything is built: see tools/stored_config.py.
+    """
+    stored = stored_config(state, source=path)
+    check_stored_config(stored["model"], source=path, key="config.model", allowed=MODEL_TARGETS,
+                        trusted=trusted_targets)
+    return copy.deepcopy(stored["model"])
+
+
+FINISHED_RUN_FILES = ("model_final.pth", "metrics.json", "last_checkpoint")
+
+
+def check_output_dir_free(output_dir: Path, *, resume: Any, overwrite: bool) -> None:
+    """Refuse, before anything is written, a new run into a folder that holds another run.
+
+    A folder with a final model, metrics or a checkpoint pointer is a run someone may want to keep:
+    ``resume=true`` (or ``auto``) continues it, another ``output_dir`` starts a new one, and
+    ``overwrite=true`` says that replacing it is intended.
+    """
+    if not isinstance(overwrite, bool):
+        raise ConfigError(f"overwrite must be true or false, got {overwrite!r}")
+    if resume in (True, "auto") or overwrite:
+        return
+    held = [name for name in FINISHED_RUN_FILES if (Path(output_dir) / name).exists()]
+    if held:
+        raise ConfigError(
+            f"{output_dir} already holds a run ({held[0]}); resume=true continues it, output_dir=... starts a "
+            f"new one elsewhere, overwrite=true replaces it"
+        )
+
+
+class RefuseFinishedRunCallback(Callback):
+    """Hydra callback: the check of :func:`check_output_dir_free` before Hydra writes ``.hydra/``.
+
+    Hydra writes the run folder's ``.hydra/*.yaml`` before the task function starts, so a refusal
+    made inside the task would already have rewritten a finished run's record. ``on_run_start``
+    runs before that (single runs; a sweep's jobs are checked by the task, see tools/train.py).
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_output_dir_free(
+                Path(str(config.hydra.run.dir)), resume=config.get("resume"), overwrite=config.get("overwrite")
+            )
+        except DetectorError as e:
+            print(f"error: {user_message(e)}", file=sys.stderr)
+            sys.exit(1)
 
 
 def console_logging_for(progress: bool) -> None:
@@ -251,12 +339,38 @@ def report(text: str) -> None:
     whatever its level. Called in-process without Hydra there is no log file and it is only printed.
     """
     print(text)
+    to_log_files(text)
+
+
+def to_log_files(text: str, level: int = logging.INFO) -> None:
+    """Write ``text`` to the run's log file(s) only (the console has it already)."""
     root = logging.getLogger()
     message = "\n" + text if "\n" in text else text  # a table starts on its own line, columns aligned
-    record = root.makeRecord("report", logging.INFO, __file__, 0, message, None, None)
+    record = root.makeRecord("report", level, __file__, 0, message, None, None)
     for handler in root.handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
+
+
+@contextlib.contextmanager
+def warnings_to_log() -> Iterator[None]:
+    """Python warnings of the library (dropped boxes, clipped proposals) as log lines while a tool runs.
+
+    The library warns with ``warnings.warn`` (what a Python user of the package expects); a tool's
+    user reads the console and the run's log file, so each warning becomes one WARNING record of
+    the ``detector`` logger there, without the source line of whatever frame raised it.
+    """
+    log = logging.getLogger("detector")
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        log.warning("%s", message)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 def user_message(err: DetectorError) -> str:
@@ -301,12 +415,18 @@ def run_cli(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     def wrapper(cfg: DictConfig) -> Any:
         try:
             reject_added_keys()
-            return fn(cfg)
+            with warnings_to_log():
+                return fn(cfg)
         except DetectorError as e:
-            print(f"error: {user_message(e)}", file=sys.stderr)
-            sys.exit(getattr(e, "exit_code", 1))
+            _fail(f"error: {user_message(e)}", getattr(e, "exit_code", 1))
         except (OmegaConfBaseException, HydraException) as e:
-            print(f"error: config: {str(e).strip().splitlines()[0]}", file=sys.stderr)
-            sys.exit(1)
+            _fail(f"error: config: {str(e).strip().splitlines()[0]}", 1)
 
     return wrapper
+
+
+def _fail(line: str, code: int) -> None:
+    """The one line on stderr and in the run's log file (so a log shows why a run stopped); exit."""
+    print(line, file=sys.stderr)
+    to_log_files(line, logging.ERROR)
+    sys.exit(code)

@@ -99,13 +99,18 @@ def dump(cfg: DictConfig) -> dict[str, float]:
     path = Path(str(cfg.checkpoint))
     state = load_checkpoint(path)
     device = resolve_device(cfg.device)
-    model, class_names = model_from_checkpoint(path, state, device)
+    trusted = [str(t) for t in (cfg.get("trusted_targets") or [])]
+    model, class_names = model_from_checkpoint(path, state, device, trusted_targets=trusted)
     if model.rpn is None:
         raise CheckpointError(f"{path} is a Fast R-CNN (no RPN): it has no proposals to dump; use a Faster R-CNN checkpoint")
     model.rpn.post_nms_topk = {False: int(cfg.num_proposals), True: int(cfg.num_proposals)}
     model.rpn.pre_nms_topk = {k: max(v, int(cfg.num_proposals)) for k, v in model.rpn.pre_nms_topk.items()}
-    node = cfg.dataset[split] if cfg.get("dataset") is not None else state["config"]["dataset"][split]
-    dataset = build_split(node, what=f"dataset.{split}", **({"proposals": None} if "proposals" in node else {}))
+    own = cfg.get("dataset") is not None
+    node = cfg.dataset[split] if own else (state["config"].get("dataset") or {}).get(split)
+    dataset = build_split(
+        node, what=f"dataset.{split}" if own else f"config.dataset.{split}", from_file=None if own else path,
+        trusted_targets=trusted, **({"proposals": None} if isinstance(node, dict) and "proposals" in node else {}),
+    )
     if list(dataset.class_names) != class_names:
         raise CheckpointError(f"{path} was trained on classes {class_names} but {dataset.source} has {list(dataset.class_names)}")
     loader = build_detection_loader(dataset, batch_size=int(cfg.batch_size), shuffle=False, num_workers=int(cfg.num_workers))

@@ -24,7 +24,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from config_utils import build_split, console_logging_for, model_from_checkpoint, report, run_cli
+from config_utils import (
+    build_split, console_logging_for, model_from_checkpoint, report, run_cli, stored_model_config,
+)
+from stored_config import stored_config
 from detector.data import DetectionDataset, build_detection_loader
 from detector.engine import load_checkpoint
 from detector.errors import CheckpointError, ConfigError, DatasetError
@@ -108,15 +111,17 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     console_logging_for(bool(cfg.progress))
     output_dir = Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.output_dir)
     device = resolve_device(cfg.device)
+    trusted = [str(t) for t in _as_list(cfg.get("trusted_targets"), "trusted_targets")]
 
     # Read every checkpoint first: a mistake in the last one should not cost the first one's eval.
     states = []
     for path in checkpoints:
         path = Path(str(path))
         state = load_checkpoint(path)
-        stored = state.get("config")
-        if not isinstance(stored, dict) or "model" not in stored or "dataset" not in stored:
-            raise CheckpointError(f"{path} holds no training config; it was not written by tools/train.py")
+        stored = stored_config(state, source=path)
+        stored_model_config(path, state, trusted_targets=trusted)  # refused here, before anything is built
+        if cfg.get("dataset") is None and not isinstance((stored.get("dataset") or {}).get("val"), dict):
+            raise CheckpointError(f"{path} stores no val split; pass dataset=... to name the data to evaluate on")
         states.append((path, state, stored))
     if cfg.get("dataset") is None:
         vals = {json.dumps(stored["dataset"]["val"], sort_keys=True) for _, _, stored in states}
@@ -132,13 +137,19 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         if kind == "checkpoint":
             path, state, stored = entry
             if stored["model"].get("rpn") is None:  # Fast R-CNN: the val split's proposal file
-                node = cfg.dataset.val if cfg.get("dataset") is not None else stored["dataset"]["val"]
+                own = cfg.get("dataset") is not None
+                node = cfg.dataset.val if own else stored["dataset"]["val"]
                 if not node.get("proposals"):
                     raise ConfigError(f"{path} is a Fast R-CNN: pass dataset.val.proposals=FILE (proposals for the val split)")
-                dataset = build_split(node, what="dataset.val", proposal_topk=stored["model"].get("proposal_topk_test"))
+                dataset = build_split(
+                    node, what="dataset.val" if own else "config.dataset.val", from_file=None if own else path,
+                    trusted_targets=trusted, proposal_topk=stored["model"].get("proposal_topk_test"),
+                )
             else:
-                dataset = shared or build_split(stored["dataset"]["val"], what="the checkpoint's dataset.val")
-            model, class_names = model_from_checkpoint(path, state, device)
+                dataset = shared or build_split(
+                    stored["dataset"]["val"], what="config.dataset.val", from_file=path, trusted_targets=trusted
+                )
+            model, class_names = model_from_checkpoint(path, state, device, trusted_targets=trusted)
             if class_names != list(dataset.class_names):
                 raise CheckpointError(
                     f"{path} was trained on classes {class_names} but {dataset.source} has "

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from config_utils import model_from_checkpoint, run_cli
+from config_utils import model_from_checkpoint, report, run_cli
 from detector.data.image_io import IMAGE_SUFFIXES, read_rgb
 from detector.engine import load_checkpoint
 from detector.errors import ConfigError, DatasetError
@@ -76,7 +76,8 @@ def infer(cfg: DictConfig) -> list[dict]:
     output_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     path = Path(str(cfg.checkpoint))
-    model, class_names = model_from_checkpoint(path, load_checkpoint(path), device)
+    trusted = [str(t) for t in (cfg.get("trusted_targets") or [])]
+    model, class_names = model_from_checkpoint(path, load_checkpoint(path), device, trusted_targets=trusted)
 
     records, names = [], output_names(images)
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
@@ -105,9 +106,9 @@ def infer(cfg: DictConfig) -> list[dict]:
     seconds = time.perf_counter() - started
     atomic_write_json(output_dir / "detections.json", records)
     total = sum(len(r["detections"]) for r in records)
-    print(f"{seen} images, {total} detections (score >= {score_thresh}) in {seconds:.1f} s: "
-          f"{seen / max(seconds, 1e-9):.1f} images/s on {device} (reading, inference, drawing)")
-    print(f"output: {output_dir}")
+    report(f"{seen} images, {total} detections (score >= {score_thresh}) in {seconds:.1f} s: "
+           f"{seen / max(seconds, 1e-9):.1f} images/s on {device} (reading, inference, drawing)")
+    report(f"output: {output_dir}")
     return records
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from detector.data.coco import CocoDetection
+from detector.errors import DatasetError
 
 __all__ = ["generated_split"]
 
@@ -27,6 +28,7 @@ def generated_split(
     split: str,
     num_images: int,
     seed: int,
+    create: bool = True,
     **dataset_kwargs: Any,
 ) -> CocoDetection:
     """Generate ``split`` under ``root`` unless it is there already, and load it.
@@ -34,10 +36,24 @@ def generated_split(
     Args:
         generator: e.g. ``functools.partial(ensure_synthetic_split, max_objects=6)``.
         root, split, num_images, seed: Passed to ``generator``.
+        create: False reads ``root/split/{images, annotations.json}`` as it is and never calls the
+            generator (which would write, and redraw a split it finds stale): the tools use it for a
+            split named by a checkpoint's stored config, a file that must not make them write.
         **dataset_kwargs: For :class:`~detector.data.coco.CocoDetection` (``transforms``,
             ``skip_empty``, ...).
+
+    Raises:
+        DatasetError: ``create=False`` and the split is not on disk.
     """
-    if not (Path(root) / split / "annotations.json").is_file():
+    annotations = Path(root) / split / "annotations.json"
+    if not create:
+        if not annotations.is_file():
+            raise DatasetError(
+                f"{annotations}: this generated split is not on disk; draw it by training on it "
+                f"(tools/train.py) or pass dataset=... to name the data"
+            )
+        return CocoDetection(images=annotations.parent / "images", annotations=annotations, **dataset_kwargs)
+    if not annotations.is_file():
         logger.warning("generating the %s split (%d images) under %s: once, no download", split, num_images, root)
     images, annotations = generator(root, split=split, num_images=int(num_images), seed=int(seed))
     return CocoDetection(images=images, annotations=annotations, **dataset_kwargs)

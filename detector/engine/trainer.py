@@ -44,11 +44,25 @@ class TrainingInterrupted(DetectorError):
         self.exit_code = 128 + int(signum)
 
 
-class _StopSignals:
-    """Turn SIGINT / SIGTERM into a flag the loop checks between iterations (main thread only)."""
+class _Stopped(BaseException):
+    """Raised by a signal during the final evaluation (a BaseException, like KeyboardInterrupt, so
+    that no ``except Exception`` on the way swallows it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _StopSignals:
+    """Turn SIGINT / SIGTERM into a flag the loop checks between iterations (main thread only).
+
+    ``immediate=True`` (the final evaluation, which has no iteration boundary to stop at and nothing
+    left to save) raises :class:`_Stopped` at once instead.
+    """
+
+    def __init__(self, *, immediate: bool = False) -> None:
         self.received: int | None = None
+        self.immediate = immediate
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopSignals":
@@ -58,6 +72,8 @@ class _StopSignals:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.immediate:
+            raise _Stopped(signum)
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         self.received = signum
@@ -211,11 +227,19 @@ def train_loop(
                 model.train()
     bar.close()
 
-    if save_checkpoint is not None:
-        save_checkpoint(max_iter)
+    final = save_checkpoint(max_iter) if save_checkpoint is not None else None
     if evaluate is not None:
-        metrics = _log_metrics(evaluate(max_iter), writer, max_iter)
-        summary.update(metrics)
+        try:
+            with _StopSignals(immediate=True):
+                metrics = evaluate(max_iter)
+        except (_Stopped, KeyboardInterrupt) as stop:
+            signum = stop.signum if isinstance(stop, _Stopped) else signal.SIGINT
+            raise TrainingInterrupted(
+                f"{signal.Signals(signum).name} during the final evaluation: training is complete"
+                + (f" ({final} written); resume=true runs the evaluation" if final else ""),
+                signum,
+            ) from None
+        summary.update(_log_metrics(metrics, writer, max_iter))
     return summary
 
 

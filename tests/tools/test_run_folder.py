@@ -1,0 +1,153 @@
+"""A finished run's folder is kept: a new run into it is refused before anything is written."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import ROOT
+from detector.errors import ConfigError
+
+
+def _config(out, *overrides):
+    import config_utils  # noqa: F401  (resolvers)
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name="train", overrides=[f"output_dir={out}", *overrides], return_hydra_config=True)
+
+
+def test_a_new_run_over_a_finished_one_is_refused_before_hydra_writes(tmp_path, capsys):
+    """Hydra rewrites .hydra/*.yaml before the task starts: the callback refuses first."""
+    from config_utils import RefuseFinishedRunCallback
+
+    out = tmp_path / "run"
+    (out / ".hydra").mkdir(parents=True)
+    (out / "model_final.pth").write_bytes(b"weights")
+    (out / ".hydra" / "config.yaml").write_text("the finished run's record")
+    cfg = _config(out)
+    assert str(cfg.hydra.callbacks.refuse_finished_run._target_).endswith("RefuseFinishedRunCallback")
+    with pytest.raises(SystemExit) as exit_info:
+        RefuseFinishedRunCallback().on_run_start(config=cfg)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "already holds a run (model_final.pth)" in err and "resume=true" in err
+    assert (out / "model_final.pth").read_bytes() == b"weights"
+    assert (out / ".hydra" / "config.yaml").read_text() == "the finished run's record"
+    for ok in (["resume=true"], ["resume=auto"], ["overwrite=true"]):  # the user said so: no refusal
+        RefuseFinishedRunCallback().on_run_start(config=_config(out, *ok))
+    RefuseFinishedRunCallback().on_run_start(config=_config(tmp_path / "fresh"))
+
+
+def test_train_refuses_in_process_and_in_a_sweep_job(tmp_path):
+    """train() itself checks too (a sweep job's folder, a call from Python), before writing anything."""
+    import train
+
+    from conftest import compose_config
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"AP": 0.5}')
+    cfg = compose_config("train", [f"output_dir={out}", "dataset.root=/nonexistent/never/drawn"])
+    with pytest.raises(ConfigError, match=r"already holds a run \(metrics.json\)"):
+        train.train(cfg)
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+    with pytest.raises(ConfigError, match="overwrite must be true or false"):
+        train.train(compose_config("train", [f"output_dir={out}", "overwrite=maybe"]))
+
+
+TINY_RUN = ["dataset.train.num_images=4", "dataset.val.num_images=2", "dataset.generator.min_image_size=64",
+            "dataset.generator.max_image_size=64", "solver.max_iter=2", "solver.ims_per_batch=2",
+            "solver.warmup_iters=1", "num_workers=0", "progress=false", "device=cpu", "checkpoint_period=0"]
+
+
+def test_sigint_during_the_final_evaluation_is_one_line_exit_130_and_resume_finishes_it(tmp_path, monkeypatch):
+    import os
+    import signal
+    import time
+
+    import train
+    from conftest import TINY_MODEL, compose_config
+    from detector.engine import TrainingInterrupted
+
+    real = train.inference_on_dataset
+
+    def interrupted(*args, **kwargs):  # Ctrl-C arrives while the final evaluation runs
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+        raise AssertionError("the signal did not stop the evaluation")
+
+    out = tmp_path / "run"
+    overrides = [*TINY_MODEL, *TINY_RUN, f"dataset.root={tmp_path / 'data'}", f"output_dir={out}"]
+    monkeypatch.setattr(train, "inference_on_dataset", interrupted)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train.train(compose_config("train", overrides))
+    assert stop.value.exit_code == 130 and "\n" not in str(stop.value)
+    assert "SIGINT during the final evaluation" in str(stop.value) and "resume=true" in str(stop.value)
+    assert (out / "model_final.pth").is_file() and not (out / "metrics.json").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+
+    monkeypatch.setattr(train, "inference_on_dataset", real)
+    metrics = train.train(compose_config("train", [*overrides, "resume=true"]))
+    assert (out / "metrics.json").is_file() and set(metrics) >= {"AP", "AP50"}
+
+
+def test_errors_and_library_warnings_reach_the_run_log(tmp_path, capsys):
+    """The stop line is in the log file as well as on stderr; a dataset's warning is a log line."""
+    import logging
+    import warnings
+
+    from config_utils import run_cli
+    from detector.errors import DatasetError
+
+    handler = logging.FileHandler(tmp_path / "train.log")
+    logging.getLogger().addHandler(handler)
+    try:
+        @run_cli
+        def task(cfg):
+            warnings.warn("x.json: 1 box(es) clipped to the image")
+            raise DatasetError("x.json: broken")
+
+        with pytest.raises(SystemExit) as exit_info:
+            task(None)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == "error: x.json: broken"
+    log = (tmp_path / "train.log").read_text()
+    assert "x.json: 1 box(es) clipped to the image" in log and "error: x.json: broken" in log
+    assert "warnings.warn" not in log  # no source line of the frame that warned
+
+
+def test_dump_proposals_writes_no_log_file_in_the_current_folder():
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="dump_proposals", overrides=["output=x.pt"], return_hydra_config=True)
+    assert "file" not in cfg.hydra.job_logging.handlers and cfg.hydra.job_logging.root.handlers == ["console"]
+
+
+def test_infer_keeps_its_summary_in_its_log(tmp_path):
+    import logging
+
+    import torch
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    import infer
+    from conftest import TINY_MODEL, compose_config, tiny_model
+    from detector.engine import save_checkpoint
+
+    config = OmegaConf.to_container(compose_config("train", TINY_MODEL), resolve=True)
+    ckpt = save_checkpoint(tmp_path / "m.pth", model=tiny_model(class_names=["a"]), iteration=1, config=config,
+                           extra={"dataset": {"class_names": ["a"]}})
+    Image.new("RGB", (64, 64)).save(tmp_path / "p.jpg")
+    handler = logging.FileHandler(tmp_path / "infer.log")
+    logging.getLogger().addHandler(handler)
+    try:
+        with torch.no_grad():
+            infer.infer(OmegaConf.create({"checkpoint": str(ckpt), "input": str(tmp_path / "p.jpg"), "score_thresh": 0.5,
+                                          "output_dir": str(tmp_path / "out"), "device": "cpu", "batch_size": 1,
+                                          "progress": False}))
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    assert "1 images, " in (tmp_path / "infer.log").read_text()
