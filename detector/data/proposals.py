@@ -24,16 +24,24 @@ Shape shorthand:
 
 from __future__ import annotations
 
+import codecs
 import json
+import pickle
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from detector.errors import DatasetError
+
+try:  # numpy >= 2 (numpy.core is a deprecated alias there)
+    from numpy._core import multiarray as np_multiarray
+except ImportError:  # numpy 1.x
+    from numpy.core import multiarray as np_multiarray
 
 __all__ = ["from_detectron2", "load_proposals", "save_proposals"]
 
@@ -155,17 +163,48 @@ def load_proposals(
     return out
 
 
+class _ProposalUnpickler(pickle.Unpickler):
+    """An unpickler that rebuilds numpy arrays and detectron2's ``BoxMode`` and nothing else.
+
+    A pickle names the callables that rebuild it, so a plain ``pickle.load`` of a stranger's file
+    runs any code the file names. Python's documented remedy ("Restricting Globals" in the pickle
+    docs) is an allowlist in ``find_class``: here the few globals numpy (1.x and 2.x) and detectron2
+    write into a precomputed-proposal file. ``BoxMode`` becomes its integer value, so detectron2
+    need not be installed.
+    """
+
+    _NUMPY = {
+        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+        ("numpy.core.multiarray", "_reconstruct"): np_multiarray._reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): np_multiarray._reconstruct,
+        ("numpy.core.multiarray", "scalar"): np_multiarray.scalar,
+        ("numpy._core.multiarray", "scalar"): np_multiarray.scalar,
+        ("_codecs", "encode"): codecs.encode,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._NUMPY:
+            return self._NUMPY[(module, name)]
+        if module == "detectron2.structures.boxes" and name == "BoxMode":
+            return int
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a proposal file never holds")
+
+
 def from_detectron2(pkl: str | Path, out: str | Path) -> Path:
-    """Convert detectron2's precomputed proposals (a pickle you trust) into a ``.pt`` proposal file.
+    """Convert detectron2's precomputed proposals into a ``.pt`` proposal file.
 
     detectron2 stores ``{"ids": [...], "boxes": [array [P, 4]], "objectness_logits": [array [P]],
-    "bbox_mode": BoxMode}`` (``XYXY_ABS`` = 0, ``XYWH_ABS`` = 1). Unpickling runs code from the file:
-    this is the one place that does it, on an explicit command.
+    "bbox_mode": BoxMode}`` (``XYXY_ABS`` = 0, ``XYWH_ABS`` = 1) as a pickle. It is read by
+    :class:`_ProposalUnpickler`, which can rebuild only numpy arrays and ``BoxMode``: a file that
+    names anything else is refused, so a stranger's file cannot run code.
     """
-    import pickle
-
-    with open(pkl, "rb") as f:
-        data = pickle.load(f, encoding="latin1")  # noqa: S301  (explicit, documented conversion)
+    try:
+        with open(pkl, "rb") as f:
+            data = _ProposalUnpickler(f, encoding="latin1").load()
+    except FileNotFoundError:
+        raise DatasetError(f"{pkl}: file not found") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise DatasetError(f"{pkl}: not a detectron2 proposal file, refused unread ({e})") from None
     if not isinstance(data, dict) or not {"ids", "boxes"} <= data.keys():
         raise DatasetError(f"{pkl}: not a detectron2 proposal file (expected 'ids' and 'boxes')")
     mode = int(getattr(data.get("bbox_mode", 0), "value", data.get("bbox_mode", 0)))

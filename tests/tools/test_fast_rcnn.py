@@ -120,3 +120,45 @@ def test_ground_truth_is_added_to_external_proposals_in_training(append_gt):
     losses = model([torch.rand(3, 128, 128)], [target])
     assert set(losses) == {"loss_roi_cls", "loss_roi_box"}
     assert (losses["loss_roi_box"].item() > 0) == append_gt
+
+
+def test_detectron2_proposal_pickle_cannot_run_code(tmp_path, monkeypatch):
+    """A pickle naming any callable but numpy's array rebuilders (and BoxMode) is refused unread."""
+    import os
+    import pickle
+    import sys
+    import types
+    from enum import IntEnum
+
+    import numpy as np
+
+    from detector.data.proposals import from_detectron2, load_proposals
+    from detector.errors import DatasetError
+
+    monkeypatch.chdir(tmp_path)
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch PWNED",))
+
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump({"ids": [1], "boxes": [Payload()]}, f)
+    with pytest.raises(DatasetError, match=r"evil\.pkl: not a detectron2 proposal file, refused unread .*posix\.system"):
+        from_detectron2(tmp_path / "evil.pkl", tmp_path / "evil.pt")
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "evil.pt").exists()
+
+    # detectron2's own BoxMode enum (pickled by reference) is read as its value, without detectron2.
+    module = types.ModuleType("detectron2.structures.boxes")
+    BoxMode = IntEnum("BoxMode", {"XYXY_ABS": 0, "XYWH_ABS": 1}, module="detectron2.structures.boxes")
+    module.BoxMode = BoxMode
+    for name in ("detectron2", "detectron2.structures"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "detectron2.structures.boxes", module)
+    with open(tmp_path / "d2.pkl", "wb") as f:
+        pickle.dump({"ids": [7], "boxes": [np.array([[1, 2, 10, 20]], dtype=np.float32)],
+                     "bbox_mode": BoxMode.XYWH_ABS}, f)
+    for name in ("detectron2", "detectron2.structures", "detectron2.structures.boxes"):
+        monkeypatch.delitem(sys.modules, name)
+    out = from_detectron2(tmp_path / "d2.pkl", tmp_path / "d2.pt")
+    got = load_proposals(out, {7: {"file_name": "a.jpg", "width": 100, "height": 100}})
+    assert got[7].tolist() == [[1, 2, 11, 22]]
