@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -36,15 +37,28 @@ def test_positions_are_a_function_of_seed_and_position():
     assert [next(it) for _ in range(3)] == [9, 11, 13]
 
 
-def _train(tmp_path, out, overrides):
+def _train(tmp_path, out, overrides, steps=None):
+    """One in-process run; ``steps`` (a list) receives the iteration of every training step it executes."""
     import train
+
+    import detector.engine.trainer as trainer
+
+    real_step = trainer.train_step
+
+    def counted(*args, **kwargs):
+        steps.append(kwargs["iteration"])
+        return real_step(*args, **kwargs)
 
     cfg = compose_config("train", [f"dataset.root={tmp_path / 'data'}", *DATA, *TINY_MODEL, "solver.ims_per_batch=2",
                                    "solver.warmup_iters=2", "num_workers=0", "progress=false", "device=cpu", "seed=0",
                                    f"output_dir={out}", "eval_period=0", *overrides])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        train.train(cfg)
+    trainer.train_step = counted if steps is not None else real_step
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            train.train(cfg)
+    finally:
+        trainer.train_step = real_step
     return torch.load(out / "model_final.pth", weights_only=True)
 
 
@@ -55,12 +69,32 @@ def test_resume_from_a_checkpoint_is_bit_identical(tmp_path, workers):
     part.mkdir()
     shutil.copy(tmp_path / "full" / "model_0000003.pth", part / "model_0000003.pth")
     (part / "last_checkpoint").write_text("model_0000003.pth\n")
-    resumed = _train(tmp_path, part, ["solver.max_iter=6", "checkpoint_period=3", "resume=true", f"num_workers={workers}"])
+    steps = []
+    resumed = _train(tmp_path, part, ["solver.max_iter=6", "checkpoint_period=3", "resume=true", f"num_workers={workers}"],
+                     steps=steps)
+    # A resume, not a restart: the process ran only the 3 remaining iterations (a run that starts
+    # again from 0 with the same seed would end with the same weights).
+    assert steps == [3, 4, 5]
     assert resumed["iteration"] == full["iteration"] == 6
+    assert_same_state(full, resumed)
+
+
+def assert_same_state(full: dict, resumed: dict) -> None:
+    """Every tensor of the two checkpoints' model, optimizer and scaler state, and the RNG streams."""
+    assert full["model"].keys() == resumed["model"].keys()
     for k, v in full["model"].items():
         assert torch.equal(v, resumed["model"][k]), k
-    for a, b in zip(full["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
-        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    assert full["optimizer"]["state"].keys() == resumed["optimizer"]["state"].keys()
+    for key, a in full["optimizer"]["state"].items():
+        for name, value in a.items():
+            assert torch.equal(value, resumed["optimizer"]["state"][key][name]), (key, name)
+    assert full.get("grad_scaler") == resumed.get("grad_scaler")
+    # _step_count counts this process's step() calls (torch reads it only for a call-order warning).
+    drop = lambda d: {k: v for k, v in d.items() if k != "_step_count"}  # noqa: E731
+    assert drop(full["scheduler"]) == drop(resumed["scheduler"])
+    rng_full, rng_resumed = full["extra"]["rng_per_rank"], resumed["extra"]["rng_per_rank"]
+    assert len(rng_full) == len(rng_resumed) and all(
+        torch.equal(a["torch"], b["torch"]) for a, b in zip(rng_full, rng_resumed))
 
 
 @pytest.mark.slow
@@ -82,8 +116,12 @@ def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "model_final.pth").exists(), "the run finished before it was killed"
-    r = run(killed, ["resume=true"])
+    r = run(killed, ["resume=true", "log_period=1"])
     assert r.returncode == 0, r.stderr[-2000:]
-    full = torch.load(tmp_path / "full" / "model_final.pth", weights_only=True)["model"]
-    resumed = torch.load(killed / "model_final.pth", weights_only=True)["model"]
-    assert all(torch.equal(v, resumed[k]) for k, v in full.items())
+    # The resumed process logged only the iterations after its checkpoint (log_period=1: every one).
+    start = int(re.search(r"resumed from \S+model_(\d+)\.pth at iteration (\d+)", r.stdout + r.stderr).group(2))
+    logged = [int(i) for i in re.findall(r"iter (\d+)/24 ", r.stdout + r.stderr)]
+    assert start >= 8 and logged == list(range(start + 1, 25))
+    full = torch.load(tmp_path / "full" / "model_final.pth", weights_only=True)
+    resumed = torch.load(killed / "model_final.pth", weights_only=True)
+    assert_same_state(full, resumed)
