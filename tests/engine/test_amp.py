@@ -12,7 +12,7 @@ from detector.engine import AMP_DTYPES, load_checkpoint, train_step
 from detector.errors import ConfigError
 from detector.ops import RoIAlign, RoIPool
 from detector.ops.roi_align import roi_align_samples
-from test_exact_resume import _train
+from test_exact_resume import _train, assert_same_state
 from test_faults import Flaky, _loop
 
 DTYPES = [torch.bfloat16, torch.float16]
@@ -99,10 +99,11 @@ def test_fp16_checkpoint_holds_the_scaler_and_resume_is_exact(tmp_path):
     part.mkdir()
     shutil.copy(tmp_path / "full" / "model_0000002.pth", part / "model_0000002.pth")
     (part / "last_checkpoint").write_text("model_0000002.pth\n")
-    resumed = _train(tmp_path, part, [*run, "resume=true"])
+    steps = []
+    resumed = _train(tmp_path, part, [*run, "resume=true"], steps=steps)
+    assert steps == [2, 3]  # resumed, not restarted
     assert resumed["grad_scaler"] == full["grad_scaler"]
-    for k, v in full["model"].items():
-        assert torch.equal(v, resumed["model"][k]), k
+    assert_same_state(full, resumed)
 
     # The scale comes from the checkpoint, not a fresh scaler: one more step keeps it or halves it.
     edited = tmp_path / "edited"
