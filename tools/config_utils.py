@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from detector.data import DetectionDataset
 from detector.engine.solver import scaled_lr
-from detector.engine.step import AMP_DTYPES
+from detector.engine.step import AMP_MODES, resolve_amp
 from detector.errors import CheckpointError, ConfigError, DatasetError, DetectorError
 from stored_config import DATASET_TARGETS, MODEL_TARGETS, check_stored_config, stored_config
 
@@ -85,7 +85,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check_number(cfg, "solver.clip_grad_norm", minimum=0)
     if _get(cfg, "solver.schedule") not in ("cosine", "step"):
         raise ConfigError(f"solver.schedule must be cosine or step, got {_get(cfg, 'solver.schedule')!r}")
-    amp_dtype(cfg)
+    amp_mode(cfg)
     _check_number(cfg, "seed", integer=True, minimum=0)
     _check_number(cfg, "checkpoint_period", integer=True, minimum=0)
     _check_number(cfg, "eval_period", integer=True, minimum=0)
@@ -98,16 +98,23 @@ def validate_train_config(cfg: DictConfig) -> None:
             raise ConfigError(f"dataset.{split} must be a dataset node with a _target_ (see configs/dataset/)")
 
 
-def amp_dtype(cfg: DictConfig) -> torch.dtype | None:
-    """``solver.amp``: off -> None, bf16 -> torch.bfloat16, fp16 -> torch.float16 (one line otherwise).
+def amp_mode(cfg: DictConfig) -> str:
+    """``solver.amp``: auto | off | bf16 | fp16 (one line otherwise); :func:`resolve_amp` picks the dtype.
 
     An unquoted ``off`` in YAML (or ``solver.amp=false``) is the boolean False: that is off too.
     """
     value = _get(cfg, "solver.amp")
     value = "off" if value is False else value
-    if not isinstance(value, str) or value not in AMP_DTYPES:
-        raise ConfigError(f"solver.amp must be off, bf16 or fp16, got {value!r}")
-    return AMP_DTYPES[value]
+    if not isinstance(value, str) or value not in AMP_MODES:
+        raise ConfigError(f"solver.amp must be auto, off, bf16 or fp16, got {value!r}")
+    return value
+
+
+def amp_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``solver.amp`` on ``device`` (None = float32), logged in one line."""
+    choice = resolve_amp(amp_mode(cfg), device)
+    logging.getLogger("detector").log(logging.WARNING if choice.warn else logging.INFO, choice.reason)
+    return choice.dtype
 
 
 def validate_model_config(cfg: DictConfig) -> None:

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from config_utils import (
-    amp_dtype, build_model, check_output_dir_free, check_split, console_logging_for, instantiate_or_explain, report, run_cli,
+    amp_dtype, amp_mode, build_model, check_output_dir_free, check_split, console_logging_for, instantiate_or_explain, report, run_cli,
     validate_train_config,
 )
 from detector.data import DetectionDataset, build_detection_loader, build_training_loader
@@ -40,6 +40,7 @@ from detector.engine import (
     save_checkpoint,
     train_loop,
 )
+from detector.engine.step import resolve_amp
 from detector.engine.distributed import all_gather_objects, barrier, init_distributed, mean_over_ranks, replicas_agree
 from detector.errors import CheckpointError, ConfigError, DatasetError, DetectorError
 from detector.evaluation import METRIC_KEYS, COCOEvaluator, inference_on_dataset
@@ -207,7 +208,7 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
     )
     fresh_hyperparameters = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     # solver.amp: bf16 / fp16 autocast in the forward; fp16 also scales the loss (detector/engine/step.py).
-    amp = amp_dtype(cfg)
+    amp = amp_dtype(cfg, device) if ddp.is_main else resolve_amp(amp_mode(cfg), device).dtype
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     start_iter = 0
     if state is not None:

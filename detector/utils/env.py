@@ -30,6 +30,28 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def fast_bf16(device: torch.device) -> tuple[bool, str]:
+    """Whether ``device`` computes bfloat16 in hardware, and the reason in words (for the log line).
+
+    CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and later). CPU: the instructions PyTorch's
+    oneDNN kernels use for bf16 convolutions and matmuls, AMX-BF16 or AVX512-BF16, as
+    ``torch.cpu.get_capabilities()`` reports them; without them a bf16 kernel converts to float32
+    and back around float32 arithmetic, slower than float32 alone.
+    """
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return True, f"{torch.cuda.get_device_name(device)} computes bf16"
+        return False, f"{torch.cuda.get_device_name(device)} has no fast bf16"
+    if device.type == "cpu":
+        caps = torch.cpu.get_capabilities()
+        found = [name for key, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if caps.get(key)]
+        cpu = caps.get("cpu_name") or "this CPU"
+        if found:
+            return True, f"{cpu} has {' and '.join(found)}"
+        return False, f"{cpu} has neither AMX-BF16 nor AVX512-BF16 (bf16 would be emulated, slower than float32)"
+    return False, f"{device.type} is not known to compute bf16 fast"
+
+
 def rng_state() -> dict:
     """Every global random state a training run draws from, as tensors and plain types.
 

@@ -120,7 +120,7 @@ def test_an_invalid_amp_value_is_one_line(tmp_path, value):
     import train
 
     cfg = compose_config("train", [f"solver.amp={value}", f"output_dir={tmp_path}"])
-    with pytest.raises(ConfigError, match=r"^solver\.amp must be off, bf16 or fp16, got ") as err:
+    with pytest.raises(ConfigError, match=r"^solver\.amp must be auto, off, bf16 or fp16, got ") as err:
         train.train(cfg)
     assert "\n" not in str(err.value)
 
@@ -128,10 +128,63 @@ def test_an_invalid_amp_value_is_one_line(tmp_path, value):
 def test_off_and_false_are_off():
     from config_utils import amp_dtype
 
-    assert amp_dtype(compose_config("train")) is None  # the default
-    assert amp_dtype(compose_config("train", ["solver.amp=false"])) is None  # what an unquoted YAML off reads as
-    assert amp_dtype(compose_config("train", ["solver.amp=bf16"])) is torch.bfloat16
+    cpu = torch.device("cpu")
+    assert amp_dtype(compose_config("train", ["solver.amp=off"]), cpu) is None
+    assert amp_dtype(compose_config("train", ["solver.amp=false"]), cpu) is None  # what an unquoted YAML off reads as
+    assert amp_dtype(compose_config("train", ["solver.amp=bf16"]), cpu) is torch.bfloat16
     assert set(AMP_DTYPES) == {"off", "bf16", "fp16"}
+
+
+@pytest.mark.parametrize("caps, expected", [
+    ({"amx_bf16": True, "avx512_bf16": True, "cpu_name": "Xeon"}, torch.bfloat16),
+    ({"amx_bf16": False, "avx512_bf16": True, "cpu_name": "Zen 4"}, torch.bfloat16),
+    ({"amx_bf16": False, "avx512_bf16": False, "cpu_name": "Zen 3"}, None),
+    ({}, None),  # a CPU PyTorch reports nothing for
+])
+def test_auto_is_the_default_and_follows_the_cpus_bf16_capability(monkeypatch, caplog, caps, expected):
+    """The capability is faked: auto must choose bf16 exactly where the CPU has AMX-BF16 or AVX512-BF16."""
+    import logging
+
+    from config_utils import amp_dtype
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: dict(caps))
+    cfg = compose_config("train")
+    assert cfg.solver.amp == "auto"
+    with caplog.at_level(logging.INFO, logger="detector"):
+        assert amp_dtype(cfg, torch.device("cpu")) is expected
+    lines = [r for r in caplog.records if r.message.startswith("solver.amp=auto")]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO
+    assert ("bf16 autocast" if expected else "float32") in lines[0].message
+
+
+def test_auto_on_cuda_follows_is_bf16_supported(monkeypatch):
+    from detector.engine.step import resolve_amp
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "GPU")
+    for supported, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, supported=supported, **k: supported)
+        assert resolve_amp("auto", torch.device("cuda")).dtype is expected
+
+
+def test_bf16_without_hardware_and_fp16_on_cpu_warn_in_one_line(monkeypatch, caplog):
+    import logging
+
+    from config_utils import amp_dtype
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"cpu_name": "Zen 3"})
+    for value, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="detector"):
+            assert amp_dtype(compose_config("train", [f"solver.amp={value}"]), torch.device("cpu")) is dtype
+        warned = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warned) == 1 and "\n" not in warned[0] and f"solver.amp={value}" in warned[0]
+    assert "emulated" in resolve_line("bf16") and "meant for CUDA" in resolve_line("fp16")
+
+
+def resolve_line(mode):
+    from detector.engine.step import resolve_amp
+
+    return resolve_amp(mode, torch.device("cpu")).reason
 
 
 # A box far from the origin: bfloat16 would store x1=777.3 as 776 (its spacing is 4 above 512).
