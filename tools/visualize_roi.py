@@ -30,7 +30,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from detector.ops import roi_align, roi_align_samples, roi_pool, sample_points  # noqa: E402
 from detector.ops.roi_pool import floor_quantize  # noqa: E402
 
-SEED_CSV = Path(__file__).resolve().parents[2] / "shared" / "seed" / "feature_map_18x25.csv"
+SEED_CSV = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "seed" / "feature_map_18x25.csv"  # the transcription
 
 
 def load_csv(path: Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""The seed's worked example, reproduced exactly (../shared/seed/, slides 101-123).
+"""The seed's worked example, reproduced exactly (slides 101-123; map in tests/fixtures/seed/).
 
 An 800 x 576 image, a VGG16 with 5 pools (stride 32) -> a 25 x 18 feature map, an RoI at
 x, y = (300, 210), w, h = (230, 180), pooled to 3 x 3 with 2 x 2 sampling points per bin placed at
@@ -6,6 +6,7 @@ x, y = (300, 210), w, h = (230, 180), pooled to 3 x 3 with 2 x 2 sampling points
 """
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import torch
 from detector.ops import roi_align, roi_align_samples, roi_pool, sample_points
 from detector.ops.roi_pool import floor_quantize
 
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "seed" / "feature_map_18x25.csv"
 ROI = torch.tensor([[0.0, 300.0, 210.0, 300.0 + 230.0, 210.0 + 180.0]], dtype=torch.float64)
 STRIDE = 32
 
@@ -26,10 +28,10 @@ def load_feature_map(path, hidden_value):
 
 
 @pytest.fixture(scope="module", params=[0.0, 5.0])
-def fm(shared_dir, request):
+def fm(request):
     # Three cells are hidden by a label on the slide; no sample of this RoI may depend on them, so
     # every assertion must hold whatever we fill them with.
-    return load_feature_map(shared_dir / "seed" / "feature_map_18x25.csv", request.param)
+    return load_feature_map(FIXTURE, request.param)
 
 
 def test_feature_map_is_the_slides(fm):

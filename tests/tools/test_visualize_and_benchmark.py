@@ -11,7 +11,7 @@ def run(args, cwd):
 
 
 @pytest.mark.parametrize("extra", [[], ["--image-size", "640", "480", "--stride", "16", "--roi", "100", "80", "150", "90", "--output-size", "7", "--layout", "centered", "--reduction", "avg"]])
-def test_visualize_roi_writes_a_png(tmp_path, shared_dir, extra):
+def test_visualize_roi_writes_a_png(tmp_path, extra):
     out = tmp_path / "fig.png"
     r = run([str(ROOT / "tools" / "visualize_roi.py"), "--out", str(out), *extra], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
