@@ -51,7 +51,13 @@ def convert(cfg: DictConfig) -> dict[str, Path]:
     if fmt not in FORMATS:
         raise ConfigError(f"to must be one of {', '.join(FORMATS)}, got {fmt!r}")
     out = Path(str(cfg.output))
-    written: dict[str, Path] = {}
+    # Never write into an existing dataset: the folder this conversion fills must be new or empty
+    # (for VOC, the VOC<year> folder: another year may sit beside it in the devkit). Checked, and
+    # every split read, before anything is written.
+    target = out / f"VOC{cfg.voc_year}" if fmt == "voc" else out
+    if target.exists() and (not target.is_dir() or any(p.name != "convert_dataset.log" for p in target.iterdir())):
+        raise ConfigError(f"output={out}: {target} already holds files; convert into a new or empty folder")
+    datasets: dict[str, DetectionDataset] = {}
     for split in cfg.splits:
         split = str(split)
         if split not in cfg.dataset:
@@ -59,6 +65,10 @@ def convert(cfg: DictConfig) -> dict[str, Path]:
         dataset = instantiate_or_explain(cfg.dataset[split], what=f"dataset.{split}")
         if cfg.rename or cfg.drop:
             dataset = relabel(dataset, dict(cfg.rename or {}), list(cfg.drop or []))
+        datasets[split] = dataset
+    written: dict[str, Path] = {}
+    voc_names: set[str] = set()  # VOC: one JPEGImages/ for every split, so names are unique across them
+    for split, dataset in datasets.items():
         if fmt == "coco":
             written[split] = write_coco(dataset, out, split, link=bool(cfg.link_images))
             note = ""
@@ -66,7 +76,7 @@ def convert(cfg: DictConfig) -> dict[str, Path]:
             written[split], left_out = write_yolo(dataset, out, split, link=bool(cfg.link_images))
             note = f"; {left_out} crowd/ignore/difficult boxes left out (YOLO has no such flag)" if left_out else ""
         else:
-            written[split] = write_voc(dataset, out, split, year=str(cfg.voc_year))
+            written[split] = write_voc(dataset, out, split, year=str(cfg.voc_year), taken=voc_names)
             note = ""
         print(f"{split}: {len(dataset)} images, {len(dataset.coco.getAnnIds())} boxes, "
               f"{dataset.num_classes} classes -> {written[split]}{note}")

@@ -44,16 +44,21 @@ def _place_image(src: Path, dst: Path, *, link: bool) -> None:
         shutil.copy2(src, dst)
 
 
-def _unique_names(dataset: DetectionDataset, suffix: str | None = None) -> dict[int, str]:
-    """image id -> a flat, unique file name (the original's, with a counter when two collide)."""
+def _unique_names(
+    dataset: DetectionDataset, suffix: str | None = None, *, taken: set[str] | None = None, prefix: str = ""
+) -> dict[int, str]:
+    """image id -> a flat, unique file name: the original's; ``prefix`` + it when another split of
+    the same output already took it (``taken``, updated); with the image id too when two collide."""
     names: dict[int, str] = {}
-    seen: set[str] = set()
+    seen: set[str] = taken if taken is not None else set()
     for image_id in dataset.ids:
         path = Path(str(dataset.coco.imgs[image_id]["file_name"]))
         stem, ext = path.stem, suffix or path.suffix
         name = stem + ext
+        if name in seen and prefix:
+            name = f"{prefix}{stem}{ext}"
         if name in seen:
-            name = f"{stem}_{image_id}{ext}"
+            name = f"{prefix}{stem}_{image_id}{ext}"
         seen.add(name)
         names[image_id] = name
     return names
@@ -123,10 +128,19 @@ def _number(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:.2f}"
 
 
-def write_voc(dataset: DetectionDataset, out: str | Path, split: str, *, year: str = "2007") -> Path:
-    """``OUT/VOC<year>/`` with this split's image set; returns the year folder."""
+def write_voc(
+    dataset: DetectionDataset, out: str | Path, split: str, *, year: str = "2007", taken: set[str] | None = None
+) -> Path:
+    """``OUT/VOC<year>/`` with this split's image set; returns the year folder.
+
+    VOC keeps every split's images in one ``JPEGImages/`` (the image sets list the ids), so two
+    splits with an image of the same name (``000000.jpg`` in both) would write one file twice:
+    ``taken`` (one set shared by the splits of a conversion) makes a later split's name
+    ``<split>_<name>`` instead. ``sources_<split>.json`` beside the image sets maps each VOC id to
+    the image's id and file name in the source dataset.
+    """
     base = Path(out) / f"VOC{year}"
-    names = _unique_names(dataset, suffix=".jpg")
+    names = _unique_names(dataset, suffix=".jpg", taken=taken if taken is not None else set(), prefix=f"{split}_")
     by_image: dict[int, list[dict[str, Any]]] = {image_id: [] for image_id in dataset.ids}
     for ann in dataset.coco.dataset["annotations"]:
         if ann["image_id"] in by_image:
@@ -160,4 +174,7 @@ def write_voc(dataset: DetectionDataset, out: str | Path, split: str, *, year: s
         atomic_write_text(base / "Annotations" / f"{voc_id}.xml", xml)
     ids = "".join(Path(names[i]).stem + "\n" for i in dataset.ids)
     atomic_write_text(base / "ImageSets" / "Main" / f"{split}.txt", ids)
+    sources = {Path(names[i]).stem: {"image_id": i, "file_name": str(dataset.coco.imgs[i]["file_name"])}
+               for i in dataset.ids}
+    atomic_write_text(base / f"sources_{split}.json", json.dumps(sources, indent=1))
     return base

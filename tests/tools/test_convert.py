@@ -100,3 +100,36 @@ def test_rename_merge_and_drop_classes(coco_split, tmp_path):
     got = {n: sum(1 for a in out.coco.dataset["annotations"] if out.coco.cats[a["category_id"]]["name"] == n)
            for n in out.class_names}
     assert got == {"circle": count["circle"] + count["ring"], "square": count["square"], "plus": count["cross"]}
+
+
+def test_voc_keeps_train_and_val_images_of_the_same_name_apart(tmp_path):
+    """The synthetic splits both start at 000000.jpg: VOC's one JPEGImages/ must hold both."""
+    root = tmp_path / "syn"
+    train = generate_synthetic_coco(root, split="train", num_images=4, seed=1, min_image_size=96, max_image_size=128)
+    val = generate_synthetic_coco(root, split="val", num_images=3, seed=2, min_image_size=96, max_image_size=128)
+    convert(["dataset=coco_json", f"dataset.train.images={train[0]}", f"dataset.train.annotations={train[1]}",
+             f"dataset.val.images={val[0]}", f"dataset.val.annotations={val[1]}", "to=voc", f"output={tmp_path / 'voc'}"])
+    for split, (images, annotations) in (("train", train), ("val", val)):
+        original = CocoDetection(images=images, annotations=annotations)
+        back = VOCDetection(root=tmp_path / "voc", sets=[f"2007/{split}"], class_names="from_xml")
+        assert len(back) == len(original)
+        sources = json.loads((tmp_path / "voc" / "VOC2007" / f"sources_{split}.json").read_text())
+        for i in range(len(original)):  # every image is the one its split had, with its boxes
+            voc_id = back.coco.imgs[back.ids[i]]["file_name"].rsplit("/", 1)[-1].rsplit(".", 1)[0]
+            image_id = sources[voc_id]["image_id"]
+            assert sources[voc_id]["file_name"] == original.coco.imgs[image_id]["file_name"]
+            got = sorted(round(v) for a in back.coco.imgToAnns[back.ids[i]] for v in a["bbox"])
+            want = sorted(round(v) for a in original.coco.imgToAnns[image_id] for v in a["bbox"])
+            assert got == want, (split, voc_id)
+    assert len(list((tmp_path / "voc" / "VOC2007" / "JPEGImages").iterdir())) == 7
+
+
+def test_convert_refuses_an_output_folder_that_holds_files(coco_split, tmp_path):
+    from detector.errors import ConfigError
+
+    _, images, annotations = coco_split
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="already holds files"):
+        convert([*coco_args(images, annotations), "to=yolo", f"output={tmp_path / 'out'}"])
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["mine.txt"]
