@@ -63,6 +63,18 @@ def output_names(images: list[Path]) -> list[str]:
     return names
 
 
+def refuse_overwriting_inputs(images: list[Path], output_dir: Path) -> None:
+    """Never write over a user's photo: refuse (before writing) an output that lands on an input."""
+    inputs = {p.resolve() for p in images}
+    for name in [*output_names(images), "detections.json"]:
+        target = (output_dir / name).resolve()
+        if target in inputs:
+            raise ConfigError(
+                f"output_dir={output_dir} would overwrite the input image {output_dir / name}; choose another "
+                f"output_dir (the drawn copies are written there under the inputs' names)"
+            )
+
+
 @torch.no_grad()
 def infer(cfg: DictConfig) -> list[dict]:
     score_thresh = float(cfg.score_thresh)
@@ -73,6 +85,7 @@ def infer(cfg: DictConfig) -> list[dict]:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     images = find_images(str(cfg.input))
     output_dir = Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.output_dir)
+    refuse_overwriting_inputs(images, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     path = Path(str(cfg.checkpoint))

@@ -64,3 +64,19 @@ def test_glob_and_single_file_and_threshold(checkpoint, tmp_path):
 def test_missing_input_is_one_line(checkpoint, tmp_path):
     with pytest.raises(DatasetError, match=r"input=.*nothing: no such file or folder"):
         run(checkpoint, tmp_path, tmp_path / "nothing")
+
+
+def test_an_output_folder_holding_the_inputs_is_refused_before_writing(checkpoint, tmp_path):
+    from detector.errors import ConfigError
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(photos / "a.jpg")
+    Image.new("RGB", (64, 48), (10, 20, 30)).save(photos / "b.png")
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    for input in (photos, photos / "a.jpg", photos / "*.png"):
+        with pytest.raises(ConfigError, match=r"would overwrite the input image .*photos/(a\.jpg|b\.png)"):
+            run(checkpoint, tmp_path, input, output_dir=str(photos))
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before  # nothing written, nothing lost
+    run(checkpoint, tmp_path, photos, output_dir=str(photos / "drawn"))  # a sub-folder is fine
+    assert sorted(p.name for p in (photos / "drawn").iterdir()) == ["a.jpg", "b.png", "detections.json"]
