@@ -13,6 +13,7 @@ import functools
 import logging
 import math
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -311,19 +312,38 @@ def check_output_dir_free(output_dir: Path, *, resume: Any, overwrite: bool) -> 
         )
 
 
-class RefuseFinishedRunCallback(Callback):
-    """Hydra callback: the check of :func:`check_output_dir_free` before Hydra writes ``.hydra/``.
+def check_output_dir_writable(output_dir: Path) -> None:
+    """Create ``output_dir`` and write a scratch file there, or say in one line why that fails."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"output_dir={output_dir}: cannot write there ({e.strerror or type(e).__name__}); choose a folder you "
+            f"can write to"
+        ) from None
 
-    Hydra writes the run folder's ``.hydra/*.yaml`` before the task function starts, so a refusal
-    made inside the task would already have rewritten a finished run's record. ``on_run_start``
-    runs before that (single runs; a sweep's jobs are checked by the task, see tools/train.py).
+
+class OutputDirCallback(Callback):
+    """Hydra callback: check the run folder before Hydra writes into it (``.hydra/``, the log file).
+
+    Hydra creates the folder and writes ``.hydra/*.yaml`` before the task function starts, so a
+    refusal made inside the task comes too late: a read-only folder would surface as Hydra's own
+    traceback, and a finished run's record would already be rewritten. ``on_run_start`` runs
+    before that (single runs; a sweep's jobs are checked by the task). ``refuse_finished_run``:
+    :func:`check_output_dir_free` too (tools/train.py).
     """
+
+    def __init__(self, refuse_finished_run: bool = False) -> None:
+        self.refuse_finished_run = refuse_finished_run
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            check_output_dir_free(
-                Path(str(config.hydra.run.dir)), resume=config.get("resume"), overwrite=config.get("overwrite")
-            )
+            output_dir = Path(str(config.hydra.run.dir))
+            if self.refuse_finished_run:
+                check_output_dir_free(output_dir, resume=config.get("resume"), overwrite=config.get("overwrite"))
+            check_output_dir_writable(output_dir)
         except DetectorError as e:
             print(f"error: {user_message(e)}", file=sys.stderr)
             sys.exit(1)

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from config_utils import model_from_checkpoint, report, run_cli
+from config_utils import check_output_dir_writable, model_from_checkpoint, report, run_cli
 from detector.data.image_io import IMAGE_SUFFIXES, read_rgb
 from detector.engine import load_checkpoint
 from detector.errors import ConfigError, DatasetError
@@ -86,7 +86,7 @@ def infer(cfg: DictConfig) -> list[dict]:
     images = find_images(str(cfg.input))
     output_dir = Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.output_dir)
     refuse_overwriting_inputs(images, output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir_writable(output_dir)
     device = resolve_device(cfg.device)
     path = Path(str(cfg.checkpoint))
     trusted = [str(t) for t in (cfg.get("trusted_targets") or [])]

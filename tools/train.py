@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from config_utils import (
-    amp_dtype, amp_mode, build_model, check_output_dir_free, check_split, console_logging_for, instantiate_or_explain, report, run_cli,
+    amp_dtype, amp_mode, build_model, check_output_dir_free, check_output_dir_writable, check_split, console_logging_for, instantiate_or_explain, report, run_cli,
     validate_train_config,
 )
 from detector.data import DetectionDataset, build_detection_loader, build_training_loader
@@ -140,6 +140,7 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
     console_logging_for(bool(cfg.progress))
     output_dir = Path(output_dir) if output_dir is not None else run_directory(cfg)
     check_output_dir_free(output_dir, resume=cfg.resume, overwrite=cfg.get("overwrite", False))
+    check_output_dir_writable(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     ddp, device = init_distributed(device)

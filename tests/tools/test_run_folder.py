@@ -18,24 +18,24 @@ def _config(out, *overrides):
 
 def test_a_new_run_over_a_finished_one_is_refused_before_hydra_writes(tmp_path, capsys):
     """Hydra rewrites .hydra/*.yaml before the task starts: the callback refuses first."""
-    from config_utils import RefuseFinishedRunCallback
+    from config_utils import OutputDirCallback
 
     out = tmp_path / "run"
     (out / ".hydra").mkdir(parents=True)
     (out / "model_final.pth").write_bytes(b"weights")
     (out / ".hydra" / "config.yaml").write_text("the finished run's record")
     cfg = _config(out)
-    assert str(cfg.hydra.callbacks.refuse_finished_run._target_).endswith("RefuseFinishedRunCallback")
+    assert str(cfg.hydra.callbacks.output_dir._target_).endswith("OutputDirCallback")
     with pytest.raises(SystemExit) as exit_info:
-        RefuseFinishedRunCallback().on_run_start(config=cfg)
+        OutputDirCallback(refuse_finished_run=True).on_run_start(config=cfg)
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "already holds a run (model_final.pth)" in err and "resume=true" in err
     assert (out / "model_final.pth").read_bytes() == b"weights"
     assert (out / ".hydra" / "config.yaml").read_text() == "the finished run's record"
     for ok in (["resume=true"], ["resume=auto"], ["overwrite=true"]):  # the user said so: no refusal
-        RefuseFinishedRunCallback().on_run_start(config=_config(out, *ok))
-    RefuseFinishedRunCallback().on_run_start(config=_config(tmp_path / "fresh"))
+        OutputDirCallback(refuse_finished_run=True).on_run_start(config=_config(out, *ok))
+    OutputDirCallback(refuse_finished_run=True).on_run_start(config=_config(tmp_path / "fresh"))
 
 
 def test_train_refuses_in_process_and_in_a_sweep_job(tmp_path):
@@ -151,3 +151,39 @@ def test_infer_keeps_its_summary_in_its_log(tmp_path):
         logging.getLogger().removeHandler(handler)
         handler.close()
     assert "1 images, " in (tmp_path / "infer.log").read_text()
+
+
+@pytest.mark.parametrize("tool, args", [
+    ("train.py", []),
+    ("infer.py", ["checkpoint=x.pth", "input=x.jpg"]),
+])
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, tool, args):
+    """Through the command line (Hydra makes the folder before the task): a path under a file."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "afile").write_text("not a folder")
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / tool), f"output_dir={tmp_path / 'afile' / 'run'}", *args],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, HYDRA_FULL_ERROR="0", PYTHONWARNINGS="ignore"))
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"error: output_dir={tmp_path / 'afile' / 'run'}: cannot write there (Not a directory); choose a folder you "
+        f"can write to"]
+
+
+def test_a_read_only_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    """Permission bits do not stop root, so the refusal of the file system is simulated."""
+    import tempfile
+
+    from config_utils import OutputDirCallback
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    with pytest.raises(SystemExit):
+        OutputDirCallback().on_run_start(config=_config(tmp_path / "ro"))
+    assert capsys.readouterr().err.strip() == (
+        f"error: output_dir={tmp_path / 'ro'}: cannot write there (Permission denied); choose a folder you can write to")
