@@ -81,6 +81,8 @@ def validate_train_config(cfg: DictConfig) -> None:
         _check_number(cfg, "model.backbone.width", minimum=0, exclusive=True)
     _check_number(cfg, "solver.base_lr", minimum=0, exclusive=True)
     _check_number(cfg, "solver.momentum", minimum=0)
+    if _get(cfg, "solver.momentum") >= 1:
+        raise ConfigError(f"solver.momentum must be below 1 (0.9 is usual), got {_get(cfg, 'solver.momentum')!r}")
     _check_number(cfg, "solver.weight_decay", minimum=0)
     _check_number(cfg, "solver.warmup_iters", integer=True, minimum=0)
     _check_number(cfg, "solver.clip_grad_norm", minimum=0)
@@ -89,6 +91,13 @@ def validate_train_config(cfg: DictConfig) -> None:
     amp_mode(cfg)
     _check_number(cfg, "seed", integer=True, minimum=0)
     _check_number(cfg, "checkpoint_period", integer=True, minimum=0)
+    _check_number(cfg, "checkpoint_keep_last", integer=True, minimum=0)
+    if _get(cfg, "solver.schedule") == "step":
+        max_iter = _get(cfg, "solver.max_iter")
+        for step in _get(cfg, "solver.steps") or []:
+            if isinstance(step, bool) or not isinstance(step, int) or not 0 < step <= max_iter:
+                raise ConfigError(f"solver.steps: {step!r} is not an iteration of the run (1..{max_iter}, "
+                                  f"solver.max_iter={max_iter}); the lr would never drop there")
     _check_number(cfg, "eval_period", integer=True, minimum=0)
     _check_number(cfg, "num_workers", integer=True, minimum=0)
     _check_number(cfg, "log_period", integer=True, minimum=1)

@@ -22,6 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from detector.errors import ConfigError
+
 
 @dataclass
 class ImageList:
@@ -47,6 +49,10 @@ class DetectionTransform(nn.Module):
         # Several min sizes = multi-scale training (one drawn per image); the first is used at test.
         self.min_size = (int(min_size),) if isinstance(min_size, int) else tuple(int(s) for s in min_size)
         self.max_size = int(max_size)
+        if not self.min_size or min(self.min_size) < 1:
+            raise ConfigError(f"min_size must be at least 1 pixel, got {min_size!r}")
+        if self.max_size < max(self.min_size):
+            raise ConfigError(f"max_size={self.max_size} is below min_size={max(self.min_size)}; it caps the longer side")
         self.size_divisibility = int(size_divisibility)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)

@@ -187,3 +187,28 @@ def test_a_read_only_folder_is_one_line(tmp_path, monkeypatch, capsys):
         OutputDirCallback().on_run_start(config=_config(tmp_path / "ro"))
     assert capsys.readouterr().err.strip() == (
         f"error: output_dir={tmp_path / 'ro'}: cannot write there (Permission denied); choose a folder you can write to")
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("model.transform.min_size=0", r"model.transform: min_size must be at least 1 pixel"),
+    ("model.transform.max_size=0", r"model.transform: max_size=0 is below min_size"),
+    ("solver.momentum=5", r"solver.momentum must be below 1"),
+    ("model.rpn.nms_thresh=2", r"model.rpn: nms_thresh is an IoU in \(0, 1\]"),
+    ("model.roi_heads.nms_thresh=0", r"model.roi_heads: nms_thresh is an IoU in \(0, 1\]"),
+    ("model.roi_heads.score_thresh=1.5", r"model.roi_heads: score_thresh is a probability"),
+    ("checkpoint_keep_last=-1", r"checkpoint_keep_last must be >= 0"),
+    ("solver.steps=[5000]", r"solver.steps: 5000 is not an iteration of the run \(1..100,"),
+])
+def test_nonsense_values_are_refused_in_one_line(tmp_path, override, pattern):
+    import train
+
+    from conftest import compose_config
+    from detector.errors import DetectorError
+
+    cfg = compose_config("train", [override, "solver.max_iter=100", f"output_dir={tmp_path / 'run'}",
+                                   f"dataset.root={tmp_path / 'data'}", "dataset.train.num_images=4",
+                                   "dataset.val.num_images=2", "dataset.generator.min_image_size=64",
+                                   "dataset.generator.max_image_size=64"])
+    with pytest.raises(DetectorError, match=pattern) as err:
+        train.train(cfg)
+    assert "\n" not in str(err.value)

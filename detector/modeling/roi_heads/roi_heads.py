@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
+from detector.errors import ConfigError
 from detector.modeling.box_coder import BoxCoder
 from detector.modeling.matcher import Matcher
 from detector.modeling.roi_heads.fast_rcnn import (
@@ -57,6 +58,10 @@ class RoIHeads(nn.Module):
         self.sampler = sampler
         self.score_thresh = float(score_thresh)
         self.nms_thresh = float(nms_thresh)
+        if not 0.0 < self.nms_thresh <= 1.0:
+            raise ConfigError(f"nms_thresh is an IoU in (0, 1], got {nms_thresh!r}")
+        if not 0.0 <= self.score_thresh <= 1.0:
+            raise ConfigError(f"score_thresh is a probability in [0, 1], got {score_thresh!r}")
         self.detections_per_img = int(detections_per_img)
         self.proposal_append_gt = bool(proposal_append_gt)
         self.smooth_l1_beta = float(smooth_l1_beta)

@@ -69,6 +69,8 @@ class RPN(nn.Module):
         self.pre_nms_topk = {True: int(pre_nms_topk_train), False: int(pre_nms_topk_test)}
         self.post_nms_topk = {True: int(post_nms_topk_train), False: int(post_nms_topk_test)}
         self.nms_thresh = float(nms_thresh)
+        if not 0.0 < self.nms_thresh <= 1.0:
+            raise ConfigError(f"nms_thresh is an IoU in (0, 1], got {nms_thresh!r}")
         self.min_size = float(min_size)
         # beta = 1/9 is py-faster-rcnn's rpn sigma = 3 (beta = 1 / sigma**2).
         self.smooth_l1_beta = float(smooth_l1_beta)
