@@ -16,6 +16,7 @@ as ``train.log`` does for a training run.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -96,9 +97,22 @@ def match_results(results: list, dataset: DetectionDataset, *, source: str) -> l
                             f"an image id nor an image file name of {dataset.source}")
         cat = _resolve(r["category_id"], cats, by_class, f"{source}: detection {i} has category_id",
                        f"a category id nor a class name of {dataset.source} ({', '.join(dataset.class_names)})")
-        out.append({"image_id": int(image_id), "category_id": int(cat), "bbox": [float(v) for v in r["bbox"]],
-                    "score": float(r["score"])})
+        bbox, score = r["bbox"], r["score"]
+        if (not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox)
+                or not all(math.isfinite(v) for v in bbox) or bbox[2] < 0 or bbox[3] < 0):
+            raise DatasetError(
+                f"{source}: detection {i} has bbox {bbox!r:.80}; expected [x, y, width, height], four finite numbers "
+                f"with width, height >= 0 (COCO results format)"
+            )
+        if not _is_number(score) or not math.isfinite(score):
+            raise DatasetError(f"{source}: detection {i} has score {score!r:.40}; expected a finite number")
+        out.append({"image_id": int(image_id), "category_id": int(cat), "bbox": [float(v) for v in bbox],
+                    "score": float(score)})
     return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def evaluate(cfg: DictConfig) -> list[dict]:
@@ -108,6 +122,10 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         raise ConfigError("nothing to evaluate: pass checkpoints='[A.pth,...]' and/or results='[A.json,...]'")
     if results_files and cfg.get("dataset") is None:
         raise ConfigError("results=... needs dataset=... (the ground truth the detections were made on)")
+    for key, minimum in (("batch_size", 1), ("num_workers", 0)):
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
     console_logging_for(bool(cfg.progress))
     output_dir = Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.output_dir)
     device = resolve_device(cfg.device)

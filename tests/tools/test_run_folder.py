@@ -212,3 +212,40 @@ def test_nonsense_values_are_refused_in_one_line(tmp_path, override, pattern):
     with pytest.raises(DetectorError, match=pattern) as err:
         train.train(cfg)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("detection, pattern", [
+    ({"bbox": "191px"}, r"detection 0 has bbox '191px'; expected \[x, y, width, height\]"),
+    ({"bbox": [1, 2, 3]}, r"detection 0 has bbox \[1, 2, 3\]"),
+    ({"bbox": None}, r"detection 0 has bbox None"),
+    ({"bbox": [1, 2, -3, 4]}, r"width, height >= 0"),
+    ({"bbox": [1, 2, True, 4]}, r"has bbox"),
+    ({"score": float("nan")}, r"detection 0 has score nan; expected a finite number"),
+    ({"score": "high"}, r"detection 0 has score 'high'"),
+])
+def test_a_results_file_with_bad_values_is_one_line(tmp_path, detection, pattern):
+    import json
+
+    import eval as eval_tool
+    from omegaconf import OmegaConf
+
+    from detector.data.synthetic import generate_synthetic_coco
+    from detector.errors import DatasetError
+
+    images, annotations = generate_synthetic_coco(tmp_path, split="val", num_images=2, seed=0, min_image_size=64,
+                                                  max_image_size=64)
+    good = {"image_id": 1, "category_id": 1, "bbox": [1.0, 2.0, 10.0, 10.0], "score": 0.5}
+    (tmp_path / "r.json").write_text(json.dumps([{**good, **detection}]))
+    cfg = OmegaConf.create({
+        "checkpoints": [], "results": [str(tmp_path / "r.json")], "voc_protocol": "devkit", "voc_results": False,
+        "device": "cpu", "batch_size": 1, "num_workers": 0, "progress": False, "output_dir": str(tmp_path / "out"),
+        "dataset": {"val": {"_target_": "detector.data.CocoDetection", "images": str(images),
+                            "annotations": str(annotations)}}})
+    with pytest.raises(DatasetError, match=r"r\.json: " + pattern) as err:
+        eval_tool.evaluate(cfg)
+    assert "\n" not in str(err.value)
+    for key, value in (("batch_size", 0), ("num_workers", -1)):
+        from detector.errors import ConfigError
+
+        with pytest.raises(ConfigError, match=rf"^{key} must be an integer >= "):
+            eval_tool.evaluate(OmegaConf.merge(cfg, {key: value}))
