@@ -218,8 +218,8 @@ def test_nonsense_values_are_refused_in_one_line(tmp_path, override, pattern):
     ({"bbox": "191px"}, r"detection 0 has bbox '191px'; expected \[x, y, width, height\]"),
     ({"bbox": [1, 2, 3]}, r"detection 0 has bbox \[1, 2, 3\]"),
     ({"bbox": None}, r"detection 0 has bbox None"),
-    ({"bbox": [1, 2, -3, 4]}, r"width, height >= 0"),
-    ({"bbox": [1, 2, True, 4]}, r"has bbox"),
+    ({"bbox": [1, 2, -3, 4]}, r"detection 0 has bbox \[1, 2, -3, 4\]; .*width, height >= 0"),
+    ({"bbox": [1, 2, True, 4]}, r"detection 0 has bbox \[1, 2, True, 4\]"),
     ({"score": float("nan")}, r"detection 0 has score nan; expected a finite number"),
     ({"score": "high"}, r"detection 0 has score 'high'"),
 ])
