@@ -14,6 +14,8 @@ distributions. RoIAlign reads the box itself: for it all three are zero.
 
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 
 import hydra
@@ -21,7 +23,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from config_utils import instantiate_or_explain, report, run_cli
+from config_utils import check_argv, instantiate_or_explain, report, run_cli
 from detector.errors import ConfigError, DatasetError
 from detector.evaluation.quantization import RULES, quantize_boxes, size_bucket, summarize
 from detector.utils.io import atomic_write_json, atomic_write_text
@@ -121,4 +123,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_argv(sys.argv[1:])
     main()

@@ -444,6 +444,17 @@ def reject_added_keys() -> None:
             )
 
 
+def check_argv(argv: Sequence[str]) -> None:
+    """An unquoted value with a space (``output_dir=my runs/a``) reaches Hydra as two arguments, and
+    Hydra's override lexer then reports a parse error without saying why; say it, with the fix."""
+    for previous, arg in zip(argv, argv[1:]):
+        if "=" in previous and not previous.startswith("-") and "=" not in arg and not arg.startswith("-"):
+            key, value = previous.split("=", 1)
+            print(f"error: {arg!r} is not a key=value override: if it belongs to {key}, quote the value, e.g. "
+                  f"{key}='{value} {arg}'", file=sys.stderr)
+            sys.exit(1)
+
+
 def run_cli(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Decorate a Hydra task so a user-input error prints one line and exits 1, with no traceback."""
 

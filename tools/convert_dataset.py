@@ -13,12 +13,14 @@ dropped, with the loader's one warning). The layouts written are described in
 
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from config_utils import instantiate_or_explain, run_cli
+from config_utils import check_argv, instantiate_or_explain, run_cli
 from detector.data import DetectionDataset
 from detector.data.writers import write_coco, write_voc, write_yolo
 from detector.errors import ConfigError
@@ -95,4 +97,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_argv(sys.argv[1:])
     main()

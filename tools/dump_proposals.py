@@ -18,6 +18,8 @@ the average recall AR@100, AR@1000 over IoU 0.50:0.95 (``detector/evaluation/pro
 
 from __future__ import annotations
 
+import sys
+
 import multiprocessing
 import time
 from pathlib import Path
@@ -29,7 +31,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from config_utils import build_split, model_from_checkpoint, run_cli
+from config_utils import check_argv, build_split, model_from_checkpoint, run_cli
 from detector.data import build_detection_loader
 from detector.data.image_io import read_rgb
 from detector.data.proposals import from_detectron2, save_proposals
@@ -140,4 +142,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_argv(sys.argv[1:])
     main()

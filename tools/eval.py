@@ -15,6 +15,8 @@ as ``train.log`` does for a training run.
 
 from __future__ import annotations
 
+import sys
+
 import json
 import math
 import re
@@ -26,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from config_utils import (
+    check_argv,
     build_split, console_logging_for, model_from_checkpoint, report, run_cli, stored_model_config,
 )
 from stored_config import stored_config
@@ -251,4 +254,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_argv(sys.argv[1:])
     main()

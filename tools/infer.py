@@ -13,6 +13,8 @@ PNG when the source is not a JPEG), ``OUT/detections.json`` lists per image ``fi
 
 from __future__ import annotations
 
+import sys
+
 import glob
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from config_utils import check_output_dir_writable, model_from_checkpoint, report, run_cli
+from config_utils import check_argv, check_output_dir_writable, model_from_checkpoint, report, run_cli
 from detector.data.image_io import IMAGE_SUFFIXES, read_rgb
 from detector.engine import load_checkpoint
 from detector.errors import ConfigError, DatasetError
@@ -132,4 +134,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_argv(sys.argv[1:])
     main()

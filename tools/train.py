@@ -11,6 +11,8 @@ Everything a run writes goes under its output directory: the resolved ``config.y
 
 from __future__ import annotations
 
+import sys
+
 import contextlib
 import logging
 import time
@@ -23,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from config_utils import (
+    check_argv,
     amp_dtype, amp_mode, build_model, check_output_dir_free, check_output_dir_writable, check_split, console_logging_for, instantiate_or_explain, report, run_cli,
     validate_train_config,
 )
@@ -337,4 +340,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    check_argv(sys.argv[1:])
     main()

@@ -11,6 +11,8 @@ rule and, for ``split=train``, after ``augmentation``; the legend line lists the
 
 from __future__ import annotations
 
+import sys
+
 from collections import Counter
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from PIL import Image
 
-from config_utils import instantiate_or_explain, run_cli
+from config_utils import check_argv, instantiate_or_explain, run_cli
 from detector.errors import ConfigError, DatasetError
 from detector.evaluation.visualize import draw_detections
 
@@ -65,4 +67,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_argv(sys.argv[1:])
     main()

@@ -130,6 +130,11 @@ def _split_images(data: Path, root: Path, value: Any) -> list[Path]:
                     p = Path(line)
                     # Ultralytics: "./x.jpg" is relative to the list's folder, "x.jpg" to the root.
                     images.append(p if p.is_absolute() else (path.parent / p if line.startswith("./") else root / p))
+        elif path.exists():
+            raise DatasetError(
+                f"{data}: split entry {item!r} is the file {path}, which is neither a folder of images nor a .txt "
+                f"list of image paths; name the folder that holds the split's images"
+            )
         else:
             raise DatasetError(f"{data}: split entry {item!r} is neither a folder nor a .txt list ({path} not found)")
     return images

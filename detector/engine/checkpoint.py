@@ -7,6 +7,7 @@ A checkpoint is self-describing: ``tools/eval.py`` rebuilds the model (pooler in
 
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from torch import nn
 
 from detector.errors import CheckpointError
 from detector.utils.io import atomic_torch_save, atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 
 def save_checkpoint(
@@ -54,6 +57,13 @@ def save_checkpoint(
 
 def _torch_load(path: Path) -> Any:
     """``torch.load(weights_only=True)``: tensors and plain types only, so a file cannot run code."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not (head == b"PK" or head[:1] == b"\x80"):  # torch.save's zip archive, or a legacy pickle
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle); pass a .pth file "
+            f"written by tools/train.py or torch.save"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -72,6 +82,13 @@ def _torch_load(path: Path) -> Any:
             f"(torch.load(weights_only=True): {detail[:160]}); files that hold pickled objects are refused"
         ) from None
     except Exception as e:  # torch raises many types for truncated or foreign files
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # neither torch's zip nor a legacy pickle
+            raise CheckpointError(
+                f"{path} is not a PyTorch checkpoint (it is neither a torch.save zip archive nor a pickle); "
+                f"pass a model_final.pth written by tools/train.py"
+            ) from None
         raise CheckpointError(f"cannot read checkpoint {path}: {e.__class__.__name__}: {e}") from None
 
 
@@ -151,6 +168,8 @@ def find_last_checkpoint(output_dir: str | Path, *, fallback: bool = False) -> P
             load_checkpoint(candidate)
         except CheckpointError:
             continue
+        logger.warning("%s names %s, which is missing: resuming from %s, the newest complete checkpoint",
+                       marker, path.name, candidate.name)
         return candidate
     raise CheckpointError(
         f"{marker} names {path.name}, which is missing, and no other checkpoint in {output_dir} is complete; "

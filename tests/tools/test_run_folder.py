@@ -249,3 +249,47 @@ def test_a_results_file_with_bad_values_is_one_line(tmp_path, detection, pattern
 
         with pytest.raises(ConfigError, match=rf"^{key} must be an integer >= "):
             eval_tool.evaluate(OmegaConf.merge(cfg, {key: value}))
+
+
+def test_cosmetic_messages_say_what_the_file_is(tmp_path, caplog):
+    """Random bytes are not 'pickled objects'; a split that is a file is not 'not found'; a resume
+    that falls back says which checkpoint was missing."""
+    import logging
+    import os
+
+    import torch
+
+    from detector.data import YOLODetection
+    from detector.engine import find_last_checkpoint, load_checkpoint
+    from detector.errors import CheckpointError, DatasetError
+
+    (tmp_path / "random.pth").write_bytes(os.urandom(256).replace(b"PK", b"pk").lstrip(b"\x80") or b"x")
+    with pytest.raises(CheckpointError, match=r"random\.pth is not a PyTorch checkpoint") as err:
+        load_checkpoint(tmp_path / "random.pth")
+    assert "pickled" not in str(err.value)
+
+    (tmp_path / "images.zip").write_bytes(b"not images")
+    (tmp_path / "data.yaml").write_text("path: .\ntrain: images.zip\nval: images.zip\nnames: [a]\n")
+    with pytest.raises(DatasetError, match=r"'images.zip' is the file .*neither a folder of images nor a \.txt list"):
+        YOLODetection(data=tmp_path / "data.yaml", split="train")
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": {}, "iteration": 4}, run / "model_0000004.pth")
+    (run / "last_checkpoint").write_text("model_0000008.pth\n")
+    with caplog.at_level(logging.WARNING, logger="detector"):
+        assert find_last_checkpoint(run, fallback=True) == run / "model_0000004.pth"
+    assert any("names model_0000008.pth, which is missing: resuming from model_0000004.pth" in r.message
+               for r in caplog.records)
+
+
+def test_an_unquoted_value_with_a_space_gets_the_quoting_hint(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), "output_dir=my", "runs/a"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "error: 'runs/a' is not a key=value override: if it belongs to output_dir, quote the value, e.g. "
+        "output_dir='my runs/a'"]
+    assert list(tmp_path.iterdir()) == []
