@@ -40,8 +40,13 @@ def test_bad_files_are_one_clear_error(tmp_path):
         load_checkpoint(tmp_path / "missing.pth")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
         load_checkpoint(junk)
+    torch.save({"weights": 1}, tmp_path / "whole.pth")
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes((tmp_path / "whole.pth").read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(cut)
     torch.save({"weights": 1}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="not a detector checkpoint"):
         load_checkpoint(tmp_path / "other.pth")
