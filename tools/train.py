@@ -44,7 +44,9 @@ from detector.engine import (
     train_loop,
 )
 from detector.engine.step import resolve_amp
-from detector.engine.distributed import all_gather_objects, barrier, init_distributed, mean_over_ranks, replicas_agree
+from detector.engine.distributed import (
+    all_gather_objects, barrier, broadcast_buffers, init_distributed, mean_over_ranks, replicas_agree,
+)
 from detector.errors import CheckpointError, ConfigError, DatasetError, DetectorError
 from detector.evaluation import METRIC_KEYS, COCOEvaluator, inference_on_dataset
 from detector.evaluation.visualize import draw_detections
@@ -270,6 +272,7 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
 
     def checkpoint(it: int) -> Path:
         name = "model_final.pth" if it == solver.max_iter else f"model_{it:07d}.pth"
+        broadcast_buffers(model)  # rank 0's BatchNorm statistics are the model's (DDP's rule)
         bad = check_finite(model)
         if bad:
             # Never let last_checkpoint name poisoned weights: a resume would fail on them again.
@@ -291,6 +294,7 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
 
     def evaluate(it: int) -> dict[str, float]:
         final = it == solver.max_iter
+        broadcast_buffers(model)  # every shard scored by the one model a checkpoint holds
         evaluator = COCOEvaluator(
             coco_gt=val_set.coco, label_to_cat_id=val_set.label_to_cat_id,
             output_dir=(output_dir if final else output_dir / "eval" / f"iter_{it:07d}") if ddp.is_main else None,
@@ -314,6 +318,7 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
             reduce=(lambda v: mean_over_ranks(v, device)) if ddp.enabled else None, amp_dtype=amp, scaler=scaler,
         )
     if ddp.enabled:
+        broadcast_buffers(model)
         if not replicas_agree(model):
             raise DetectorError(f"the {ddp.world_size} replicas ended with different weights; this is a bug, please report it")
         log.info("DDP: the %d replicas hold identical weights at the end of training", ddp.world_size)

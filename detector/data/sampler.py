@@ -9,12 +9,15 @@ Here the stream is one of *positions* ``0, 1, 2, ...`` (sample number ``p`` of t
   ``(seed, epoch)``: sample ``p`` is image ``order[p % N]``;
 * the augmentation (albumentations' own generators) is reseeded with ``(seed, p)`` before the sample
   is drawn, so its flip or crop does not depend on the worker, the number of workers, or what that
-  worker loaded before.
+  worker loaded before;
+* the target carries ``sample_seed``, also a function of ``(seed, p)``, from which the model draws
+  this image's random choices (the RPN's and RoI head's minibatches, a multi-scale size:
+  :mod:`detector.modeling.sampler`), so they do not depend on the process either.
 
 A run that resumes at iteration ``i`` starts the stream at ``i * global_batch`` and sees exactly the
 samples, in the same order and with the same augmentation, that the uninterrupted run saw. With
 several processes (DDP), rank ``r`` of ``W`` takes positions ``start + r, start + r + W, ...``: the
-global batch of an iteration is the same whatever ``W`` is.
+global batch of an iteration, and every random draw made for it, is the same whatever ``W`` is.
 
 Shape shorthand:
     N: images in the dataset; W: processes (world size).
@@ -75,7 +78,11 @@ class PositionedDataset(Dataset):
         transforms = getattr(self.dataset, "transforms", None)
         if transforms is not None and hasattr(transforms, "set_random_seed"):
             transforms.set_random_seed(_mix(self.seed, int(position)) % _SEED_MODULUS)
-        return self.dataset[self.index(position)]
+        sample = self.dataset[self.index(position)]
+        if isinstance(sample, tuple) and len(sample) == 2 and isinstance(sample[1], dict):
+            image, target = sample
+            sample = image, {**target, "sample_seed": _mix(_mix(self.seed, int(position)), 1)}
+        return sample
 
     def __getattr__(self, name: str) -> Any:
         # class_names, coco, source, ... of the wrapped dataset (not called for own attributes)

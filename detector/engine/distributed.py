@@ -11,6 +11,13 @@ training script uses so that one code path serves 1 and N processes: only rank 0
 TensorBoard and the progress bar; logged losses are averaged over ranks; evaluation is sharded and
 the predictions gathered on rank 0; checkpoints hold the unwrapped model (no ``module.`` prefix).
 
+Buffers (BatchNorm's running statistics): each rank's forward updates them from its own part of the
+batch, so after a step the ranks hold different ones. DistributedDataParallel's rule
+(``broadcast_buffers=True``) is that rank 0's are the model's: it sends them to every rank before
+each forward. :func:`broadcast_buffers` applies the same rule after the last step, before anything
+looks at the model -- a checkpoint, the sharded evaluation (every shard must be scored by the one
+model the checkpoint holds), the end-of-run check that the replicas agree.
+
 Written here because these are thin wrappers over ``torch.distributed`` calls, not a framework.
 """
 
@@ -27,7 +34,8 @@ import torch.distributed as dist
 from detector.errors import ConfigError
 
 __all__ = [
-    "Distributed", "all_gather_objects", "barrier", "init_distributed", "mean_over_ranks", "replicas_agree",
+    "Distributed", "all_gather_objects", "barrier", "broadcast_buffers", "init_distributed", "mean_over_ranks",
+    "replicas_agree",
 ]
 
 
@@ -103,6 +111,15 @@ def all_gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_buffers(model: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank rank ``src``'s buffers (DDP's own rule, applied between its forwards)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    with torch.no_grad():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=src)
 
 
 def replicas_agree(model: torch.nn.Module) -> bool:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from detector.errors import ConfigError
+from detector.modeling.sampler import STREAM_SCALE, sample_generator
 
 
 @dataclass
@@ -57,10 +58,11 @@ class DetectionTransform(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
 
-    def target_size(self, h: int, w: int) -> tuple[int, int]:
-        """(height, width) an h x w image is resized to (in training, one of the min_size values at random)."""
+    def target_size(self, h: int, w: int, *, generator: torch.Generator | None = None) -> tuple[int, int]:
+        """(height, width) an h x w image is resized to (in training, one of the min_size values at random,
+        drawn from ``generator`` when given: the sample's own, see :mod:`detector.modeling.sampler`)."""
         if self.training and len(self.min_size) > 1:
-            min_size = self.min_size[int(torch.randint(len(self.min_size), ()).item())]
+            min_size = self.min_size[int(torch.randint(len(self.min_size), (), generator=generator).item())]
         else:
             min_size = self.min_size[0]
         scale = min_size / min(h, w)
@@ -74,7 +76,8 @@ class DetectionTransform(nn.Module):
         resized, sizes, new_targets = [], [], [] if targets is not None else None
         for i, image in enumerate(images):
             h, w = image.shape[-2:]
-            nh, nw = self.target_size(h, w)
+            generator = sample_generator(targets[i], STREAM_SCALE) if targets is not None else None
+            nh, nw = self.target_size(h, w, generator=generator)
             image = (image - self.pixel_mean) / self.pixel_std
             if (nh, nw) != (h, w):
                 image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]

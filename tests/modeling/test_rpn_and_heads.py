@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from conftest import tiny_model
@@ -143,9 +144,9 @@ def test_boundary_thresh_keeps_an_inside_positive_for_a_corner_object():
     labels = {}
     real_sampler = rpn.sampler
 
-    def spy(lbl):
+    def spy(lbl, **kwargs):
         labels["l"] = lbl.clone()
-        return real_sampler(lbl)
+        return real_sampler(lbl, **kwargs)
 
     rpn.sampler = spy
     n = anchors.shape[0]
@@ -153,3 +154,39 @@ def test_boundary_thresh_keeps_an_inside_positive_for_a_corner_object():
     inside = (anchors[:, 0] >= 0) & (anchors[:, 1] >= 0) & (anchors[:, 2] < 128) & (anchors[:, 3] < 128)
     assert (labels["l"] == 1).sum() >= 1
     assert (labels["l"][~inside] == -1).all()
+
+
+def _split_batch_losses(with_seeds: bool):
+    """(loss of a batch of 4, mean of the losses of its two halves), the global RNG reseeded in between."""
+    from conftest import tiny_model
+
+    torch.manual_seed(0)
+    # Minibatches smaller than the candidates, so that which ones are drawn matters.
+    small = ["model.backbone.batch_norm=false", "model.rpn.sampler.batch_size_per_image=16",
+             "model.roi_heads.sampler.batch_size_per_image=8"]
+    model = tiny_model(num_classes=2, overrides=small).train()
+    gen = torch.Generator().manual_seed(3)
+    images = [torch.rand(3, 128, 128, generator=gen) for _ in range(4)]
+    targets = []
+    for i in range(4):
+        xy = torch.randint(0, 60, (2,), generator=gen).float()
+        t = {"boxes": torch.cat([xy, xy + 50]).view(1, 4), "labels": torch.tensor([1 + i % 2])}
+        if with_seeds:
+            t["sample_seed"] = 1000 + i
+        targets.append(t)
+
+    def loss(idx, global_seed):
+        torch.manual_seed(global_seed)
+        with torch.no_grad():
+            return float(sum(model([images[i] for i in idx], [targets[i] for i in idx]).values()))
+
+    return loss(range(4), 1), (loss([0, 1], 2) + loss([2, 3], 3)) / 2
+
+
+def test_a_batch_split_over_two_processes_has_the_loss_of_the_whole_batch():
+    """What data-parallel training relies on: with per-sample seeds, two halves of a batch, each run
+    with its own global RNG (as two ranks are), average to the loss of the whole batch."""
+    whole, halves = _split_batch_losses(with_seeds=True)
+    assert halves == pytest.approx(whole, rel=1e-5)
+    whole, halves = _split_batch_losses(with_seeds=False)  # the draws then differ: the test can tell
+    assert halves != pytest.approx(whole, rel=1e-3)

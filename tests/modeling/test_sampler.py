@@ -44,3 +44,18 @@ def test_bad_arguments():
         BalancedPositiveNegativeSampler(batch_size_per_image=0, positive_fraction=0.5)
     with pytest.raises(ValueError):
         BalancedPositiveNegativeSampler(batch_size_per_image=8, positive_fraction=1.5)
+
+
+def test_a_sample_seed_makes_the_draw_a_function_of_the_sample_alone():
+    from detector.modeling.sampler import STREAM_ROI, STREAM_RPN, sample_generator
+
+    s = BalancedPositiveNegativeSampler(batch_size_per_image=16, positive_fraction=0.5)
+    labels = torch.cat([torch.ones(100), torch.zeros(100)]).long()
+    draws = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        draws.append(s(labels, generator=sample_generator({"sample_seed": 7}, STREAM_RPN)))
+    assert torch.equal(draws[0][0], draws[1][0]) and torch.equal(draws[0][1], draws[1][1])
+    other = s(labels, generator=sample_generator({"sample_seed": 7}, STREAM_ROI))
+    assert not torch.equal(other[0], draws[0][0])  # another stream of the same sample: another draw
+    assert sample_generator({"boxes": torch.zeros(0, 4)}, STREAM_RPN) is None  # a user's target: the global RNG

@@ -27,7 +27,7 @@ from detector.modeling.roi_heads.fast_rcnn import (
     fast_rcnn_inference,
     fast_rcnn_losses,
 )
-from detector.modeling.sampler import BalancedPositiveNegativeSampler
+from detector.modeling.sampler import STREAM_ROI, BalancedPositiveNegativeSampler, sample_generator
 
 
 class RoIHeads(nn.Module):
@@ -93,7 +93,7 @@ class RoIHeads(nn.Module):
                 matched_boxes = torch.zeros_like(proposals_i)
             classes[matched_idxs == Matcher.BELOW_LOW_THRESHOLD] = 0
             classes[matched_idxs == Matcher.BETWEEN_THRESHOLDS] = -1
-            pos_mask, neg_mask = self.sampler(classes)
+            pos_mask, neg_mask = self.sampler(classes, generator=sample_generator(target, STREAM_ROI))
             keep = torch.nonzero(pos_mask | neg_mask).squeeze(1)
             sampled_proposals.append(proposals_i[keep])
             gt_classes.append(classes[keep].clamp(min=0))

@@ -30,7 +30,7 @@ from detector.modeling.box_coder import BoxCoder
 from detector.modeling.matcher import Matcher
 from detector.modeling.rpn.anchor_generator import AnchorGenerator
 from detector.modeling.rpn.rpn_head import RPNHead
-from detector.modeling.sampler import BalancedPositiveNegativeSampler
+from detector.modeling.sampler import STREAM_RPN, BalancedPositiveNegativeSampler, sample_generator
 
 
 class RPN(nn.Module):
@@ -181,7 +181,7 @@ class RPN(nn.Module):
             labels_i[matched_idxs == Matcher.BETWEEN_THRESHOLDS] = -1
             if inside is not None:
                 labels_i[~inside] = -1
-            pos_mask, neg_mask = self.sampler(labels_i)
+            pos_mask, neg_mask = self.sampler(labels_i, generator=sample_generator(target, STREAM_RPN))
             sampled = torch.full_like(labels_i, -1)
             sampled[pos_mask] = 1
             sampled[neg_mask] = 0
