@@ -107,9 +107,8 @@ def run_name(dataset: str, seed: int) -> str:
 
 def prepare_datasets(datasets: list[str], overrides: list[str]) -> None:
     """Draw the part's generated datasets once, before jobs that would draw them side by side."""
-    sys.path.insert(0, str(REPO_ROOT / "tools"))
     from hydra import compose, initialize_config_dir
-    from train import build_datasets  # building a generated split draws it, once
+    from detector.cli.train import build_datasets  # building a generated split draws it, once
 
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
         for dataset in datasets:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -26,9 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_default_model(class_names: list[str]) -> torch.nn.Module:
-    """The default model, built part by part by the config layer (tools/config_utils.build_model)."""
-    sys.path.insert(0, str(ROOT / "tools"))  # the config layer lives beside the scripts
-    from config_utils import build_model
+    """The default model, built part by part by the config layer (detector/cli/config.py: build_model)."""
+    from detector.cli.config import build_model
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="train")

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-# tools/*.py are scripts, not a package; their config glue is imported the way they import it.
-sys.path.insert(0, str(ROOT / "tools"))
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +25,9 @@ def shared_dir() -> Path:
 def compose_config(name: str = "train", overrides: list[str] | None = None):
     from hydra import compose, initialize_config_dir
 
-    import config_utils  # noqa: F401  (registers the resolvers)
+    from detector.cli.config import register_resolvers
 
+    register_resolvers()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         return compose(config_name=name, overrides=overrides or [])
 
@@ -43,7 +41,7 @@ TINY_MODEL = [
 
 
 def tiny_model(num_classes: int = 3, overrides: list[str] | None = None, class_names=None):
-    from config_utils import build_model
+    from detector.cli.config import build_model
 
     cfg = compose_config("train", TINY_MODEL + (overrides or []))
     names = class_names if class_names is not None else [f"class{i}" for i in range(1, num_classes + 1)]

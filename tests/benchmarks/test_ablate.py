@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import pytest
 import yaml
 
 from conftest import ROOT, TINY_MODEL
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import ablate  # noqa: E402
+from benchmarks import ablate
 
 pytestmark = pytest.mark.slow
 

@@ -117,7 +117,7 @@ def test_fp16_checkpoint_holds_the_scaler_and_resume_is_exact(tmp_path):
 
 @pytest.mark.parametrize("value", ["fp32", "true", "0"])
 def test_an_invalid_amp_value_is_one_line(tmp_path, value):
-    import train
+    from detector.cli import train
 
     cfg = compose_config("train", [f"solver.amp={value}", f"output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match=r"^solver\.amp must be auto, off, bf16 or fp16, got ") as err:
@@ -126,7 +126,7 @@ def test_an_invalid_amp_value_is_one_line(tmp_path, value):
 
 
 def test_off_and_false_are_off():
-    from config_utils import amp_dtype
+    from detector.cli.config import amp_dtype
 
     cpu = torch.device("cpu")
     assert amp_dtype(compose_config("train", ["solver.amp=off"]), cpu) is None
@@ -145,7 +145,7 @@ def test_auto_is_the_default_and_follows_the_cpus_bf16_capability(monkeypatch, c
     """The capability is faked: auto must choose bf16 exactly where the CPU has AMX-BF16 or AVX512-BF16."""
     import logging
 
-    from config_utils import amp_dtype
+    from detector.cli.config import amp_dtype
 
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: dict(caps))
     cfg = compose_config("train")
@@ -169,7 +169,7 @@ def test_auto_on_cuda_follows_is_bf16_supported(monkeypatch):
 def test_bf16_without_hardware_and_fp16_on_cpu_warn_in_one_line(monkeypatch, caplog):
     import logging
 
-    from config_utils import amp_dtype
+    from detector.cli.config import amp_dtype
 
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"cpu_name": "Zen 3"})
     for value, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):

@@ -26,18 +26,18 @@ NO_BN = ["model.backbone.batch_norm=false"]
 # Runs tools/train.py as torchrun would, and saves this rank's whole state just before the run's own
 # end-of-training check of the replicas, so that the test compares the replicas itself.
 SPY = """
-import os, runpy, sys
+import os
 import torch
 import detector.engine.distributed as distributed
 real = distributed.replicas_agree
 def spy(model):
     torch.save(model.state_dict(), os.path.join({dump!r}, "rank%s.pt" % os.environ["RANK"]))
     return real(model)
-distributed.replicas_agree = spy  # before train.py imports it
-sys.path.insert(0, os.path.dirname({train!r}))
-sys.argv[0] = {train!r}
-runpy.run_path({train!r}, run_name="__main__")
+distributed.replicas_agree = spy  # before the command imports it
+from detector.cli.train import run
+run()
 """
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -64,7 +64,7 @@ def _torchrun(torchrun_args, args, script=None):
 def _spy(tmp_path, out):
     out.mkdir(parents=True, exist_ok=True)
     script = tmp_path / f"spy_{out.name}.py"
-    script.write_text(SPY.format(train=str(ROOT / "tools" / "train.py"), dump=str(out)))
+    script.write_text(SPY.format(dump=str(out)))
     return script
 
 
@@ -115,7 +115,7 @@ def test_two_processes_reproduce_the_one_process_run(single):
 def _check_default_model(tmp, out):
     """BatchNorm (the default model): the replicas end identical, buffers included, the checkpoint holds
     them, and the sharded evaluation is the evaluation of that checkpoint."""
-    import eval as eval_tool
+    from detector.cli import eval as eval_tool
     from omegaconf import OmegaConf
 
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]

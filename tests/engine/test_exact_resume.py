@@ -39,7 +39,7 @@ def test_positions_are_a_function_of_seed_and_position():
 
 def _train(tmp_path, out, overrides, steps=None):
     """One in-process run; ``steps`` (a list) receives the iteration of every training step it executes."""
-    import train
+    from detector.cli import train
 
     import detector.engine.trainer as trainer
 

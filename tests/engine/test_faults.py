@@ -33,7 +33,7 @@ def _cfg(tmp_path, out, overrides):
 
 
 def _train(tmp_path, out, overrides):
-    import train
+    from detector.cli import train
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_four_steps_run_and_frozen_tensors_are_untouched(tmp_path):
-    import alternating
+    from detector.cli import alternating
 
     cfg = compose_config("train", [
         f"dataset.root={tmp_path / 'data'}", "dataset.train.num_images=4", "dataset.val.num_images=2",

@@ -40,7 +40,7 @@ def coco_args(root, train, val, num_workers=0):
 
 
 def run_train(overrides, out):
-    import train
+    from detector.cli import train
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -102,7 +102,7 @@ def test_weights_missing_foreign_and_with_resume(good):
 
 
 def test_corrupt_image_in_a_worker_is_one_line_naming_it(good):
-    from config_utils import user_message
+    from detector.cli.config import user_message
 
     root, train = good
     (root / "img" / "2.png").write_bytes(b"\x89PNG but not really")

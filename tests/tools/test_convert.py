@@ -18,7 +18,7 @@ def coco_split(tmp_path_factory):
 
 
 def convert(overrides):
-    import convert_dataset
+    from detector.cli import convert as convert_dataset
 
     return convert_dataset.convert(compose_config("convert", overrides))
 

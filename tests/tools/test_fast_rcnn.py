@@ -22,7 +22,7 @@ RUN = [*TINY_MODEL, "solver.max_iter=2", "solver.ims_per_batch=2", "solver.warmu
 def tool(name, config, overrides):
     import importlib
 
-    module = importlib.import_module(name)
+    module = importlib.import_module(f"detector.cli.{name}")
     fn = {"train": "train", "eval": "evaluate", "dump_proposals": "dump"}[name]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

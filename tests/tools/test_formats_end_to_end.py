@@ -17,7 +17,7 @@ RUN = [*TINY_MODEL, "solver.max_iter=2", "solver.ims_per_batch=2", "solver.warmu
 
 
 def train(overrides, out):
-    import train as train_tool
+    from detector.cli import train as train_tool
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fixtures' clipping warnings are tested in tests/data
@@ -25,7 +25,7 @@ def train(overrides, out):
 
 
 def evaluate(overrides, out):
-    import eval as eval_tool
+    from detector.cli import eval as eval_tool
 
     return eval_tool.evaluate(compose_config("eval", [*overrides, "progress=false", "num_workers=0",
                                                       "device=cpu", f"output_dir={out}"]))
@@ -78,7 +78,7 @@ def test_results_files_by_file_name_and_class_name_score_like_ids(shared_dir, tm
 
 
 def test_generated_set_in_every_format_trains(tmp_path):
-    import convert_dataset
+    from detector.cli import convert as convert_dataset
 
     syn = ["dataset=synthetic", f"dataset.root={tmp_path / 'syn'}", "dataset.train.num_images=4",
            "dataset.val.num_images=2", "dataset.generator.min_image_size=96", "dataset.generator.max_image_size=128"]

@@ -28,7 +28,7 @@ def checkpoint(tmp_path_factory):
 
 
 def run(checkpoint, tmp_path, input, **extra):
-    import infer
+    from detector.cli import infer
 
     cfg = OmegaConf.create({"checkpoint": str(checkpoint), "input": str(input), "output_dir": str(tmp_path / "out"),
                             "score_thresh": 0.5, "device": "cpu", "batch_size": 2, "progress": False, **extra})

@@ -10,7 +10,7 @@ from detector.errors import ConfigError
 
 
 def _config(out, *overrides):
-    import config_utils  # noqa: F401  (resolvers)
+    from detector.cli import config as config_utils  # noqa: F401  (resolvers)
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         return compose(config_name="train", overrides=[f"output_dir={out}", *overrides], return_hydra_config=True)
@@ -18,7 +18,7 @@ def _config(out, *overrides):
 
 def test_a_new_run_over_a_finished_one_is_refused_before_hydra_writes(tmp_path, capsys):
     """Hydra rewrites .hydra/*.yaml before the task starts: the callback refuses first."""
-    from config_utils import OutputDirCallback
+    from detector.cli.config import OutputDirCallback
 
     out = tmp_path / "run"
     (out / ".hydra").mkdir(parents=True)
@@ -40,7 +40,7 @@ def test_a_new_run_over_a_finished_one_is_refused_before_hydra_writes(tmp_path, 
 
 def test_train_refuses_in_process_and_in_a_sweep_job(tmp_path):
     """train() itself checks too (a sweep job's folder, a call from Python), before writing anything."""
-    import train
+    from detector.cli import train
 
     from conftest import compose_config
 
@@ -65,7 +65,7 @@ def test_sigint_during_the_final_evaluation_is_one_line_exit_130_and_resume_fini
     import signal
     import time
 
-    import train
+    from detector.cli import train
     from conftest import TINY_MODEL, compose_config
     from detector.engine import TrainingInterrupted
 
@@ -96,7 +96,7 @@ def test_errors_and_library_warnings_reach_the_run_log(tmp_path, capsys):
     import logging
     import warnings
 
-    from config_utils import run_cli
+    from detector.cli.config import run_cli
     from detector.errors import DatasetError
 
     handler = logging.FileHandler(tmp_path / "train.log")
@@ -132,7 +132,7 @@ def test_infer_keeps_its_summary_in_its_log(tmp_path):
     from omegaconf import OmegaConf
     from PIL import Image
 
-    import infer
+    from detector.cli import infer
     from conftest import TINY_MODEL, compose_config, tiny_model
     from detector.engine import save_checkpoint
 
@@ -177,7 +177,7 @@ def test_a_read_only_folder_is_one_line(tmp_path, monkeypatch, capsys):
     """Permission bits do not stop root, so the refusal of the file system is simulated."""
     import tempfile
 
-    from config_utils import OutputDirCallback
+    from detector.cli.config import OutputDirCallback
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
@@ -200,7 +200,7 @@ def test_a_read_only_folder_is_one_line(tmp_path, monkeypatch, capsys):
     ("solver.steps=[5000]", r"solver.steps: 5000 is not an iteration of the run \(1..100,"),
 ])
 def test_nonsense_values_are_refused_in_one_line(tmp_path, override, pattern):
-    import train
+    from detector.cli import train
 
     from conftest import compose_config
     from detector.errors import DetectorError
@@ -226,7 +226,7 @@ def test_nonsense_values_are_refused_in_one_line(tmp_path, override, pattern):
 def test_a_results_file_with_bad_values_is_one_line(tmp_path, detection, pattern):
     import json
 
-    import eval as eval_tool
+    from detector.cli import eval as eval_tool
     from omegaconf import OmegaConf
 
     from detector.data.synthetic import generate_synthetic_coco

@@ -9,7 +9,6 @@ for, checking it against the allowlists.
 from __future__ import annotations
 
 import copy
-import functools
 import os
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from PIL import Image
 from conftest import ROOT, TINY_MODEL, compose_config, tiny_model
 from detector.engine import save_checkpoint
 from detector.errors import CheckpointError, ConfigError, DatasetError, DetectorError
-from stored_config import DATASET_TARGETS, MODEL_TARGETS, check_stored_config
+from detector.cli.stored_config import DATASET_TARGETS, MODEL_TARGETS, check_stored_config
 
 DATA = ["dataset.train.num_images=2", "dataset.val.num_images=2", "dataset.generator.min_image_size=64",
         "dataset.generator.max_image_size=64"]
@@ -33,7 +32,7 @@ def run(tmp_path_factory):
     """A real checkpoint (the tiny model, the synthetic val split drawn on disk) and its folder."""
     tmp = tmp_path_factory.mktemp("stored")
     cfg = compose_config("train", [*TINY_MODEL, *DATA, f"dataset.root={tmp / 'data'}"])
-    config_utils = pytest.importorskip("config_utils")
+    from detector.cli import config as config_utils
     val = config_utils.build_split(cfg.dataset.val, what="dataset.val")  # draws the split once
     names = list(val.class_names)
     model = tiny_model(class_names=names)
@@ -54,7 +53,7 @@ OPEN = {"_target_": "builtins.open", "_args_": ["PWNED", "w"]}
 
 
 def _eval(checkpoint, out, **extra):
-    import eval as eval_tool
+    from detector.cli import eval as eval_tool
 
     return eval_tool.evaluate(OmegaConf.create({
         "checkpoints": [str(checkpoint)], "results": [], "dataset": None, "voc_protocol": "devkit",
@@ -85,8 +84,8 @@ def test_eval_refuses_a_checkpoint_that_names_a_foreign_callable(run, tmp_path, 
 
 
 def test_infer_and_dump_proposals_refuse_it_too(run, tmp_path, monkeypatch):
-    import dump_proposals
-    import infer
+    from detector.cli import dump_proposals
+    from detector.cli import infer
 
     monkeypatch.chdir(tmp_path)
     _, path = run
@@ -190,7 +189,7 @@ def test_fuzz_every_value_of_a_real_stored_config(run, tmp_path, monkeypatch):
     """Every value (and every node's _target_) replaced by each payload: Hydra imports only allowed parts."""
     import hydra._internal.instantiate._instantiate2 as inst
 
-    from config_utils import build_split, model_from_checkpoint
+    from detector.cli.config import build_split, model_from_checkpoint
 
     monkeypatch.chdir(tmp_path)
     _, path = run

@@ -115,7 +115,7 @@ def test_the_same_config_with_other_weights_does_not_reproduce_the_metrics(train
     """The equality above can fail: the learned run's checkpoint with the 2-iteration run's weights."""
     import torch
 
-    import eval as eval_tool
+    from detector.cli import eval as eval_tool
     from omegaconf import OmegaConf
 
     tmp, runs = trained

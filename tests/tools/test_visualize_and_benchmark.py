@@ -26,9 +26,9 @@ def test_visualize_roi_rejects_a_csv_of_the_wrong_size(tmp_path):
 
 
 def test_benchmark_report_has_ratios():
-    sys.path.insert(0, str(ROOT / "tools"))
     import torch
-    from benchmark import report_ops, training_shape
+
+    from detector.cli.benchmark import report_ops, training_shape
 
     features, rois = training_shape(torch.device("cpu"))
     assert features.shape == (2, 512, 18, 25) and rois.shape == (1024, 5)
@@ -55,9 +55,8 @@ def _tiny_benchmark_args(tmp_path, **kw):
 
 
 def test_training_benchmark_builds_torchvisions_detector_with_our_settings(tmp_path):
-    sys.path.insert(0, str(ROOT / "tools"))
     import torch
-    import benchmark_train as bt
+    from detector.cli import benchmark_train as bt
 
     a = _tiny_benchmark_args(tmp_path)
     cfg = bt.benchmark_config(width=a.width, size=a.size, rois=a.rois, rpn_topk=tuple(a.rpn_topk), pooler="roi_align", extra=a.override)
@@ -84,8 +83,7 @@ def test_training_benchmark_builds_torchvisions_detector_with_our_settings(tmp_p
 
 
 def test_training_benchmark_report(tmp_path):
-    sys.path.insert(0, str(ROOT / "tools"))
-    import benchmark_train as bt
+    from detector.cli import benchmark_train as bt
 
     text = bt.run_train_benchmark(_tiny_benchmark_args(tmp_path))
     for line in ("ours roi_align", "torchvision roi_pool", "roi_align  train", "whole step / backbone-only", "pooler"):

@@ -36,7 +36,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torchvision
@@ -46,8 +45,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from config_utils import REPO_ROOT, build_model, instantiate_or_explain  # noqa: E402
+from detector.cli.config import CONFIG_DIR, build_model, instantiate_or_explain  # noqa: E402
 
 from detector.modeling.roi_heads.roi_heads import fast_rcnn_losses  # noqa: E402
 
@@ -64,7 +62,7 @@ def benchmark_config(*, width: float, size: int, rois: int, rpn_topk: tuple[int,
         f"model.transform.max_size={size}", f"model.roi_heads.sampler.batch_size_per_image={rois}",
         f"model.rpn.pre_nms_topk_train={rpn_topk[0]}", f"model.rpn.post_nms_topk_train={rpn_topk[1]}", *extra,
     ]
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
 
@@ -189,7 +187,7 @@ def paired_ratio(slow: list[float], fast: list[float]) -> float:
 
 def peak_memory_cpu(args, framework: str, pooler: str) -> float:
     """Peak RSS (MiB) of a fresh process that builds one detector and trains ``3`` steps."""
-    cmd = [sys.executable, str(Path(__file__).resolve().parent / "benchmark.py"), "train", "--memory-of", f"{framework}:{pooler}",
+    cmd = [sys.executable, "-m", "detector.cli.benchmark", "train", "--memory-of", f"{framework}:{pooler}",
            "--width", str(args.width), "--size", str(args.size), "--batch", str(args.batch), "--rois", str(args.rois),
            "--rpn-topk", str(args.rpn_topk[0]), str(args.rpn_topk[1]), "--amp", args.amp,
            *(f"--override={o}" for o in args.override)]

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from config_utils import build_split, model_from_checkpoint, report
-from stored_config import targets_in
+from detector.cli.config import build_split, model_from_checkpoint, report
+from detector.cli.stored_config import targets_in
 from detector.data import build_detection_loader
 from detector.engine import load_checkpoint, save_checkpoint
 from detector.evaluation import COCOEvaluator, inference_on_dataset
@@ -58,7 +58,7 @@ def _step_config(cfg: DictConfig, *, fast_rcnn: bool, freeze: bool, head_loss: f
 
 
 def _dump(checkpoint: Path, folder: Path, cfg: DictConfig) -> tuple[Path, Path]:
-    from dump_proposals import dump
+    from detector.cli.dump_proposals import dump
 
     files = []
     for split in ("train", "val"):
@@ -86,7 +86,7 @@ def _merge(out: Path, parts: list[tuple[Path, tuple[str, ...]]]) -> Path:
 
 def train_alternating(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     """Run the four steps under ``output_dir``; returns the final model's val metrics."""
-    from train import train
+    from detector.cli.train import train
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

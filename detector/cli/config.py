@@ -30,26 +30,43 @@ from detector.data import DetectionDataset
 from detector.engine.solver import scaled_lr
 from detector.engine.step import AMP_MODES, resolve_amp
 from detector.errors import CheckpointError, ConfigError, DatasetError, DetectorError
-from stored_config import DATASET_TARGETS, MODEL_TARGETS, check_stored_config, stored_config
+from detector.cli.stored_config import DATASET_TARGETS, MODEL_TARGETS, check_stored_config, stored_config
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+# The configs every command composes: the top-level configs/ of the checkout, which the package
+# reaches through the link detector/configs (and the wheel holds as a copy): one source of truth.
+CONFIG_DIR = str(PACKAGE_DIR / "configs")
 
-# ${scaled_lr:lr,batch,ref_batch,width,ref_width,exponent}: the solver's lr from a reference recipe
-# (detector.engine.scaled_lr: linear in the batch, a power of the width; see configs/solver/sgd.yaml).
-OmegaConf.register_new_resolver(
-    "scaled_lr",
-    lambda lr, batch, ref_batch, width, ref_width, exponent: scaled_lr(
-        reference_lr=float(lr), ims_per_batch=int(batch), reference_batch=int(ref_batch),
-        width=float(width), reference_width=float(ref_width), width_exponent=float(exponent),
-    ),
-    replace=True,
-)
-# ${fractions_of:n,[f, ...]}: the iterations at fractions f of n (the step schedule's milestones).
-OmegaConf.register_new_resolver(
-    "fractions_of", lambda n, fractions: [int(round(int(n) * float(f))) for f in fractions], replace=True
-)
-# ${repo_root:}: the checkout's root, so the embedded dataset lands in datasets/ whatever the cwd.
-OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
+
+def project_root() -> Path:
+    """Where ``datasets/`` and ``outputs/`` go: the checkout's root when the package runs from one,
+    else the current directory (an installed wheel has no checkout)."""
+    root = PACKAGE_DIR.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "configs").is_dir() else Path.cwd()
+
+
+REPO_ROOT = project_root()
+
+
+def register_resolvers() -> None:
+    """The interpolations the YAML files use; every command calls this before it reads a config."""
+    # ${scaled_lr:lr,batch,ref_batch,width,ref_width,exponent}: the solver's lr from a reference recipe
+    # (detector.engine.scaled_lr: linear in the batch, a power of the width; see configs/solver/sgd.yaml).
+    OmegaConf.register_new_resolver(
+        "scaled_lr",
+        lambda lr, batch, ref_batch, width, ref_width, exponent: scaled_lr(
+            reference_lr=float(lr), ims_per_batch=int(batch), reference_batch=int(ref_batch),
+            width=float(width), reference_width=float(ref_width), width_exponent=float(exponent),
+        ),
+        replace=True,
+    )
+    # ${fractions_of:n,[f, ...]}: the iterations at fractions f of n (the step schedule's milestones).
+    OmegaConf.register_new_resolver(
+        "fractions_of", lambda n, fractions: [int(round(int(n) * float(f))) for f in fractions], replace=True
+    )
+    # ${repo_root:}: the checkout's root (else the current directory), so the embedded dataset lands
+    # in datasets/ whatever the cwd.
+    OmegaConf.register_new_resolver("repo_root", lambda: str(project_root()), replace=True)
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -291,7 +308,7 @@ def model_from_checkpoint(
 def stored_model_config(path: Path, state: dict, *, trusted_targets: Sequence[str] = ()) -> dict:
     """The checkpoint's stored ``model`` config, checked to name only the framework's parts.
 
-    Refused with one line (the key and the value) before anything is built: see tools/stored_config.py.
+    Refused with one line (the key and the value) before anything is built: see detector/cli/stored_config.py.
     """
     stored = stored_config(state, source=path)
     check_stored_config(stored["model"], source=path, key="config.model", allowed=MODEL_TARGETS,
@@ -461,6 +478,7 @@ def run_cli(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     @functools.wraps(fn)
     def wrapper(cfg: DictConfig) -> Any:
         try:
+            register_resolvers()
             reject_added_keys()
             with warnings_to_log():
                 return fn(cfg)

@@ -1,0 +1,261 @@
+"""Evaluate one or more checkpoints on a dataset's val split and print their COCO metrics side by side.
+
+    python tools/eval.py checkpoints='[outputs/pool/model_final.pth,outputs/align/model_final.pth]'
+    python tools/eval.py checkpoints='[A.pth]' dataset=coco_json dataset.val.images=DIR \
+        dataset.val.annotations=FILE output_dir=outputs/eval_a
+
+Each model is rebuilt from the config stored in its checkpoint (so its pooler and options are the
+ones it was trained with). Per checkpoint, ``OUT/<i>_<name>/`` receives ``coco_results.json`` and
+``metrics.json`` and ``analysis.json``; ``OUT/comparison.json`` and ``OUT/comparison.md`` hold the
+table (COCO AP..APl, VOC07 11-point and VOC area mAP@0.5, mean IoU of true positives, images/s),
+``OUT/plots/`` the charts (AP against IoU threshold, per-class AP, precision/recall at 0.5 and 0.75,
+true-positive IoU histogram, AP by object size). ``OUT/eval.log`` keeps the log and the printed table,
+as ``train.log`` does for a training run.
+"""
+
+from __future__ import annotations
+
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, ListConfig
+
+from detector.cli.config import (
+    CONFIG_DIR, build_split, console_logging_for, model_from_checkpoint, report, run_cli, stored_model_config,
+)
+from detector.cli.help import run_command
+from detector.cli.stored_config import stored_config
+from detector.data import DetectionDataset, build_detection_loader
+from detector.engine import load_checkpoint
+from detector.errors import CheckpointError, ConfigError, DatasetError
+from detector.evaluation import METRIC_KEYS, COCOEvaluator, inference_on_dataset, make_cocoeval
+from detector.evaluation.analysis import analyze
+from detector.evaluation.coco_evaluator import summarize
+from detector.evaluation.plots import plot_all
+from detector.evaluation.proposal_recall import counted_ground_truth, proposal_recall
+from detector.evaluation.report import format_markdown, format_table, json_safe
+from detector.evaluation.voc import write_voc_results
+from detector.utils.env import resolve_device
+from detector.utils.io import atomic_write_json, atomic_write_text
+
+
+def describe_pooler(model_cfg: dict) -> str:
+    """A short label such as ``RoIAlign(s32, sr2, aligned)`` or ``RoIPool(s32)`` from a stored config."""
+    pooler = model_cfg["pooler"]
+    stride = model_cfg["backbone"]["stride"]
+    name = pooler["_target_"].rsplit(".", 1)[-1]
+    parts = [f"s{stride}"]
+    if name == "RoIAlign":
+        parts.append(f"sr{pooler['sampling_ratio']}")
+        parts.append("aligned" if pooler["aligned"] else "unaligned")
+        for key, default in (("reduction", "avg"), ("sample_layout", "centered")):
+            if pooler.get(key, default) != default:
+                parts.append(str(pooler[key]))
+    elif pooler.get("quantization", "round") != "round":
+        parts.append(str(pooler["quantization"]))
+    return f"{name}({', '.join(parts)})"
+
+
+def load_results_file(path: Path, dataset: DetectionDataset) -> list[dict]:
+    """COCO results of any detector, with ids mapped to ``dataset``'s (see :func:`match_results`)."""
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: results file not found") from None
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    if not isinstance(results, list):
+        raise DatasetError(f"{path}: expected a JSON list of detections (COCO results format)")
+    return match_results(results, dataset, source=str(path))
+
+
+def match_results(results: list, dataset: DetectionDataset, *, source: str) -> list[dict]:
+    """Map each detection's ``image_id`` and ``category_id`` onto the dataset's.
+
+    So that files from other tools work unchanged, ``image_id`` may be the dataset's image id or the
+    image's file name (with or without folders and extension, e.g. VOC's ``2007_000027``), and
+    ``category_id`` the dataset's category id or the class name. Anything that matches nothing is
+    one line naming the first unknown value.
+    """
+    images = dataset.coco.imgs
+    by_name: dict[str, int] = {}
+    for image_id, info in images.items():
+        name = Path(str(info["file_name"]))
+        for key in (str(info["file_name"]), name.name, name.stem):
+            by_name.setdefault(key, image_id)
+    cats = dataset.coco.cats
+    by_class = {str(c["name"]): cat_id for cat_id, c in cats.items()}
+    out = []
+    for i, r in enumerate(results):
+        if not isinstance(r, dict) or not {"image_id", "category_id", "bbox", "score"} <= r.keys():
+            raise DatasetError(f"{source}: detection {i} lacks image_id, category_id, bbox or score: {r!r:.120}")
+        image_id = _resolve(r["image_id"], images, by_name, f"{source}: detection {i} has image_id",
+                            f"an image id nor an image file name of {dataset.source}")
+        cat = _resolve(r["category_id"], cats, by_class, f"{source}: detection {i} has category_id",
+                       f"a category id nor a class name of {dataset.source} ({', '.join(dataset.class_names)})")
+        bbox, score = r["bbox"], r["score"]
+        if (not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox)
+                or not all(math.isfinite(v) for v in bbox) or bbox[2] < 0 or bbox[3] < 0):
+            raise DatasetError(
+                f"{source}: detection {i} has bbox {bbox!r:.80}; expected [x, y, width, height], four finite numbers "
+                f"with width, height >= 0 (COCO results format)"
+            )
+        if not _is_number(score) or not math.isfinite(score):
+            raise DatasetError(f"{source}: detection {i} has score {score!r:.40}; expected a finite number")
+        out.append({"image_id": int(image_id), "category_id": int(cat), "bbox": [float(v) for v in bbox],
+                    "score": float(score)})
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def evaluate(cfg: DictConfig) -> list[dict]:
+    checkpoints = list(_as_list(cfg.get("checkpoints"), "checkpoints"))
+    results_files = list(_as_list(cfg.get("results"), "results"))
+    if not checkpoints and not results_files:
+        raise ConfigError("nothing to evaluate: pass checkpoints='[A.pth,...]' and/or results='[A.json,...]'")
+    if results_files and cfg.get("dataset") is None:
+        raise ConfigError("results=... needs dataset=... (the ground truth the detections were made on)")
+    for key, minimum in (("batch_size", 1), ("num_workers", 0)):
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    console_logging_for(bool(cfg.progress))
+    output_dir = Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.output_dir)
+    device = resolve_device(cfg.device)
+    trusted = [str(t) for t in _as_list(cfg.get("trusted_targets"), "trusted_targets")]
+
+    # Read every checkpoint first: a mistake in the last one should not cost the first one's eval.
+    states = []
+    for path in checkpoints:
+        path = Path(str(path))
+        state = load_checkpoint(path)
+        stored = stored_config(state, source=path)
+        stored_model_config(path, state, trusted_targets=trusted)  # refused here, before anything is built
+        if cfg.get("dataset") is None and not isinstance((stored.get("dataset") or {}).get("val"), dict):
+            raise CheckpointError(f"{path} stores no val split; pass dataset=... to name the data to evaluate on")
+        states.append((path, state, stored))
+    if cfg.get("dataset") is None:
+        vals = {json.dumps(stored["dataset"]["val"], sort_keys=True) for _, _, stored in states}
+        if len(vals) > 1:
+            raise CheckpointError(
+                "the checkpoints were trained on different datasets; pass dataset=... to evaluate them all on one"
+            )
+    shared = build_split(cfg.dataset.val, what="dataset.val") if cfg.get("dataset") is not None else None
+
+    rows, analyses, notes = [], {}, []
+    entries = [("checkpoint", s) for s in states] + [("results", Path(str(p))) for p in results_files]
+    for i, (kind, entry) in enumerate(entries):
+        if kind == "checkpoint":
+            path, state, stored = entry
+            if stored["model"].get("rpn") is None:  # Fast R-CNN: the val split's proposal file
+                own = cfg.get("dataset") is not None
+                node = cfg.dataset.val if own else stored["dataset"]["val"]
+                if not node.get("proposals"):
+                    raise ConfigError(f"{path} is a Fast R-CNN: pass dataset.val.proposals=FILE (proposals for the val split)")
+                dataset = build_split(
+                    node, what="dataset.val" if own else "config.dataset.val", from_file=None if own else path,
+                    trusted_targets=trusted, proposal_topk=stored["model"].get("proposal_topk_test"),
+                )
+            else:
+                dataset = shared or build_split(
+                    stored["dataset"]["val"], what="config.dataset.val", from_file=path, trusted_targets=trusted
+                )
+            model, class_names = model_from_checkpoint(path, state, device, trusted_targets=trusted)
+            if class_names != list(dataset.class_names):
+                raise CheckpointError(
+                    f"{path} was trained on classes {class_names} but {dataset.source} has "
+                    f"{list(dataset.class_names)}"
+                )
+            label = ("Fast R-CNN " if stored["model"].get("rpn") is None else "") + describe_pooler(stored["model"])
+            name = f"{i}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', path.parent.name + '_' + path.stem)}"
+            loader = build_detection_loader(
+                dataset, batch_size=int(cfg.batch_size), shuffle=False, num_workers=int(cfg.num_workers)
+            )
+            evaluator = COCOEvaluator(
+                coco_gt=dataset.coco, label_to_cat_id=dataset.label_to_cat_id, output_dir=output_dir / name
+            )
+            metrics = inference_on_dataset(
+                model, loader, evaluator, device=device, progress=bool(cfg.progress), desc=name
+            )
+            coco_eval, results, speed = evaluator.coco_eval, evaluator.results, metrics.get("images_per_second")
+            extra = {"checkpoint": str(path), "pooler": label, "iteration": int(state.get("iteration", -1))}
+            if dataset.proposals is not None:
+                recall = proposal_recall(dataset.proposals, counted_ground_truth(dataset))
+                extra["proposals"] = {"file": dataset.proposals_file, **recall}
+                notes.append(f"{i}: proposals {dataset.proposals_file}: " + "  ".join(
+                    f"{k}={v:.3f}" for k, v in recall.items() if k.startswith(("recall@300", "AR"))))
+        else:
+            path, dataset = entry, shared
+            results = load_results_file(path, dataset)
+            name = f"{i}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', path.stem)}"
+            # Every image of the split is scored: an image the other tool found nothing in is a miss.
+            coco_eval = make_cocoeval(dataset.coco, results, img_ids=dataset.ids)
+            metrics, _ = summarize(coco_eval)
+            atomic_write_json(output_dir / name / "metrics.json", json_safe(metrics))
+            label, speed, extra = path.name, None, {"results": str(path)}
+        analysis = analyze(coco_eval, voc_protocol=str(cfg.voc_protocol))
+        atomic_write_json(output_dir / name / "analysis.json", json_safe(analysis))
+        if bool(cfg.voc_results):
+            written = write_voc_results(results, dataset, output_dir / name / "voc_results")
+            report(f"{name}: VOC devkit results files in {written}")
+        analyses[f"{i}: {label}"] = analysis
+        rows.append({
+            "model": label, "source": str(path), **extra,
+            **{k: metrics.get(k) for k in METRIC_KEYS},
+            "VOC07": analysis["VOC07_mAP50"], "VOC": analysis["VOC_mAP50"], "TP_IoU": analysis["mean_tp_iou"],
+            "images_per_second": speed,
+        })
+
+    atomic_write_json(output_dir / "comparison.json", json_safe(rows))
+    atomic_write_text(output_dir / "comparison.md", format_markdown(rows))
+    plots = plot_all(analyses, output_dir / "plots")
+    # On the console and in OUT/eval.log (as train.py's final metrics line is in train.log).
+    report(format_table(rows))
+    for line in notes:  # Fast R-CNN rows: the recall of the proposals they were given
+        report(line)
+    report(f"plots: {', '.join(str(p) for p in plots)}")
+    report(f"output: {output_dir}")
+    return rows
+
+
+def _resolve(value: Any, ids: Any, by_name: dict[str, int], where: str, what: str) -> int:
+    """The dataset's id for ``value``: itself when it is one, else the id of that name."""
+    if isinstance(value, int) and value in ids:
+        return value
+    if str(value) not in by_name:
+        raise DatasetError(f"{where} {value!r}, which is neither {what}")
+    return by_name[str(value)]
+
+
+def _as_list(value: Any, key: str) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, ListConfig)):
+        raise ConfigError(f"{key} must be a list of files, got {value!r}")
+    return list(value)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@run_cli
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+def run() -> None:
+    """The command line: ``python tools/<tool>.py ...`` and ``roilens <command> ...``."""
+    run_command(main, command="eval", config_name="eval", doc=__doc__)
+
+
+if __name__ == "__main__":
+    run()

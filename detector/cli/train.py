@@ -1,0 +1,352 @@
+"""Train a Faster R-CNN (or Fast R-CNN) detector.
+
+    python tools/train.py                                   # embedded synthetic dataset, CPU-sized
+    python tools/train.py model/pooler=roi_pool solver.max_iter=3000 output_dir=outputs/pool
+    python tools/train.py -m model/pooler=roi_pool,roi_align output_dir=outputs/sweep
+
+Everything a run writes goes under its output directory: the resolved ``config.yaml``, checkpoints
+(``model_final.pth``), ``tensorboard/`` scalars, ``train.log``, ``coco_results.json`` and
+``metrics.json`` of the final evaluation on ``dataset.val``.
+"""
+
+from __future__ import annotations
+
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+
+from detector.cli.config import (
+    CONFIG_DIR, amp_dtype, amp_mode, build_model, check_output_dir_free,
+    check_output_dir_writable, check_split, console_logging_for, instantiate_or_explain, report, run_cli, validate_train_config,
+)
+from detector.cli.help import run_command
+from detector.data import DetectionDataset, build_detection_loader, build_training_loader
+from detector.engine import (
+    NonFiniteError,
+    build_lr_scheduler,
+    check_finite,
+    remove_stale_temporaries,
+    load_finetune_weights,
+    read_weights_file,
+    build_optimizer,
+    find_last_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    train_loop,
+)
+from detector.engine.step import resolve_amp
+from detector.engine.distributed import (
+    all_gather_objects, barrier, broadcast_buffers, init_distributed, mean_over_ranks, replicas_agree,
+)
+from detector.errors import CheckpointError, ConfigError, DatasetError, DetectorError
+from detector.evaluation import METRIC_KEYS, COCOEvaluator, inference_on_dataset
+from detector.evaluation.visualize import draw_detections
+from detector.utils.env import resolve_device, rng_state, seed_all, set_rng_state
+from detector.utils.io import atomic_write_json, atomic_write_text
+
+
+def build_datasets(cfg: DictConfig) -> tuple[DetectionDataset, DetectionDataset]:
+    """The train split (with ``cfg.augmentation``) and the val split (no augmentation), from config.
+
+    Each split node names its dataset class or factory with ``_target_`` (``configs/dataset/``): COCO
+    JSON, VOC, YOLO or a generated set all build the same way. The classes come from the data.
+    """
+    augmentation = instantiate_or_explain(cfg.augmentation, what="augmentation")
+    train_extra, val_extra = proposal_options(cfg)
+    train_set = instantiate_or_explain(
+        cfg.dataset.train, what="dataset.train", transforms=augmentation, skip_empty=True, **train_extra
+    )
+    val_set = instantiate_or_explain(cfg.dataset.val, what="dataset.val", **val_extra)
+    check_split(val_set, "dataset.val", train_set)
+    if len(train_set) == 0:
+        raise DatasetError(f"{train_set.source}: no image with a usable box to train on (dataset.train)")
+    return train_set, val_set
+
+
+def proposal_options(cfg: DictConfig) -> tuple[dict, dict]:
+    """Fast R-CNN (a model without an RPN) reads each split's proposal file, top-k from the model config."""
+    if cfg.model.get("rpn", None) is not None:
+        for split in ("train", "val"):
+            if cfg.dataset[split].get("proposals"):
+                raise ConfigError(f"dataset.{split}.proposals is set but the model has an RPN; use model=fast_rcnn_vgg16")
+        return {}, {}
+    options = []
+    for split, topk in (("train", "proposal_topk_train"), ("val", "proposal_topk_test")):
+        if not cfg.dataset[split].get("proposals"):
+            raise ConfigError(
+                f"model=fast_rcnn_vgg16 needs dataset.{split}.proposals=FILE (proposals per image; "
+                f"tools/dump_proposals.py writes one from a Faster R-CNN checkpoint)"
+            )
+        options.append({"proposals": cfg.dataset[split].proposals, "proposal_topk": cfg.model.get(topk)})
+    return options[0], options[1]
+
+
+def finetune_from(model, path: str, class_names) -> None:
+    """``model.weights=PATH``: load what fits, map the predictor's rows by class name, log one block."""
+    try:
+        state_dict, checkpoint_classes = read_weights_file(path)
+        report = load_finetune_weights(
+            model, state_dict, source=path, checkpoint_classes=checkpoint_classes, model_classes=list(class_names)
+        )
+    except CheckpointError as e:
+        raise CheckpointError(f"model.weights: {e}") from None
+    # One block, on the console and in the run's log (the progress bar hides INFO lines).
+    logging.getLogger(__name__).warning("fine-tuning from %s:\n  %s", path, "\n  ".join(report.lines()))
+
+
+def check_resumable(state: dict, resolved: dict, path: Path) -> None:
+    """Resuming continues the same model on the same data: refuse anything else in one line."""
+    stored = state.get("config") or {}
+    if stored.get("model") != resolved["model"]:
+        raise ConfigError(
+            f"resume=true but the model config differs from the one stored in {path}; use a new "
+            f"output_dir to train a different model"
+        )
+    if int(state["iteration"]) > int(resolved["solver"]["max_iter"]):
+        raise ConfigError(
+            f"resume=true but {path} is already at iteration {state['iteration']} > "
+            f"solver.max_iter={resolved['solver']['max_iter']}"
+        )
+
+
+@torch.no_grad()
+def log_val_images(model, val_set, writer, step: int, device, count: int = 4) -> None:
+    """A few val images with ground truth (green) and detections (red) in TensorBoard."""
+    was_training = model.training
+    model.eval()
+    for i in range(min(count, len(val_set))):
+        image, target = val_set[i]
+        proposals = [target["proposals"].to(device)] if "proposals" in target else None  # Fast R-CNN
+        detection = model([image.to(device)], proposals=proposals)[0]
+        writer.add_image(f"val/detections_{i}", draw_detections(image, target, detection, val_set.class_names), step)
+    model.train(was_training)
+
+
+def run_directory(cfg: DictConfig) -> Path:
+    """Hydra's run or job directory; the config's output_dir when called in-process without Hydra."""
+    return Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.output_dir)
+
+
+def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
+    """Train with a composed config; returns the final metrics.
+
+    ``output_dir`` overrides the run directory (the alternating schedule runs one train per step).
+    """
+    validate_train_config(cfg)
+    console_logging_for(bool(cfg.progress))
+    output_dir = Path(output_dir) if output_dir is not None else run_directory(cfg)
+    check_output_dir_free(output_dir, resume=cfg.resume, overwrite=cfg.get("overwrite", False))
+    check_output_dir_writable(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    ddp, device = init_distributed(device)
+    if not ddp.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # one log: rank 0's
+    seed_all(int(cfg.seed))
+
+    if ddp.enabled and not ddp.is_main:
+        barrier()  # rank 0 draws a generated dataset first; the others then read it
+    train_set, val_set = build_datasets(cfg)
+    if ddp.enabled and ddp.is_main:
+        barrier()
+    started = time.perf_counter()  # after the (one-time) dataset generation
+    solver = cfg.solver
+    global_batch = int(solver.ims_per_batch)
+    if global_batch % ddp.world_size:
+        raise ConfigError(
+            f"solver.ims_per_batch={global_batch} is the global batch; it must be a multiple of the "
+            f"{ddp.world_size} processes"
+        )
+    if len(train_set) < solver.ims_per_batch:
+        raise DatasetError(
+            f"{train_set.source}: {len(train_set)} usable images, fewer than "
+            f"solver.ims_per_batch={solver.ims_per_batch}"
+        )
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+
+    log = logging.getLogger(__name__)
+    if int(solver.warmup_iters) >= int(solver.max_iter):
+        log.warning("solver.warmup_iters=%d >= solver.max_iter=%d: the whole run is warmup, the lr never reaches "
+                    "solver.base_lr", solver.warmup_iters, solver.max_iter)
+    weights = cfg.model.get("weights")
+    if weights and cfg.resume is True:
+        raise ConfigError(
+            "model.weights starts a new run from other weights and resume=true continues this one; "
+            "use one of them"
+        )
+    removed = remove_stale_temporaries(output_dir)
+    if removed:
+        log.warning("removed %d unfinished checkpoint write(s) left by a killed run: %s", len(removed), removed[0])
+    resume = cfg.resume
+    if resume not in (True, False, "auto"):
+        raise ConfigError(f"resume must be true, false or auto, got {resume!r}")
+    last = find_last_checkpoint(output_dir, fallback=True) if resume else None
+    if resume is True and last is None:
+        raise ConfigError(
+            f"resume=true but {output_dir} has no checkpoint to continue; resume=auto starts the run when there is none"
+        )
+    state = load_checkpoint(last) if last is not None else None
+    model_cfg = cfg.model
+    if state is not None:
+        check_resumable(state, resolved, last)
+        # The checkpoint brings every weight: do not load (or download) pretrained ones first.
+        model_cfg = model_cfg.copy()
+        model_cfg.backbone.weights = None
+    model = build_model(model_cfg, class_names=train_set.class_names)
+    if weights and state is None:
+        finetune_from(model, str(weights), train_set.class_names)
+    if cfg.model.get("sync_bn"):
+        if device.type != "cuda":
+            raise ConfigError("model.sync_bn=true needs CUDA (torch's SyncBatchNorm has no CPU kernel); on CPU leave it false")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    optimizer = build_optimizer(
+        model, base_lr=solver.base_lr, momentum=solver.momentum, weight_decay=solver.weight_decay
+    )
+    fresh_hyperparameters = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    # solver.amp: bf16 / fp16 autocast in the forward; fp16 also scales the loss (detector/engine/step.py).
+    amp = amp_dtype(cfg, device) if ddp.is_main else resolve_amp(amp_mode(cfg), device).dtype
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    start_iter = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])  # momentum buffers
+        for group, fresh in zip(optimizer.param_groups, fresh_hyperparameters):
+            group.update(fresh)  # lr, momentum, weight decay: from this run's config
+        start_iter = int(state["iteration"])
+        if scaler is not None and state.get("grad_scaler"):
+            scaler.load_state_dict(state["grad_scaler"])  # the loss scale and its growth counter
+    # The RPN's and RoI sampler's draws: rank r > 0 from seed + r (rank 0, and one process, continue
+    # the stream the model's initialisation drew from; DDP gives every rank rank 0's initial weights).
+    if ddp.rank > 0:
+        torch.manual_seed(int(cfg.seed) + ddp.rank)
+    if state is not None:
+        states = state.get("extra", {}).get("rng_per_rank") or []
+        if len(states) == ddp.world_size:
+            # Last: building the model drew from the RNG; the run continues the checkpoint's stream.
+            set_rng_state(states[ddp.rank])
+    # The schedule is always rebuilt from this run's config (a resumed run may extend max_iter) and
+    # fast-forwarded to start_iter; only the iteration count comes from the checkpoint.
+    scheduler = build_lr_scheduler(
+        optimizer, max_iter=solver.max_iter, warmup_iters=solver.warmup_iters,
+        warmup_factor=solver.warmup_factor, schedule=solver.schedule, steps=list(solver.steps),
+        gamma=solver.gamma, start_iter=start_iter,
+    )
+    if state is not None:
+        log.warning("resumed from %s at iteration %d", last, start_iter)  # console and train.log
+    if ddp.is_main:
+        atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    dataset_info = {
+        "class_names": list(train_set.class_names),
+        "label_to_cat_id": {int(k): int(v) for k, v in train_set.label_to_cat_id.items()},
+        "train_source": train_set.source,
+    }
+
+    # Batches are a function of (seed, sample position): a resumed run starts where the checkpoint
+    # stopped and sees exactly the batches the uninterrupted run saw (detector/data/sampler.py).
+    # With N processes, rank r takes every N-th sample of the same stream: the global batch of an
+    # iteration is the one a single process would draw.
+    loader = build_training_loader(
+        train_set, batch_size=global_batch // ddp.world_size, seed=int(cfg.seed), start=start_iter * global_batch,
+        num_workers=int(cfg.num_workers), rank=ddp.rank, world_size=ddp.world_size,
+    )
+    # Evaluation is sharded the same way; the predictions are gathered before scoring.
+    val_shard = val_set if not ddp.enabled else torch.utils.data.Subset(val_set, range(ddp.rank, len(val_set), ddp.world_size))
+    val_loader = build_detection_loader(
+        val_shard, batch_size=int(solver.ims_per_batch), shuffle=False, num_workers=int(cfg.num_workers)
+    )
+    train_model = model
+    if ddp.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
+
+    def checkpoint(it: int) -> Path:
+        name = "model_final.pth" if it == solver.max_iter else f"model_{it:07d}.pth"
+        broadcast_buffers(model)  # rank 0's BatchNorm statistics are the model's (DDP's rule)
+        bad = check_finite(model)
+        if bad:
+            # Never let last_checkpoint name poisoned weights: a resume would fail on them again.
+            raise NonFiniteError(
+                f"iteration {it}: {len(bad)} weight tensor(s) are not finite ({', '.join(bad[:3])}); {name} not "
+                f"written, last good checkpoint: {find_last_checkpoint(output_dir) or 'none'}; lower solver.base_lr"
+            )
+        rng_per_rank = all_gather_objects(rng_state())  # every rank's stream, for an exact resume
+        if ddp.is_main:  # the unwrapped model: no "module." prefix, readable by eval and fine-tuning
+            save_checkpoint(
+                output_dir / name, model=model, optimizer=optimizer, scheduler=scheduler, grad_scaler=scaler, iteration=it,
+                config=resolved, extra={"dataset": dataset_info, "rng_per_rank": rng_per_rank},
+                keep_last=int(cfg.checkpoint_keep_last),
+            )
+        barrier()
+        return output_dir / name
+
+    writer = SummaryWriter(log_dir=str(output_dir / "tensorboard")) if ddp.is_main else None
+
+    def evaluate(it: int) -> dict[str, float]:
+        final = it == solver.max_iter
+        broadcast_buffers(model)  # every shard scored by the one model a checkpoint holds
+        evaluator = COCOEvaluator(
+            coco_gt=val_set.coco, label_to_cat_id=val_set.label_to_cat_id,
+            output_dir=(output_dir if final else output_dir / "eval" / f"iter_{it:07d}") if ddp.is_main else None,
+            gather=all_gather_objects if ddp.enabled else None,
+        )
+        metrics = inference_on_dataset(
+            model, val_loader, evaluator, device=device, progress=bool(cfg.progress) and ddp.is_main
+        )
+        if writer is not None:
+            log_val_images(model, val_set, writer, it, device)
+        return metrics
+
+    with writer if writer is not None else contextlib.nullcontext():
+        summary = train_loop(
+            model=train_model, data_loader=loader, optimizer=optimizer, scheduler=scheduler,
+            max_iter=int(solver.max_iter), device=device, start_iter=start_iter,
+            clip_grad_norm=float(solver.clip_grad_norm), log_period=int(cfg.log_period),
+            checkpoint_period=int(cfg.checkpoint_period), eval_period=int(cfg.eval_period),
+            save_checkpoint=checkpoint, evaluate=evaluate, writer=writer, progress=bool(cfg.progress) and ddp.is_main,
+            nonfinite=str(solver.nonfinite), max_nonfinite_skips=int(solver.max_nonfinite_skips),
+            reduce=(lambda v: mean_over_ranks(v, device)) if ddp.enabled else None, amp_dtype=amp, scaler=scaler,
+        )
+    if ddp.enabled:
+        broadcast_buffers(model)
+        if not replicas_agree(model):
+            raise DetectorError(f"the {ddp.world_size} replicas ended with different weights; this is a bug, please report it")
+        log.info("DDP: the %d replicas hold identical weights at the end of training", ddp.world_size)
+    metrics = {k: summary[k] for k in METRIC_KEYS if k in summary}
+    if ddp.is_main:
+        # Wall time of model building, training and the final evaluation (benchmarks/ablate.py reads it).
+        atomic_write_json(output_dir / "timing.json", {"total_seconds": round(time.perf_counter() - started, 2)})
+        report(f"output: {output_dir}")
+        report("val " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))  # console and train.log
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@run_cli
+def main(cfg: DictConfig) -> float:
+    # Returning a float makes the value visible to Hydra sweepers (e.g. Optuna) as the objective.
+    if cfg.training == "alternating":
+        from detector.cli.alternating import train_alternating
+
+        return train_alternating(cfg, run_directory(cfg)).get("AP50", float("nan"))
+    if cfg.training != "joint":
+        raise ConfigError(f"training must be joint or alternating, got {cfg.training!r}")
+    return train(cfg).get("AP50", float("nan"))
+
+
+def run() -> None:
+    """The command line: ``python tools/<tool>.py ...`` and ``roilens <command> ...``."""
+    run_command(main, command="train", config_name="train", doc=__doc__)
+
+
+if __name__ == "__main__":
+    run()
