@@ -7,19 +7,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+# Dataset files in other tools' formats (VOC, YOLO, COCO), written by tests/fixtures/formats/make_fixtures.py.
+FORMATS = ROOT / "tests" / "fixtures" / "formats"
 
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"{SHARED} (the shared fixtures folder) is absent")
-    return SHARED
 
 
 def compose_config(name: str = "train", overrides: list[str] | None = None):

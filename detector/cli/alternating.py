@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from detector.cli.config import build_split, model_from_checkpoint, report
 from detector.cli.stored_config import targets_in
 from detector.data import build_detection_loader
-from detector.engine import load_checkpoint, save_checkpoint
+from detector.engine import TrainState, load_checkpoint, save_checkpoint
 from detector.evaluation import COCOEvaluator, inference_on_dataset
 from detector.utils.env import resolve_device
 
@@ -124,7 +124,7 @@ def train_alternating(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     with_model = copy.deepcopy(final_state["extra"])
     final = save_checkpoint(
-        output_dir / "model_final.pth", model=_Weights(weights), iteration=int(cfg.solver.max_iter),
+        output_dir / "model_final.pth", TrainState(model=_Weights(weights), iteration=int(cfg.solver.max_iter)),
         config=resolved, extra={**with_model, "alternating": {k: str(d) for k, d in dirs.items()}},
     )
     return _evaluate(final, cfg, output_dir)

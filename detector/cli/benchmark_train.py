@@ -4,7 +4,7 @@
     python tools/benchmark.py train --rounds 12 --device cuda --amp bf16
 
 Both detectors are built from one config (``configs/train.yaml`` + overrides): ours with
-``tools/config_utils.build_model``; torchvision's ``FasterRCNN`` around a copy of *our* backbone
+``detector.cli.config.build_model``; torchvision's ``FasterRCNN`` around a copy of *our* backbone
 module (VGG16-BN, same width, stride 32, same weights), with torchvision's ``AnchorGenerator``
 (same sizes and aspect ratios), ``RPNHead``, ``TwoMLPHead`` and ``FastRCNNPredictor`` of the same
 sizes, and the same image size, RPN top-k / NMS / sampling, RoIs per image and IoU thresholds, all

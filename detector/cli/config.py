@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from detector.data import DetectionDataset
+from detector.engine.checkpoint import checkpoint_class_names
 from detector.engine.solver import scaled_lr
 from detector.engine.step import AMP_MODES, resolve_amp
 from detector.errors import CheckpointError, ConfigError, DatasetError, DetectorError
@@ -281,11 +282,9 @@ def model_from_checkpoint(
     the user's own parts named on the command line).
     """
     model_cfg = stored_model_config(path, state, trusted_targets=trusted_targets)
-    class_names = state.get("extra", {}).get("dataset", {}).get("class_names", []) if isinstance(
-        state.get("extra"), dict) else []
-    if not isinstance(class_names, list) or not class_names or not all(isinstance(n, str) for n in class_names):
-        raise CheckpointError(f"{path} stores no class names; it was not written by tools/train.py")
-    class_names = list(class_names)
+    class_names = checkpoint_class_names(state)
+    if class_names is None:
+        raise CheckpointError(f"{path} stores no class names; it was not written by roilens train")
     try:
         model_cfg["backbone"]["weights"] = None  # the checkpoint brings every weight: load nothing first
         model = build_model(model_cfg, class_names=class_names)

@@ -51,7 +51,7 @@ MODEL_TARGETS = frozenset({
 
 # Dataset splits, as configs/dataset/**.yaml name them. The generators are listed because a split
 # drawn by one is read through it; a split rebuilt from a file is only read, never (re)generated
-# (see ``build_split(..., from_file=...)`` in config_utils).
+# (see ``build_split(..., from_file=...)`` in detector/cli/config.py).
 DATASET_TARGETS = frozenset({
     "detector.data.CocoDetection",
     "detector.data.VOCDetection",

@@ -30,17 +30,9 @@ from detector.cli.config import (
 from detector.cli.help import run_command
 from detector.data import DetectionDataset, build_detection_loader, build_training_loader
 from detector.engine import (
-    NonFiniteError,
-    build_lr_scheduler,
-    check_finite,
-    remove_stale_temporaries,
-    load_finetune_weights,
-    read_weights_file,
-    build_optimizer,
-    find_last_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    train_loop,
+    MetricLogger, NonFiniteError, PeriodicCheckpointer, PeriodicEvaluator, StepOptions, TrainState, build_lr_scheduler,
+    build_optimizer, check_finite, find_last_checkpoint, load_finetune_weights, read_weights_file,
+    remove_stale_temporaries, resume_or_load, save_checkpoint, train_loop,
 )
 from detector.engine.step import resolve_amp
 from detector.engine.distributed import (
@@ -51,6 +43,8 @@ from detector.evaluation import METRIC_KEYS, COCOEvaluator, inference_on_dataset
 from detector.evaluation.visualize import draw_detections
 from detector.utils.env import resolve_device, rng_state, seed_all, set_rng_state
 from detector.utils.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 
 def build_datasets(cfg: DictConfig) -> tuple[DetectionDataset, DetectionDataset]:
@@ -140,194 +134,210 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
 
     ``output_dir`` overrides the run directory (the alternating schedule runs one train per step).
     """
+    # 1. Validate the config and the run folder before anything is written.
     validate_train_config(cfg)
     console_logging_for(bool(cfg.progress))
     output_dir = Path(output_dir) if output_dir is not None else run_directory(cfg)
     check_output_dir_free(output_dir, resume=cfg.resume, overwrite=cfg.get("overwrite", False))
     check_output_dir_writable(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    ddp, device = init_distributed(device)
+    ddp, device = init_distributed(resolve_device(cfg.device))
     if not ddp.is_main:
         logging.getLogger().setLevel(logging.WARNING)  # one log: rank 0's
     seed_all(int(cfg.seed))
 
+    # 2. The data (rank 0 draws a generated dataset first; the others then read it).
     if ddp.enabled and not ddp.is_main:
-        barrier()  # rank 0 draws a generated dataset first; the others then read it
+        barrier()
     train_set, val_set = build_datasets(cfg)
     if ddp.enabled and ddp.is_main:
         barrier()
     started = time.perf_counter()  # after the (one-time) dataset generation
-    solver = cfg.solver
-    global_batch = int(solver.ims_per_batch)
-    if global_batch % ddp.world_size:
-        raise ConfigError(
-            f"solver.ims_per_batch={global_batch} is the global batch; it must be a multiple of the "
-            f"{ddp.world_size} processes"
-        )
-    if len(train_set) < solver.ims_per_batch:
-        raise DatasetError(
-            f"{train_set.source}: {len(train_set)} usable images, fewer than "
-            f"solver.ims_per_batch={solver.ims_per_batch}"
-        )
+    check_batch(cfg, ddp.world_size, train_set)
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
-    log = logging.getLogger(__name__)
-    if int(solver.warmup_iters) >= int(solver.max_iter):
-        log.warning("solver.warmup_iters=%d >= solver.max_iter=%d: the whole run is warmup, the lr never reaches "
-                    "solver.base_lr", solver.warmup_iters, solver.max_iter)
-    weights = cfg.model.get("weights")
-    if weights and cfg.resume is True:
-        raise ConfigError(
-            "model.weights starts a new run from other weights and resume=true continues this one; "
-            "use one of them"
-        )
+    # 3. Resume or start: the checkpoint to continue (if any), then the model, optimizer and schedule.
     removed = remove_stale_temporaries(output_dir)
     if removed:
         log.warning("removed %d unfinished checkpoint write(s) left by a killed run: %s", len(removed), removed[0])
-    resume = cfg.resume
-    if resume not in (True, False, "auto"):
-        raise ConfigError(f"resume must be true, false or auto, got {resume!r}")
-    last = find_last_checkpoint(output_dir, fallback=True) if resume else None
-    if resume is True and last is None:
-        raise ConfigError(
-            f"resume=true but {output_dir} has no checkpoint to continue; resume=auto starts the run when there is none"
-        )
-    state = load_checkpoint(last) if last is not None else None
-    model_cfg = cfg.model
-    if state is not None:
-        check_resumable(state, resolved, last)
-        # The checkpoint brings every weight: do not load (or download) pretrained ones first.
-        model_cfg = model_cfg.copy()
-        model_cfg.backbone.weights = None
-    model = build_model(model_cfg, class_names=train_set.class_names)
-    if weights and state is None:
-        finetune_from(model, str(weights), train_set.class_names)
-    if cfg.model.get("sync_bn"):
-        if device.type != "cuda":
-            raise ConfigError("model.sync_bn=true needs CUDA (torch's SyncBatchNorm has no CPU kernel); on CPU leave it false")
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    optimizer = build_optimizer(
-        model, base_lr=solver.base_lr, momentum=solver.momentum, weight_decay=solver.weight_decay
-    )
-    fresh_hyperparameters = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    # solver.amp: bf16 / fp16 autocast in the forward; fp16 also scales the loss (detector/engine/step.py).
-    amp = amp_dtype(cfg, device) if ddp.is_main else resolve_amp(amp_mode(cfg), device).dtype
-    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
-    start_iter = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])  # momentum buffers
-        for group, fresh in zip(optimizer.param_groups, fresh_hyperparameters):
-            group.update(fresh)  # lr, momentum, weight decay: from this run's config
-        start_iter = int(state["iteration"])
-        if scaler is not None and state.get("grad_scaler"):
-            scaler.load_state_dict(state["grad_scaler"])  # the loss scale and its growth counter
-    # The RPN's and RoI sampler's draws: rank r > 0 from seed + r (rank 0, and one process, continue
-    # the stream the model's initialisation drew from; DDP gives every rank rank 0's initial weights).
-    if ddp.rank > 0:
-        torch.manual_seed(int(cfg.seed) + ddp.rank)
-    if state is not None:
-        states = state.get("extra", {}).get("rng_per_rank") or []
-        if len(states) == ddp.world_size:
-            # Last: building the model drew from the RNG; the run continues the checkpoint's stream.
-            set_rng_state(states[ddp.rank])
-    # The schedule is always rebuilt from this run's config (a resumed run may extend max_iter) and
-    # fast-forwarded to start_iter; only the iteration count comes from the checkpoint.
-    scheduler = build_lr_scheduler(
-        optimizer, max_iter=solver.max_iter, warmup_iters=solver.warmup_iters,
-        warmup_factor=solver.warmup_factor, schedule=solver.schedule, steps=list(solver.steps),
-        gamma=solver.gamma, start_iter=start_iter,
-    )
-    if state is not None:
-        log.warning("resumed from %s at iteration %d", last, start_iter)  # console and train.log
+    last, checkpoint = resume_or_load(output_dir, resume=cfg.resume)
+    if checkpoint is not None:
+        check_resumable(checkpoint, resolved, last)
+    state, amp = build_state(cfg, ddp, device, train_set, checkpoint)
+    if checkpoint is not None:
+        log.warning("resumed from %s at iteration %d", last, state.iteration)  # console and train.log
     if ddp.is_main:
         atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
-    dataset_info = {
-        "class_names": list(train_set.class_names),
-        "label_to_cat_id": {int(k): int(v) for k, v in train_set.label_to_cat_id.items()},
-        "train_source": train_set.source,
-    }
 
-    # Batches are a function of (seed, sample position): a resumed run starts where the checkpoint
-    # stopped and sees exactly the batches the uninterrupted run saw (detector/data/sampler.py).
-    # With N processes, rank r takes every N-th sample of the same stream: the global batch of an
-    # iteration is the one a single process would draw.
+    # 4. The training stream: a function of (seed, sample position), so a resumed run sees exactly
+    # the uninterrupted run's batches; rank r of N takes every N-th sample (detector/data/sampler.py).
     loader = build_training_loader(
-        train_set, batch_size=global_batch // ddp.world_size, seed=int(cfg.seed), start=start_iter * global_batch,
-        num_workers=int(cfg.num_workers), rank=ddp.rank, world_size=ddp.world_size,
+        train_set, batch_size=int(cfg.solver.ims_per_batch) // ddp.world_size, seed=int(cfg.seed),
+        start=state.iteration * int(cfg.solver.ims_per_batch), num_workers=int(cfg.num_workers), rank=ddp.rank,
+        world_size=ddp.world_size,
     )
-    # Evaluation is sharded the same way; the predictions are gathered before scoring.
-    val_shard = val_set if not ddp.enabled else torch.utils.data.Subset(val_set, range(ddp.rank, len(val_set), ddp.world_size))
-    val_loader = build_detection_loader(
-        val_shard, batch_size=int(solver.ims_per_batch), shuffle=False, num_workers=int(cfg.num_workers)
-    )
-    train_model = model
+    train_model = state.model
     if ddp.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None
+            state.model, device_ids=[device] if device.type == "cuda" else None
         )
 
-    def checkpoint(it: int) -> Path:
-        name = "model_final.pth" if it == solver.max_iter else f"model_{it:07d}.pth"
-        broadcast_buffers(model)  # rank 0's BatchNorm statistics are the model's (DDP's rule)
-        bad = check_finite(model)
-        if bad:
-            # Never let last_checkpoint name poisoned weights: a resume would fail on them again.
-            raise NonFiniteError(
-                f"iteration {it}: {len(bad)} weight tensor(s) are not finite ({', '.join(bad[:3])}); {name} not "
-                f"written, last good checkpoint: {find_last_checkpoint(output_dir) or 'none'}; lower solver.base_lr"
-            )
-        rng_per_rank = all_gather_objects(rng_state())  # every rank's stream, for an exact resume
-        if ddp.is_main:  # the unwrapped model: no "module." prefix, readable by eval and fine-tuning
-            save_checkpoint(
-                output_dir / name, model=model, optimizer=optimizer, scheduler=scheduler, grad_scaler=scaler, iteration=it,
-                config=resolved, extra={"dataset": dataset_info, "rng_per_rank": rng_per_rank},
-                keep_last=int(cfg.checkpoint_keep_last),
-            )
-        barrier()
-        return output_dir / name
-
+    # 5. The hooks, then the loop.
     writer = SummaryWriter(log_dir=str(output_dir / "tensorboard")) if ddp.is_main else None
-
-    def evaluate(it: int) -> dict[str, float]:
-        final = it == solver.max_iter
-        broadcast_buffers(model)  # every shard scored by the one model a checkpoint holds
-        evaluator = COCOEvaluator(
-            coco_gt=val_set.coco, label_to_cat_id=val_set.label_to_cat_id,
-            output_dir=(output_dir if final else output_dir / "eval" / f"iter_{it:07d}") if ddp.is_main else None,
-            gather=all_gather_objects if ddp.enabled else None,
-        )
-        metrics = inference_on_dataset(
-            model, val_loader, evaluator, device=device, progress=bool(cfg.progress) and ddp.is_main
-        )
-        if writer is not None:
-            log_val_images(model, val_set, writer, it, device)
-        return metrics
-
+    save = RunCheckpoints(cfg, ddp, state, output_dir, resolved=resolved, train_set=train_set)
+    evaluate = RunEvaluation(cfg, ddp, state.model, val_set, output_dir, device=device, writer=writer)
+    hooks = [
+        MetricLogger(period=int(cfg.log_period), writer=writer, progress=bool(cfg.progress) and ddp.is_main),
+        PeriodicCheckpointer(period=int(cfg.checkpoint_period), save=save),
+        PeriodicEvaluator(period=int(cfg.eval_period), evaluate=evaluate, writer=writer),
+    ]
+    options = StepOptions(
+        clip_grad_norm=float(cfg.solver.clip_grad_norm), nonfinite=str(cfg.solver.nonfinite),
+        max_nonfinite_skips=int(cfg.solver.max_nonfinite_skips), amp_dtype=amp,
+        reduce=(lambda v: mean_over_ranks(v, device)) if ddp.enabled else None,
+    )
     with writer if writer is not None else contextlib.nullcontext():
-        summary = train_loop(
-            model=train_model, data_loader=loader, optimizer=optimizer, scheduler=scheduler,
-            max_iter=int(solver.max_iter), device=device, start_iter=start_iter,
-            clip_grad_norm=float(solver.clip_grad_norm), log_period=int(cfg.log_period),
-            checkpoint_period=int(cfg.checkpoint_period), eval_period=int(cfg.eval_period),
-            save_checkpoint=checkpoint, evaluate=evaluate, writer=writer, progress=bool(cfg.progress) and ddp.is_main,
-            nonfinite=str(solver.nonfinite), max_nonfinite_skips=int(solver.max_nonfinite_skips),
-            reduce=(lambda v: mean_over_ranks(v, device)) if ddp.enabled else None, amp_dtype=amp, scaler=scaler,
-        )
+        loop = train_loop(model=train_model, state=state, data_loader=loader, max_iter=int(cfg.solver.max_iter),
+                          device=device, options=options, hooks=hooks)
+
+    # 6. The replicas agree; the final metrics and the run's wall time.
     if ddp.enabled:
-        broadcast_buffers(model)
-        if not replicas_agree(model):
+        broadcast_buffers(state.model)
+        if not replicas_agree(state.model):
             raise DetectorError(f"the {ddp.world_size} replicas ended with different weights; this is a bug, please report it")
         log.info("DDP: the %d replicas hold identical weights at the end of training", ddp.world_size)
-    metrics = {k: summary[k] for k in METRIC_KEYS if k in summary}
+    metrics = {k: loop.metrics[k] for k in METRIC_KEYS if k in loop.metrics}
     if ddp.is_main:
         # Wall time of model building, training and the final evaluation (benchmarks/ablate.py reads it).
         atomic_write_json(output_dir / "timing.json", {"total_seconds": round(time.perf_counter() - started, 2)})
         report(f"output: {output_dir}")
         report("val " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))  # console and train.log
     return metrics
+
+
+
+def check_batch(cfg: DictConfig, world_size: int, train_set: DetectionDataset) -> None:
+    """The global batch divides over the processes and fits the data; a warmup longer than the run is said."""
+    solver = cfg.solver
+    if int(solver.ims_per_batch) % world_size:
+        raise ConfigError(
+            f"solver.ims_per_batch={solver.ims_per_batch} is the global batch; it must be a multiple of the "
+            f"{world_size} processes"
+        )
+    if len(train_set) < solver.ims_per_batch:
+        raise DatasetError(
+            f"{train_set.source}: {len(train_set)} usable images, fewer than solver.ims_per_batch={solver.ims_per_batch}"
+        )
+    if int(solver.warmup_iters) >= int(solver.max_iter):
+        log.warning("solver.warmup_iters=%d >= solver.max_iter=%d: the whole run is warmup, the lr never reaches "
+                    "solver.base_lr", solver.warmup_iters, solver.max_iter)
+    if cfg.model.get("weights") and cfg.resume is True:
+        raise ConfigError(
+            "model.weights starts a new run from other weights and resume=true continues this one; use one of them"
+        )
+
+
+def build_state(cfg: DictConfig, ddp, device: torch.device, train_set: DetectionDataset,
+                checkpoint: dict | None) -> tuple[TrainState, torch.dtype | None]:
+    """The model (fresh, fine-tuned or resumed), optimizer, schedule and loss scaler; and the autocast dtype."""
+    solver, model_cfg = cfg.solver, cfg.model
+    if checkpoint is not None:
+        # The checkpoint brings every weight: do not load (or download) pretrained ones first.
+        model_cfg = model_cfg.copy()
+        model_cfg.backbone.weights = None
+    model = build_model(model_cfg, class_names=train_set.class_names)
+    if cfg.model.get("weights") and checkpoint is None:
+        finetune_from(model, str(cfg.model.weights), train_set.class_names)
+    if cfg.model.get("sync_bn"):
+        if device.type != "cuda":
+            raise ConfigError("model.sync_bn=true needs CUDA (torch's SyncBatchNorm has no CPU kernel); on CPU leave it false")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    optimizer = build_optimizer(model, base_lr=solver.base_lr, momentum=solver.momentum, weight_decay=solver.weight_decay)
+    # solver.amp: bf16 / fp16 autocast in the forward; fp16 also scales the loss (detector/engine/step.py).
+    amp = amp_dtype(cfg, device) if ddp.is_main else resolve_amp(amp_mode(cfg), device).dtype
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    state = TrainState(model=model, optimizer=optimizer, scaler=scaler)
+    if checkpoint is not None:
+        state.load_state_dict(checkpoint)
+    # The RPN's and RoI sampler's draws not tied to a sample: rank r > 0 from seed + r (rank 0, and one
+    # process, continue the stream the model's initialisation drew from; DDP gives every rank rank 0's
+    # initial weights).
+    if ddp.rank > 0:
+        torch.manual_seed(int(cfg.seed) + ddp.rank)
+    if checkpoint is not None:
+        states = checkpoint.get("extra", {}).get("rng_per_rank") or []
+        if len(states) == ddp.world_size:
+            # Last: building the model drew from the RNG; the run continues the checkpoint's stream.
+            set_rng_state(states[ddp.rank])
+    # The schedule is always rebuilt from this run's config (a resumed run may extend max_iter) and
+    # fast-forwarded to the checkpoint's iteration.
+    state.scheduler = build_lr_scheduler(
+        optimizer, max_iter=solver.max_iter, warmup_iters=solver.warmup_iters, warmup_factor=solver.warmup_factor,
+        schedule=solver.schedule, steps=list(solver.steps), gamma=solver.gamma, start_iter=state.iteration,
+    )
+    return state, amp
+
+
+class RunCheckpoints:
+    """``save(iteration) -> path``: the checkpoint of this run (rank 0 writes; every rank's RNG inside)."""
+
+    def __init__(self, cfg: DictConfig, ddp, state: TrainState, output_dir: Path, *, resolved: dict,
+                 train_set: DetectionDataset) -> None:
+        self.cfg, self.ddp, self.state, self.output_dir, self.resolved = cfg, ddp, state, output_dir, resolved
+        self.dataset_info = {
+            "class_names": list(train_set.class_names),
+            "label_to_cat_id": {int(k): int(v) for k, v in train_set.label_to_cat_id.items()},
+            "train_source": train_set.source,
+        }
+
+    def __call__(self, it: int) -> Path:
+        name = "model_final.pth" if it == self.cfg.solver.max_iter else f"model_{it:07d}.pth"
+        broadcast_buffers(self.state.model)  # rank 0's BatchNorm statistics are the model's (DDP's rule)
+        bad = check_finite(self.state.model)
+        if bad:
+            # Never let last_checkpoint name poisoned weights: a resume would fail on them again.
+            raise NonFiniteError(
+                f"iteration {it}: {len(bad)} weight tensor(s) are not finite ({', '.join(bad[:3])}); {name} not "
+                f"written, last good checkpoint: {find_last_checkpoint(self.output_dir) or 'none'}; lower solver.base_lr"
+            )
+        rng_per_rank = all_gather_objects(rng_state())  # every rank's stream, for an exact resume
+        if self.ddp.is_main:  # the unwrapped model: no "module." prefix, readable by eval and fine-tuning
+            save_checkpoint(
+                self.output_dir / name, self.state, config=self.resolved,
+                extra={"dataset": self.dataset_info, "rng_per_rank": rng_per_rank},
+                keep_last=int(self.cfg.checkpoint_keep_last),
+            )
+        barrier()
+        return self.output_dir / name
+
+
+class RunEvaluation:
+    """``evaluate(iteration) -> metrics`` on the val split, sharded over the ranks and gathered on rank 0."""
+
+    def __init__(self, cfg: DictConfig, ddp, model, val_set: DetectionDataset, output_dir: Path, *,
+                 device: torch.device, writer) -> None:
+        self.cfg, self.ddp, self.model, self.val_set = cfg, ddp, model, val_set
+        self.output_dir, self.device, self.writer = output_dir, device, writer
+        shard = val_set if not ddp.enabled else torch.utils.data.Subset(val_set, range(ddp.rank, len(val_set), ddp.world_size))
+        self.loader = build_detection_loader(
+            shard, batch_size=int(cfg.solver.ims_per_batch), shuffle=False, num_workers=int(cfg.num_workers)
+        )
+
+    def __call__(self, it: int) -> dict[str, float]:
+        final = it == self.cfg.solver.max_iter
+        broadcast_buffers(self.model)  # every shard scored by the one model a checkpoint holds
+        evaluator = COCOEvaluator(
+            coco_gt=self.val_set.coco, label_to_cat_id=self.val_set.label_to_cat_id,
+            output_dir=(self.output_dir if final else self.output_dir / "eval" / f"iter_{it:07d}") if self.ddp.is_main else None,
+            gather=all_gather_objects if self.ddp.enabled else None,
+        )
+        metrics = inference_on_dataset(
+            self.model, self.loader, evaluator, device=self.device, progress=bool(self.cfg.progress) and self.ddp.is_main
+        )
+        if self.writer is not None:
+            log_val_images(self.model, self.val_set, self.writer, it, self.device)
+        return metrics
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

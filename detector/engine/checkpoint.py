@@ -1,8 +1,13 @@
-"""Checkpoints: model, optimizer, scheduler (and float16 GradScaler), iteration and the resolved config,
-written atomically.
+"""Checkpoints: one schema, written here and nowhere else, atomically.
 
-A checkpoint is self-describing: ``tools/eval.py`` rebuilds the model (pooler included) from the
-``config`` stored inside it, so comparing RoIPool with RoIAlign needs only the checkpoint files.
+    {"format": CHECKPOINT_FORMAT,
+     "model", "optimizer", "scheduler", "grad_scaler", "iteration"   # TrainState.state_dict()
+     "config": the run's resolved config (plain dict),
+     "extra": {"dataset": {"class_names", "label_to_cat_id", "train_source"}, "rng_per_rank": [...], ...}}
+
+A checkpoint is self-describing: ``roilens eval`` rebuilds the model (pooler included) from the
+``config`` stored inside it, so comparing RoIPool with RoIAlign needs only the checkpoint files. It is
+read with ``torch.load(weights_only=True)``: tensors and plain types, never code.
 """
 
 from __future__ import annotations
@@ -13,22 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from detector.errors import CheckpointError
+from detector.engine.state import TrainState
+from detector.errors import CheckpointError, ConfigError
 from detector.utils.io import atomic_torch_save, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
+# The schema's version, written into every checkpoint; a reader can tell what it holds.
+CHECKPOINT_FORMAT = 1
+
 
 def save_checkpoint(
     path: str | Path,
+    state: TrainState,
     *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: Any = None,
-    grad_scaler: torch.amp.GradScaler | None = None,
-    iteration: int,
     config: dict | None = None,
     extra: dict | None = None,
     keep_last: int = 0,
@@ -40,16 +44,8 @@ def save_checkpoint(
     stores its scale and growth counter, plain floats and ints that ``weights_only`` loading accepts.
     """
     path = Path(path)
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else None,
-        "iteration": int(iteration),
-        "config": config,
-        "extra": extra or {},
-    }
-    atomic_torch_save(state, path)
+    record = {"format": CHECKPOINT_FORMAT, **state.state_dict(), "config": config, "extra": extra or {}}
+    atomic_torch_save(record, path)
     atomic_write_text(path.parent / "last_checkpoint", path.name + "\n")
     prune_checkpoints(path.parent, keep_last)
     return path
@@ -108,6 +104,32 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
+def checkpoint_class_names(state: Any) -> list[str] | None:
+    """The class names a checkpoint stores (``extra.dataset.class_names``), or None when it holds none."""
+    extra = state.get("extra") if isinstance(state, dict) else None
+    dataset = extra.get("dataset") if isinstance(extra, dict) else None
+    names = dataset.get("class_names") if isinstance(dataset, dict) else None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return None
+    return list(names)
+
+
+def resume_or_load(output_dir: str | Path, *, resume: Any) -> tuple[Path | None, dict | None]:
+    """The checkpoint a run continues from: ``(path, state)``, or ``(None, None)`` for a new run.
+
+    ``resume``: False (start; the caller refuses a finished run's folder), True (continue; an error
+    when there is nothing to continue) or ``"auto"`` (continue if there is a checkpoint, else start).
+    """
+    if resume not in (True, False, "auto"):
+        raise ConfigError(f"resume must be true, false or auto, got {resume!r}")
+    last = find_last_checkpoint(output_dir, fallback=True) if resume else None
+    if resume is True and last is None:
+        raise ConfigError(
+            f"resume=true but {output_dir} has no checkpoint to continue; resume=auto starts the run when there is none"
+        )
+    return (last, load_checkpoint(last)) if last is not None else (None, None)
+
+
 def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
     """Weights to fine-tune from: a checkpoint of this framework, or a plain state dict.
 
@@ -125,10 +147,7 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], list[s
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     state = _torch_load(path)
-    classes = None
-    if isinstance(state, dict) and isinstance(state.get("extra"), dict):
-        names = state["extra"].get("dataset", {}).get("class_names")
-        classes = [str(n) for n in names] if names else None
+    classes = checkpoint_class_names(state)
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

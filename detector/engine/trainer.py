@@ -1,13 +1,13 @@
-"""The training loop: one explicit function, with a few hooks (checkpoint, evaluate, log).
+"""The training loop: one explicit function; what happens around the step is hooks (``hooks.py``).
 
 No trainer class hierarchy to subclass: to change what happens every iteration, read this function
-and pass a different hook (STYLE.md rule 7, after nanoGPT's train.py).
+and pass a different hook (after nanoGPT's train.py and detectron2's hooks).
 
 Per iteration: fetch a batch, run :func:`detector.engine.step.train_step` (forward, loss, backward,
 clip, optimizer step; a non-finite loss stops the run or skips the step; optionally under bfloat16 or
-float16 autocast), step the lr schedule.
-Every ``log_period`` iterations the running-mean losses and the lr go to TensorBoard; the progress
-bar shows the ETA and the running losses all the time.
+float16 autocast), step the lr schedule, then every hook's ``after_step`` (logging, periodic
+checkpoints and evaluations). After the last step, every hook's ``after_train`` (the final checkpoint,
+then the final evaluation).
 
 SIGINT (Ctrl-C) and SIGTERM (a cluster's preemption) do not kill a step half-way: the loop finishes
 the current iteration, writes a checkpoint and raises :class:`TrainingInterrupted` (one line; exit
@@ -20,16 +20,16 @@ import logging
 import math
 import signal
 import threading
-import time
 import warnings
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from detector.engine.hooks import Hook, LoopInfo
+from detector.engine.state import TrainState
 from detector.engine.step import NonFiniteError, train_step
 from detector.errors import DetectorError
 
@@ -103,157 +103,103 @@ def _to_device(images, targets, device):
     return images, targets
 
 
+@dataclass(frozen=True)
+class StepOptions:
+    """How each step runs (:func:`detector.engine.step.train_step`)."""
+
+    clip_grad_norm: float = 0.0
+    nonfinite: str = "stop"             # stop | skip (a non-finite loss)
+    max_nonfinite_skips: int = 10       # skip: more of them than this end the run
+    amp_dtype: torch.dtype | None = None  # bfloat16 / float16 autocast (state.scaler for float16)
+    # Averages the logged numbers over data-parallel ranks (the losses, and the stop flag of a
+    # signal, so that every rank stops at the same iteration); None in one process.
+    reduce: Callable[[dict[str, float]], dict[str, float]] | None = None
+
+
 def train_loop(
     *,
     model: nn.Module,
+    state: TrainState,
     data_loader: Iterable,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
     max_iter: int,
     device: torch.device,
-    start_iter: int = 0,
-    clip_grad_norm: float = 0.0,
-    log_period: int = 20,
-    checkpoint_period: int = 0,
-    eval_period: int = 0,
-    save_checkpoint: Callable[[int], Any] | None = None,
-    evaluate: Callable[[int], dict[str, float]] | None = None,
-    writer: Any = None,
-    progress: bool = True,
-    nonfinite: str = "stop",
-    max_nonfinite_skips: int = 10,
-    reduce: Callable[[dict[str, float]], dict[str, float]] | None = None,
-    amp_dtype: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-) -> dict[str, float]:
-    """Train ``model`` from ``start_iter`` to ``max_iter``.
+    options: StepOptions = StepOptions(),
+    hooks: Sequence[Hook] = (),
+) -> LoopInfo:
+    """Train from ``state.iteration`` to ``max_iter``; the hooks do the rest (see module doc).
 
     Args:
-        save_checkpoint: called with the number of finished iterations every ``checkpoint_period``
-            iterations, at the end, and when a signal stops the run; returns the file written.
-        nonfinite: ``stop`` (a non-finite loss ends the run with one line naming the iteration, the
-            loss terms and the last checkpoint) or ``skip`` (the step is dropped and counted; more
-            than ``max_nonfinite_skips`` of them end the run).
-        reduce: Averages logged numbers over data-parallel ranks (losses, and the stop flag of a
-            signal, so that every rank stops at the same iteration).
-        evaluate: called likewise every ``eval_period`` iterations (0 = only at the end); returns
-            metrics, which are logged to TensorBoard under ``val/``.
-        writer: a ``torch.utils.tensorboard.SummaryWriter`` (or None).
-        amp_dtype, scaler: mixed precision, passed to :func:`~detector.engine.step.train_step`
-            (bfloat16 or float16 autocast; the GradScaler of a float16 run). ``save_checkpoint``
-            should store the scaler's state for an exact resume.
+        model: the module to run, ``state.model`` or its DistributedDataParallel wrapper.
+        state: optimizer, schedule, scaler and iteration; updated in place.
 
     Returns:
-        The running-mean losses over the last ``log_period`` iterations, plus the last metrics.
+        The loop's :class:`~detector.engine.hooks.LoopInfo` at the end (``metrics``: the final evaluation's).
     """
     model.train()
-    running: dict[str, list[float]] = defaultdict(list)
-    summary: dict[str, float] = {}
+    loop = LoopInfo(state=state, max_iter=int(max_iter), start_iter=int(state.iteration))
     batches = _forever(data_loader)
-    t0 = time.perf_counter()
-    skipped = 0
-    last_saved: Any = None
-    bar = tqdm(total=max_iter, initial=start_iter, disable=not progress, desc="train", dynamic_ncols=True)
-    with _StopSignals() as signals:
-        for it in range(start_iter, max_iter):
-            images, targets = next(batches)
-            images, targets = _to_device(images, targets, device)
-            lr = optimizer.param_groups[0]["lr"]  # the lr this iteration uses (logged below)
-            try:
-                # The signal flag rides along with the losses: one all-reduce, one decision for all ranks.
-                flag = {"_signal": float(signals.received or 0)}
-                values, applied = train_step(
-                    model, images, targets, optimizer, iteration=it, clip_grad_norm=clip_grad_norm, nonfinite=nonfinite,
-                    reduce=(lambda v: reduce({**v, **flag})) if reduce is not None else None,
-                    amp_dtype=amp_dtype, scaler=scaler,
-                )
-                if values.pop("_signal", 0.0) > 0 and signals.received is None:
-                    signals.received = signal.SIGTERM  # another rank was told to stop
-            except NonFiniteError as e:
-                raise NonFiniteError(f"{e}; last good checkpoint: {last_saved or 'none written yet'}") from None
-            with warnings.catch_warnings():
-                # A GradScaler that skips an overflowing fp16 step skips optimizer.step(), and torch
-                # then warns that the schedule moved first; the schedule is meant to move (it counts
-                # iterations, like the log), so that warning says nothing here.
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
-                scheduler.step()
-            done = it + 1
-            if not applied:
-                skipped += 1
-                logger.warning("iteration %d: non-finite loss %s, step skipped (%d so far)", done,
-                               {k: v for k, v in values.items() if not math.isfinite(v)}, skipped)
-                if writer is not None:
-                    writer.add_scalar("train/nonfinite_skips", skipped, done)
-                if skipped > max_nonfinite_skips:
-                    raise NonFiniteError(
-                        f"iteration {done}: {skipped} non-finite steps skipped, more than "
-                        f"solver.max_nonfinite_skips={max_nonfinite_skips}; last good checkpoint: {last_saved or 'none'}"
+    try:
+        with _StopSignals() as signals:
+            for it in range(loop.start_iter, loop.max_iter):
+                images, targets = _to_device(*next(batches), device)
+                loop.lr = state.optimizer.param_groups[0]["lr"]  # the lr this iteration uses (logged)
+                try:
+                    # The signal flag rides along with the losses: one all-reduce, one decision for all ranks.
+                    flag = {"_signal": float(signals.received or 0)}
+                    loop.values, loop.applied = train_step(
+                        model, images, targets, state.optimizer, iteration=it, clip_grad_norm=options.clip_grad_norm,
+                        nonfinite=options.nonfinite, amp_dtype=options.amp_dtype, scaler=state.scaler,
+                        reduce=(lambda v: options.reduce({**v, **flag})) if options.reduce is not None else None,
                     )
-            else:
-                for k, v in values.items():
-                    running[k].append(v)
-            if running and (done % log_period == 0 or done == max_iter):
-                summary = {k: sum(v[-log_period:]) / len(v[-log_period:]) for k, v in running.items()}
-                running = defaultdict(list, {k: v[-log_period:] for k, v in running.items()})
-                if writer is not None:
-                    for k, v in summary.items():
-                        writer.add_scalar(f"train/{k}", v, done)
-                    writer.add_scalar("train/lr", lr, done)
-                elapsed = time.perf_counter() - t0
-                eta = elapsed / (done - start_iter) * (max_iter - done)
-                logger.info(
-                    "iter %d/%d  lr %.5f  %s  (%.2f s/it, eta %s)", done, max_iter, lr,
-                    "  ".join(f"{k} {v:.4f}" for k, v in summary.items()), elapsed / (done - start_iter), _fmt_seconds(eta),
-                )
-                bar.set_postfix(
-                    {"loss": f"{summary['loss']:.3f}", "lr": f"{lr:.4f}"}
-                    | {k.replace("loss_", ""): f"{v:.3f}" for k, v in summary.items() if k != "loss"}
-                )
-            bar.update(1)
-
-            if signals.received is not None:
-                bar.close()
-                path = save_checkpoint(done) if save_checkpoint is not None else None
-                name = signal.Signals(signals.received).name
-                raise TrainingInterrupted(
-                    f"{name} at iteration {done}/{max_iter}: "
-                    + (f"checkpoint {path} written; resume=true continues the run" if path else "nothing saved"),
-                    signals.received,
-                )
-            if save_checkpoint is not None and checkpoint_period > 0 and done % checkpoint_period == 0 and done != max_iter:
-                last_saved = save_checkpoint(done)
-            if evaluate is not None and eval_period > 0 and done % eval_period == 0 and done != max_iter:
-                _log_metrics(evaluate(done), writer, done)
-                model.train()
-    bar.close()
-
-    final = save_checkpoint(max_iter) if save_checkpoint is not None else None
-    if evaluate is not None:
-        try:
-            with _StopSignals(immediate=True):
-                metrics = evaluate(max_iter)
-        except (_Stopped, KeyboardInterrupt) as stop:
-            signum = stop.signum if isinstance(stop, _Stopped) else signal.SIGINT
-            raise TrainingInterrupted(
-                f"{signal.Signals(signum).name} during the final evaluation: training is complete"
-                + (f" ({final} written); resume=true runs the evaluation" if final else ""),
-                signum,
-            ) from None
-        summary.update(_log_metrics(metrics, writer, max_iter))
-    return summary
+                    if loop.values.pop("_signal", 0.0) > 0 and signals.received is None:
+                        signals.received = signal.SIGTERM  # another rank was told to stop
+                except NonFiniteError as e:
+                    raise NonFiniteError(f"{e}; last good checkpoint: {loop.last_checkpoint or 'none written yet'}") from None
+                with warnings.catch_warnings():
+                    # A GradScaler that skips an overflowing fp16 step skips optimizer.step(), and torch
+                    # then warns that the schedule moved first; the schedule is meant to move (it counts
+                    # iterations, like the log), so that warning says nothing here.
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                    state.scheduler.step()
+                loop.done = state.iteration = it + 1
+                if not loop.applied:
+                    loop.skipped += 1
+                    logger.warning("iteration %d: non-finite loss %s, step skipped (%d so far)", loop.done,
+                                   {k: v for k, v in loop.values.items() if not math.isfinite(v)}, loop.skipped)
+                    if loop.skipped > options.max_nonfinite_skips:
+                        raise NonFiniteError(
+                            f"iteration {loop.done}: {loop.skipped} non-finite steps skipped, more than "
+                            f"solver.max_nonfinite_skips={options.max_nonfinite_skips}; last good checkpoint: "
+                            f"{loop.last_checkpoint or 'none'}"
+                        )
+                if signals.received is not None:
+                    _stop(loop, hooks, signals.received)
+                for hook in hooks:
+                    hook.after_step(loop)
+                model.train()  # an evaluation hook left the model in eval mode
+    finally:
+        for hook in hooks:
+            hook.close()
+    try:
+        with _StopSignals(immediate=True):
+            for hook in hooks:  # in order: the final checkpoint, then the final evaluation
+                hook.after_train(loop)
+    except (_Stopped, KeyboardInterrupt) as stop:
+        signum = stop.signum if isinstance(stop, _Stopped) else signal.SIGINT
+        final = loop.last_checkpoint if loop.last_checkpoint and loop.last_checkpoint.name == "model_final.pth" else None
+        raise TrainingInterrupted(
+            f"{signal.Signals(signum).name} during the final evaluation: training is complete"
+            + (f" ({final} written); resume=true runs the evaluation" if final else ""),
+            signum,
+        ) from None
+    return loop
 
 
-def _fmt_seconds(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m // 60:d}:{m % 60:02d}:{s:02d}"
-
-
-def _log_metrics(metrics: dict[str, float], writer: Any, step: int) -> dict[str, float]:
-    logger.info("eval at iter %d: %s", step, "  ".join(
-        f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-    if writer is not None:
-        for k, v in metrics.items():
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                writer.add_scalar(f"val/{k}", v, step)
-        writer.flush()
-    return metrics
+def _stop(loop: LoopInfo, hooks: Sequence[Hook], signum: int) -> None:
+    """A signal arrived: the step is finished; let the hooks log and save, then stop with one line."""
+    written = [p for p in (hook.on_stop(loop) for hook in hooks) if p is not None]
+    raise TrainingInterrupted(
+        f"{signal.Signals(signum).name} at iteration {loop.done}/{loop.max_iter}: "
+        + (f"checkpoint {written[-1]} written; resume=true continues the run" if written else "nothing saved"),
+        signum,
+    )

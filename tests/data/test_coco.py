@@ -16,10 +16,7 @@ from detector.data import CocoDetection, build_train_augmentation
 from detector.errors import DatasetError
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO.parent / "shared" / "fixtures"
-needs_fixtures = pytest.mark.skipif(
-    not FIXTURES.is_dir(), reason=f"shared fixtures not found at {FIXTURES} (../shared/fixtures)"
-)
+from conftest import FORMATS as FIXTURES  # noqa: E402
 
 
 def _write_coco(root: Path, images: list[dict], annotations: list[dict], categories: list[dict]) -> Path:
@@ -219,9 +216,8 @@ def test_missing_paths_raise(simple, tmp_path):
         CocoDetection(images=images_dir, annotations=tmp_path / "none.json")
 
 
-@needs_fixtures
 def test_coco_sample_edge_cases(tmp_path):
-    """mmyolo's coco_sample.json: crowd, ignore, zero-size boxes, an unlisted category, image id 0."""
+    """coco_sample.json: crowd, ignore, zero-size boxes, an unlisted category, image id 0."""
     ann_file = FIXTURES / "coco_sample.json"
     for im in json.loads(ann_file.read_text())["images"]:  # the fixture has no images: make blank ones
         Image.new("RGB", (im["width"], im["height"])).save(tmp_path / im["file_name"])
@@ -233,35 +229,34 @@ def test_coco_sample_edge_cases(tmp_path):
     assert "coco_sample.json" in messages[0] and "category_id not in 'categories' (e.g. 3)" in messages[0]
     assert "3 dropped" in messages[0] and "zero or negative size" in messages[0]
 
-    assert ds.class_names == ("bus", "car") and ds.ids == [0, 1, 2, 3]
+    assert ds.class_names == ("tram", "van") and ds.ids == [0, 1, 2, 3]
     targets = {ds[i][1]["image_id"]: ds[i][1] for i in range(len(ds))}
-    # Image 0: the crowd "car" is dropped. Image 1: the ignored box, the zero-width box and the box of
-    # the unlisted category 3 are dropped. Image 2 has no annotations. Image 3: a 10x10 box whose
+    # Image 0: the crowd "van" is dropped. Image 1: the ignored box, the zero-width box and the box of
+    # the unlisted category 3 are dropped. Image 2 has no annotations. Image 3: a 12 x 8 box whose
     # "area" says 0 is kept (the box is what matters); the 1 x 0.1 box is dropped.
-    assert targets[0]["boxes"].tolist() == [[0, 0, 20, 20]] and targets[0]["labels"].tolist() == [1]
-    assert targets[1]["boxes"].tolist() == [[0, 0, 20, 20]] and targets[1]["labels"].tolist() == [1]
+    assert targets[0]["boxes"].tolist() == [[5, 5, 35, 30]] and targets[0]["labels"].tolist() == [1]
+    assert targets[1]["boxes"].tolist() == [[2, 3, 42, 43]] and targets[1]["labels"].tolist() == [1]
     assert targets[2]["boxes"].shape == (0, 4) and targets[2]["labels"].shape == (0,)
-    assert targets[3]["boxes"].tolist() == [[0, 0, 10, 10]] and targets[3]["orig_size"] == (20, 30)
+    assert targets[3]["boxes"].tolist() == [[1, 1, 13, 9]] and targets[3]["labels"].tolist() == [2]
+    assert targets[3]["orig_size"] == (20, 30)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert CocoDetection(images=tmp_path, annotations=ann_file, skip_empty=True).ids == [0, 1, 3]
 
 
-@needs_fixtures
 def test_coco_small_with_real_images():
     ann_file = FIXTURES / "coco_small" / "gt_dataset.json"
     ds = CocoDetection(images=FIXTURES / "coco_small", annotations=ann_file)
     coco = json.loads(ann_file.read_text())
-    assert ds.class_names == ("cloud", "heart", "arrow", "star") and len(ds) == 3
+    assert ds.class_names == ("kite", "boat", "cone", "star") and len(ds) == 3
     for i in range(len(ds)):
         image, target = ds[i]
-        assert image.shape == (3, 256, 256) and 0.0 <= image.min() and image.max() <= 1.0
+        assert image.shape == (3, 128, 128) and 0.0 <= image.min() and image.max() <= 1.0
         anns = [a for a in coco["annotations"] if a["image_id"] == target["image_id"]]
         assert target["boxes"].tolist() == [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
         assert target["labels"].tolist() == [a["category_id"] for a in anns]
 
 
-@needs_fixtures
 def test_real_jpeg_photo(tmp_path):
     shutil.copy(FIXTURES / "color.jpg", tmp_path / "color.jpg")
     with Image.open(tmp_path / "color.jpg") as pil:

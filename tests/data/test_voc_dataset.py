@@ -1,4 +1,4 @@
-"""Pascal VOC: the shared devkit fixture, coordinates, class lists, difficult objects, bad input."""
+"""Pascal VOC: the devkit fixture (tests/fixtures/formats), coordinates, class lists, difficult objects, bad input."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from PIL import Image
 from detector.data import VOC_CLASSES, VOCDetection
 from detector.errors import DatasetError
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
-needs_fixtures = pytest.mark.skipif(not (FIXTURES / "VOCdevkit").is_dir(), reason="../shared/fixtures/VOCdevkit absent")
+from conftest import FORMATS as FIXTURES
 
 
 def _xml(objects: list[tuple[str, tuple[int, int, int, int], int]], size=(60, 40)) -> str:
@@ -35,24 +34,23 @@ def make_devkit(root: Path, year: str, images: dict[str, list], image_set: str =
     return root
 
 
-@needs_fixtures
 def test_fixture_devkits_two_years_one_based_boxes_and_ids_from_imagesets():
     ds = VOCDetection(root=FIXTURES / "VOCdevkit", sets=["2007/trainval", "2012/trainval"])
     assert ds.class_names == VOC_CLASSES and len(ds) == 2
     _, t07 = ds[0]
-    # dog 48,240,195,371 and person 8,12,352,498 (1-based inclusive) -> (x1 - 1, y1 - 1, x2, y2).
-    assert t07["boxes"].tolist() == [[47, 239, 195, 371], [7, 11, 352, 498]]
-    assert t07["labels"].tolist() == [VOC_CLASSES.index("dog") + 1, VOC_CLASSES.index("person") + 1]
-    assert t07["orig_size"] == (500, 353)
-    # The VOC2012 XML names 000002.jpg; the image comes from its ImageSets id (000001).
-    assert ds.coco.imgs[2]["file_name"] == "VOC2012/JPEGImages/000001.jpg"
+    # cat 31,41,150,160 and person 160,20,290,195 (1-based inclusive) -> (x1 - 1, y1 - 1, x2, y2); the
+    # difficult person is ground truth, not a target.
+    assert t07["boxes"].tolist() == [[30, 40, 150, 160], [159, 19, 290, 195]]
+    assert t07["labels"].tolist() == [VOC_CLASSES.index("cat") + 1, VOC_CLASSES.index("person") + 1]
+    assert t07["orig_size"] == (200, 300)
+    # The VOC2012 XML names wrong_name.jpg; the image comes from its ImageSets id (000007).
+    assert ds.coco.imgs[2]["file_name"] == "VOC2012/JPEGImages/000007.jpg"
     assert ds[1][1]["labels"].tolist() == [VOC_CLASSES.index("train") + 1]
 
 
-@needs_fixtures
 def test_class_names_from_xml_are_sorted():
     ds = VOCDetection(root=FIXTURES / "VOCdevkit", sets=["2007/trainval", "2012/trainval"], class_names="from_xml")
-    assert ds.class_names == ("dog", "person", "train")
+    assert ds.class_names == ("cat", "person", "train")
 
 
 def test_difficult_objects_are_ground_truth_but_not_targets(tmp_path):

@@ -1,4 +1,4 @@
-"""YOLO (Ultralytics layout): the shared fixture, polygons, split forms, names forms, bad input."""
+"""YOLO (Ultralytics layout): the fixture (tests/fixtures/formats), polygons, split forms, names forms, bad input."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from detector.data import YOLODetection
 from detector.data.yolo import label_path
 from detector.errors import DatasetError
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
-needs_fixtures = pytest.mark.skipif(not (FIXTURES / "yolo").is_dir(), reason="../shared/fixtures/yolo absent")
+from conftest import FORMATS as FIXTURES
 
 
 def make_yolo(root: Path, labels: dict[str, str], data: str | None = None, size=(100, 50)) -> Path:
@@ -27,19 +26,19 @@ def make_yolo(root: Path, labels: dict[str, str], data: str | None = None, size=
     return root / "data.yaml"
 
 
-@needs_fixtures
 def test_fixture_boxes_polygons_empty_and_missing_label_files():
     ds = YOLODetection(data=FIXTURES / "yolo" / "data.yaml", split="train")
-    assert ds.class_names == ("person", "bicycle", "traffic light")
+    assert ds.class_names == ("boat", "kite", "traffic cone")
     assert ds.label_to_cat_id == {1: 0, 2: 1, 3: 2}  # category ids = YOLO class indices
     by_name = {Path(ds.coco.imgs[ds[i][1]["image_id"]]["file_name"]).name: ds[i][1] for i in range(len(ds))}
     assert set(by_name) == {"a.jpg", "b.jpg", "c.jpg", "d.png"}
-    b = by_name["b.jpg"]["boxes"]  # 256 x 144: a box line, then a polygon line (box x .1-.4, y .2-.6)
-    assert b[1].tolist() == pytest.approx([0.1 * 256, 0.2 * 144, 0.4 * 256, 0.6 * 144])
-    assert b[0].tolist() == pytest.approx([0.2 * 256, 0.2 * 144, 0.4 * 256, 0.4 * 144])
+    b = by_name["b.jpg"]  # 200 x 100: a box line, then a polygon line (its box x .05-.3, y .1-.5)
+    assert b["boxes"][1].tolist() == pytest.approx([0.05 * 200, 0.1 * 100, 0.3 * 200, 0.5 * 100])
+    assert b["boxes"][0].tolist() == pytest.approx([0.4 * 200, 0.3 * 100, 0.6 * 200, 0.7 * 100])
+    assert b["labels"].tolist() == [2, 1]  # class 1, then class 0 (labels are class index + 1)
     assert by_name["c.jpg"]["boxes"].shape == (0, 4) and by_name["d.png"]["boxes"].shape == (0, 4)
     image, _ = ds[[Path(ds.coco.imgs[i]["file_name"]).name for i in ds.ids].index("d.png")]
-    assert image.shape == (3, 144, 256)  # the grayscale PNG comes out RGB
+    assert image.shape == (3, 100, 200)  # the grayscale PNG comes out RGB
     val = YOLODetection(data=FIXTURES / "yolo" / "data.yaml", split="val")
     assert len(val) == 1 and val[0][1]["labels"].tolist() == [3]
 

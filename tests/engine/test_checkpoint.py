@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from detector.engine.state import TrainState
 from detector.engine import find_last_checkpoint, load_checkpoint, save_checkpoint
 from detector.errors import CheckpointError
 
@@ -10,7 +11,7 @@ def test_round_trip_and_last_checkpoint(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
-    path = save_checkpoint(tmp_path / "model_0000010.pth", model=model, optimizer=opt, iteration=10, config={"a": 1})
+    path = save_checkpoint(tmp_path / "model_0000010.pth", TrainState(model=model, optimizer=opt, iteration=10), config={"a": 1})
     assert find_last_checkpoint(tmp_path) == path
     state = load_checkpoint(path)
     assert state["iteration"] == 10 and state["config"] == {"a": 1}
@@ -22,7 +23,7 @@ def test_round_trip_and_last_checkpoint(tmp_path):
 
 def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     model = torch.nn.Linear(3, 2)
-    path = save_checkpoint(tmp_path / "model_final.pth", model=model, iteration=1)
+    path = save_checkpoint(tmp_path / "model_final.pth", TrainState(model=model, iteration=1))
     before = path.read_bytes()
 
     def boom(*a, **k):
@@ -30,7 +31,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(OSError):
-        save_checkpoint(path, model=torch.nn.Linear(3, 2), iteration=2)
+        save_checkpoint(path, TrainState(model=torch.nn.Linear(3, 2), iteration=2))
     assert path.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 

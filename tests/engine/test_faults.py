@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_MODEL, compose_config
+from detector.engine.state import TrainState
 from detector.engine import (
-    NonFiniteError, build_lr_scheduler, find_last_checkpoint, load_checkpoint, remove_stale_temporaries,
+    NonFiniteError, PeriodicCheckpointer, StepOptions, build_lr_scheduler, find_last_checkpoint, load_checkpoint, remove_stale_temporaries,
     save_checkpoint, train_loop,
 )
 from detector.errors import CheckpointError, ConfigError
@@ -53,12 +54,14 @@ class Flaky(torch.nn.Module):
         return {"loss_roi_cls": self.w * (math.nan if self.calls in self.bad else 1.0)}
 
 
-def _loop(model, max_iter, **kwargs):
+def _loop(model, max_iter, save=None, checkpoint_period=0, scaler=None, **options):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = build_lr_scheduler(opt, max_iter=max_iter, warmup_iters=0, warmup_factor=1.0, schedule="step", steps=[])
     loader = [([torch.zeros(3, 8, 8)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])]
-    return train_loop(model=model, data_loader=loader, optimizer=opt, scheduler=sched, max_iter=max_iter,
-                      device=torch.device("cpu"), progress=False, **kwargs)
+    hooks = [PeriodicCheckpointer(period=checkpoint_period, save=save)] if save is not None else []
+    state = TrainState(model=model, optimizer=opt, scheduler=sched, scaler=scaler)
+    return train_loop(model=model, state=state, data_loader=loader,
+                      max_iter=max_iter, device=torch.device("cpu"), options=StepOptions(**options), hooks=hooks)
 
 
 def test_skip_policy_drops_counts_and_stops_after_the_limit():
@@ -77,7 +80,7 @@ def test_stop_names_the_last_good_checkpoint(tmp_path):
         return saved[-1]
 
     with pytest.raises(NonFiniteError, match=r"iteration 3: loss_roi_cls=nan .*last good checkpoint: .*model_2\.pth"):
-        _loop(Flaky(bad={3}), 5, save_checkpoint=save, checkpoint_period=2)
+        _loop(Flaky(bad={3}), 5, save=save, checkpoint_period=2)
 
 
 def test_a_diverging_run_never_leaves_a_poisoned_last_checkpoint(tmp_path):
@@ -94,7 +97,7 @@ def test_a_diverging_run_never_leaves_a_poisoned_last_checkpoint(tmp_path):
 def test_missing_last_checkpoint_falls_back_or_stops(tmp_path):
     model = torch.nn.Linear(2, 2)
     for it in (2, 4):
-        save_checkpoint(tmp_path / f"model_{it:07d}.pth", model=model, iteration=it)
+        save_checkpoint(tmp_path / f"model_{it:07d}.pth", TrainState(model=model, iteration=it))
     (tmp_path / "last_checkpoint").write_text("model_0000006.pth\n")
     assert find_last_checkpoint(tmp_path, fallback=True).name == "model_0000004.pth"
     (tmp_path / "model_0000004.pth").write_bytes(b"truncated")
@@ -123,7 +126,7 @@ def test_keep_last_prunes_only_after_the_new_checkpoint(tmp_path):
 
 def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     model = torch.nn.Linear(2, 2)
-    save_checkpoint(tmp_path / "model_0000001.pth", model=model, iteration=1)
+    save_checkpoint(tmp_path / "model_0000001.pth", TrainState(model=model, iteration=1))
     real_fsync = os.fsync
 
     def full_disk(fd):
@@ -131,10 +134,10 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", full_disk)
     with pytest.raises(CheckpointError, match=r"cannot write .*model_0000002\.pth: No space left on device"):
-        save_checkpoint(tmp_path / "model_0000002.pth", model=model, iteration=2)
+        save_checkpoint(tmp_path / "model_0000002.pth", TrainState(model=model, iteration=2))
     monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(tmp_path / "model_0000003.pth", model=model, iteration=3)
+        save_checkpoint(tmp_path / "model_0000003.pth", TrainState(model=model, iteration=3))
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert find_last_checkpoint(tmp_path).name == "model_0000001.pth"
     assert load_checkpoint(tmp_path / "model_0000001.pth")["iteration"] == 1

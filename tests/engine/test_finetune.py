@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
+from detector.engine.state import TrainState
 from detector.engine import load_finetune_weights, read_weights_file, save_checkpoint
 from detector.errors import CheckpointError
 
@@ -55,7 +56,7 @@ def test_without_class_names_mismatched_shapes_are_reinitialised_and_listed():
 
 def test_read_weights_file_forms(tmp_path):
     model = tiny_model(class_names=["a", "b"])
-    save_checkpoint(tmp_path / "ckpt.pth", model=model, iteration=3, config={"x": 1},
+    save_checkpoint(tmp_path / "ckpt.pth", TrainState(model=model, iteration=3), config={"x": 1},
                     extra={"dataset": {"class_names": ["a", "b"]}})
     weights, classes = read_weights_file(tmp_path / "ckpt.pth")
     assert classes == ["a", "b"] and set(weights) == set(model.state_dict())

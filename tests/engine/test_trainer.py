@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_model
 from detector.data import CocoDetection, build_detection_loader, build_train_augmentation, generate_synthetic_coco
-from detector.engine import build_lr_scheduler, build_optimizer, train_loop
+from detector.engine import MetricLogger, TrainState, build_lr_scheduler, build_optimizer, train_loop
 from detector.utils.env import seed_all
 
 
@@ -38,8 +38,8 @@ def run(split, seed, iters=3):
     sched = build_lr_scheduler(opt, max_iter=iters, warmup_iters=1, warmup_factor=0.1)
     loader = build_detection_loader(dataset, batch_size=2, shuffle=True, num_workers=0, seed=seed)
     writer = RecordingWriter()
-    train_loop(model=model, data_loader=loader, optimizer=opt, scheduler=sched, max_iter=iters,
-               device=torch.device("cpu"), log_period=1, writer=writer, progress=False)
+    train_loop(model=model, state=TrainState(model=model, optimizer=opt, scheduler=sched), data_loader=loader,
+               max_iter=iters, device=torch.device("cpu"), hooks=[MetricLogger(period=1, writer=writer, progress=False)])
     return [(t, s, v) for t, s, v in writer.scalars if t.startswith("train/loss")]
 
 
@@ -69,5 +69,5 @@ def test_non_finite_loss_stops_with_a_clear_message(split):
     from detector.engine import NonFiniteError
 
     with pytest.raises(NonFiniteError, match=r"iteration 1: loss_roi_cls=inf is not finite.*base_lr.*last good checkpoint: none"):
-        train_loop(model=model, data_loader=loader, optimizer=opt, scheduler=sched, max_iter=2,
-                   device=torch.device("cpu"), progress=False)
+        train_loop(model=model, state=TrainState(model=model, optimizer=opt, scheduler=sched), data_loader=loader,
+                   max_iter=2, device=torch.device("cpu"))

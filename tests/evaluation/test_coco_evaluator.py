@@ -19,6 +19,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from conftest import FORMATS
 from detector.errors import DatasetError
 from detector.evaluation import (
     METRIC_KEYS,
@@ -27,7 +28,7 @@ from detector.evaluation import (
     predictions_to_coco_results,
 )
 
-FIXTURE_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "coco_small"
+FIXTURE_DIR = FORMATS / "coco_small"
 
 # Non-contiguous category ids on purpose: label 1 -> category 3, label 2 -> category 7.
 LABEL_TO_CAT_ID = {1: 3, 2: 7}
@@ -232,7 +233,6 @@ def test_evaluator_nan_is_null_in_metrics_json(tmp_path: Path) -> None:
     assert saved["APs"] is None and saved["APl"] == pytest.approx(1.0)
 
 
-@pytest.mark.skipif(not FIXTURE_DIR.is_dir(), reason=f"shared fixture {FIXTURE_DIR} is absent")
 def test_matches_direct_pycocotools_on_real_fixture() -> None:
     gt_file, dt_file = FIXTURE_DIR / "gt_dataset.json", FIXTURE_DIR / "dt_dataset.json"
     with contextlib.redirect_stdout(io.StringIO()):

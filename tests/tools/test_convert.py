@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import compose_config
+from conftest import FORMATS, compose_config
 from detector.data import CocoDetection, VOCDetection, YOLODetection
 from detector.data.synthetic import generate_synthetic_coco
 
@@ -71,12 +71,12 @@ def test_coco_to_voc_to_coco_keeps_boxes_and_flags(coco_split, tmp_path):
     assert sum(ann["difficult"] for ann in voc.coco.dataset["annotations"]) == 1
 
 
-def test_voc_fixture_to_yolo(shared_dir, tmp_path):
-    convert(["dataset=voc", f"dataset.root={shared_dir / 'fixtures' / 'VOCdevkit'}", "dataset.class_names=from_xml",
+def test_voc_fixture_to_yolo(tmp_path):
+    convert(["dataset=voc", f"dataset.root={FORMATS / 'VOCdevkit'}", "dataset.class_names=from_xml",
              "dataset.train.sets=[2007/trainval,2012/trainval]", "dataset.val.sets=[2007/test]", "to=yolo",
              f"output={tmp_path / 'y'}"])
     train = YOLODetection(data=tmp_path / "y" / "data.yaml", split="train")
-    assert train.class_names == ("dog", "person", "train") and len(train) == 2
+    assert train.class_names == ("cat", "person", "train") and len(train) == 2
     assert sorted(len(train[i][1]["labels"]) for i in range(2)) == [1, 2]
 
 

@@ -1,5 +1,5 @@
-"""Every format trains and evaluates through train(cfg) / evaluate(cfg), in-process: the shared VOC and
-YOLO fixtures, and a tiny generated set converted to each format; results files of other tools."""
+"""Every format trains and evaluates through train(cfg) / evaluate(cfg), in-process: the VOC and
+YOLO fixtures (tests/fixtures/formats), and a tiny generated set converted to each format; results files of other tools."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from conftest import TINY_MODEL, compose_config
+from conftest import FORMATS, TINY_MODEL, compose_config
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +31,8 @@ def evaluate(overrides, out):
                                                       "device=cpu", f"output_dir={out}"]))
 
 
-def test_voc_fixture_trains_and_evaluates_with_voc_results(shared_dir, tmp_path):
-    voc = ["dataset=voc", f"dataset.root={shared_dir / 'fixtures' / 'VOCdevkit'}",
+def test_voc_fixture_trains_and_evaluates_with_voc_results(tmp_path):
+    voc = ["dataset=voc", f"dataset.root={FORMATS / 'VOCdevkit'}",
            "dataset.train.sets=[2007/trainval,2012/trainval]", "dataset.val.sets=[2007/test]"]
     metrics = train(voc, tmp_path / "run")
     assert set(metrics) >= {"AP", "AP50"}
@@ -41,39 +41,41 @@ def test_voc_fixture_trains_and_evaluates_with_voc_results(shared_dir, tmp_path)
     rows = evaluate([f"checkpoints=[{tmp_path / 'run' / 'model_final.pth'}]", *voc, "voc_results=true"], tmp_path / "eval")
     assert rows[0]["VOC07"] is not None and "AP" in rows[0]
     files = sorted(p.name for p in (tmp_path / "eval").glob("0_*/voc_results/*.txt"))
-    assert len(files) == 20 and "comp4_det_test_dog.txt" in files
-    for line in (tmp_path / "eval").glob("0_*/voc_results/comp4_det_test_dog.txt").__next__().read_text().splitlines():
+    assert len(files) == 20 and "comp4_det_test_cat.txt" in files
+    for line in (tmp_path / "eval").glob("0_*/voc_results/comp4_det_test_cat.txt").__next__().read_text().splitlines():
         image_id, score, *box = line.split()
-        assert image_id == "000001" and 0 <= float(score) <= 1 and len(box) == 4
+        assert image_id == "000005" and 0 <= float(score) <= 1 and len(box) == 4
 
 
-def test_yolo_fixture_trains_and_evaluates(shared_dir, tmp_path):
-    yolo = ["dataset=yolo", f"dataset.data={shared_dir / 'fixtures' / 'yolo' / 'data.yaml'}"]
+def test_yolo_fixture_trains_and_evaluates(tmp_path):
+    yolo = ["dataset=yolo", f"dataset.data={FORMATS / 'yolo' / 'data.yaml'}"]
     train(yolo, tmp_path / "run")
     rows = evaluate([f"checkpoints=[{tmp_path / 'run' / 'model_final.pth'}]"], tmp_path / "eval")  # its own dataset
     assert rows[0]["model"].startswith("RoIAlign")
 
 
-def test_results_files_by_file_name_and_class_name_score_like_ids(shared_dir, tmp_path):
+def test_results_files_by_file_name_and_class_name_score_like_ids(tmp_path):
     """A results file of another tool: image ids as VOC ids / file names, categories as class names."""
-    voc = ["dataset=voc", f"dataset.root={shared_dir / 'fixtures' / 'VOCdevkit'}",
+    voc = ["dataset=voc", f"dataset.root={FORMATS / 'VOCdevkit'}",
            "dataset.train.sets=[2007/trainval]", "dataset.val.sets=[2007/trainval]"]
-    dog = {"bbox": [47, 239, 148, 132], "score": 0.9}
-    person = {"bbox": [7, 11, 345, 487], "score": 0.8}
-    (tmp_path / "ids.json").write_text(json.dumps([{**dog, "image_id": 1, "category_id": 12},
+    # The fixture's cat (30, 40, 150, 160) and person (159, 19, 290, 195) in 0-based xyxy, as COCO xywh;
+    # VOC's category ids are the class indices + 1 (cat 8, person 15). The difficult person is not missed.
+    dog = {"bbox": [30, 40, 120, 120], "score": 0.9}
+    person = {"bbox": [159, 19, 131, 176], "score": 0.8}
+    (tmp_path / "ids.json").write_text(json.dumps([{**dog, "image_id": 1, "category_id": 8},
                                                     {**person, "image_id": 1, "category_id": 15}]))
-    (tmp_path / "names.json").write_text(json.dumps([{**dog, "image_id": "000001", "category_id": "dog"},
-                                                      {**person, "image_id": "000001.jpg", "category_id": "person"}]))
+    (tmp_path / "names.json").write_text(json.dumps([{**dog, "image_id": "000005", "category_id": "cat"},
+                                                      {**person, "image_id": "000005.jpg", "category_id": "person"}]))
     rows = evaluate(["results=[" + f"{tmp_path / 'ids.json'},{tmp_path / 'names.json'}" + "]", *voc], tmp_path / "eval")
     assert rows[0]["AP50"] == pytest.approx(1.0) and rows[1]["AP50"] == pytest.approx(1.0)
     assert rows[0]["VOC07"] == pytest.approx(1.0) and rows[0]["images_per_second"] is None
-    (tmp_path / "bad.json").write_text(json.dumps([{**dog, "image_id": "000009", "category_id": "dog"}]))
+    (tmp_path / "bad.json").write_text(json.dumps([{**dog, "image_id": "000009", "category_id": "cat"}]))
     from detector.errors import DatasetError
 
     with pytest.raises(DatasetError, match=r"bad\.json: detection 0 has image_id '000009'"):
         evaluate([f"results=[{tmp_path / 'bad.json'}]", *voc], tmp_path / "eval2")
     (tmp_path / "bad2.json").write_text(json.dumps([{**dog, "image_id": 1, "category_id": "zebra"}]))
-    with pytest.raises(DatasetError, match=r"bad2\.json: detection 0 has category_id 'zebra'.*dog"):
+    with pytest.raises(DatasetError, match=r"bad2\.json: detection 0 has category_id 'zebra'.*cat"):
         evaluate([f"results=[{tmp_path / 'bad2.json'}]", *voc], tmp_path / "eval3")
 
 

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import TINY_MODEL, compose_config, tiny_model
+from detector.engine.state import TrainState
 from detector.engine import save_checkpoint
 from detector.errors import DatasetError
 
@@ -23,7 +24,7 @@ def checkpoint(tmp_path_factory):
     with torch.no_grad():
         model.roi_heads.predictor.cls_score.bias.copy_(torch.tensor([-5.0, -5.0, 5.0]))
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    return save_checkpoint(tmp / "model_final.pth", model=model, iteration=1, config=resolved,
+    return save_checkpoint(tmp / "model_final.pth", TrainState(model=model, iteration=1), config=resolved,
                            extra={"dataset": {"class_names": ["cat", "dog"]}})
 
 

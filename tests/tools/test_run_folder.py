@@ -6,6 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import ROOT
+from detector.engine.state import TrainState
 from detector.errors import ConfigError
 
 
@@ -137,7 +138,7 @@ def test_infer_keeps_its_summary_in_its_log(tmp_path):
     from detector.engine import save_checkpoint
 
     config = OmegaConf.to_container(compose_config("train", TINY_MODEL), resolve=True)
-    ckpt = save_checkpoint(tmp_path / "m.pth", model=tiny_model(class_names=["a"]), iteration=1, config=config,
+    ckpt = save_checkpoint(tmp_path / "m.pth", TrainState(model=tiny_model(class_names=["a"]), iteration=1), config=config,
                            extra={"dataset": {"class_names": ["a"]}})
     Image.new("RGB", (64, 64)).save(tmp_path / "p.jpg")
     handler = logging.FileHandler(tmp_path / "infer.log")

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import ROOT, TINY_MODEL, compose_config, tiny_model
+from detector.engine.state import TrainState
 from detector.engine import save_checkpoint
 from detector.errors import CheckpointError, ConfigError, DatasetError, DetectorError
 from detector.cli.stored_config import DATASET_TARGETS, MODEL_TARGETS, check_stored_config
@@ -37,7 +38,7 @@ def run(tmp_path_factory):
     names = list(val.class_names)
     model = tiny_model(class_names=names)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    path = save_checkpoint(tmp / "model_final.pth", model=model, iteration=1, config=resolved,
+    path = save_checkpoint(tmp / "model_final.pth", TrainState(model=model, iteration=1), config=resolved,
                            extra={"dataset": {"class_names": names}})
     return tmp, path
 

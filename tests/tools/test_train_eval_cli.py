@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY_MODEL
+from conftest import FORMATS, ROOT, TINY_MODEL
 
 pytestmark = pytest.mark.slow
 
@@ -192,9 +192,9 @@ def test_resume_extends_the_run_with_this_runs_schedule(tmp_path):
     _one_line_error(r, "resume=true but the model config differs")
 
 
-def test_eval_refuses_other_classes(trained, shared_dir):
+def test_eval_refuses_other_classes(trained):
     tmp, runs = trained
-    small = shared_dir / "fixtures" / "coco_small"
+    small = FORMATS / "coco_small"
     r = run_tool("eval.py", [
         f"checkpoints=[{runs['roi_align'] / 'model_final.pth'}]", "dataset=coco_json",
         f"dataset.val.images={small}", f"dataset.val.annotations={small / 'gt_dataset.json'}",

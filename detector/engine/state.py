@@ -1,0 +1,56 @@
+"""What a training run is at an iteration boundary, and the one place its checkpoint is written from.
+
+:class:`TrainState` holds the model, the optimizer, the lr schedule, the float16 loss scaler and the
+number of finished iterations. Its ``state_dict()`` is the checkpoint's training part, in the schema
+:func:`detector.engine.checkpoint.save_checkpoint` writes (versioned by ``CHECKPOINT_FORMAT``); the
+random number generators of every rank travel beside it (``extra["rng_per_rank"]``), gathered by the
+caller because they live in each process.
+
+On resume the weights, the momentum buffers, the loss scale and the iteration come back; the
+hyperparameters (lr, momentum, weight decay) and the schedule stay those of *this* run's config, so a
+resumed run may extend ``max_iter`` or change the lr: the schedule is rebuilt and fast-forwarded to
+the checkpoint's iteration by the caller (:func:`detector.engine.solver.build_lr_scheduler`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["TrainState"]
+
+
+@dataclass(eq=False)
+class TrainState:
+    """The training run's state; ``model`` is the plain module (never a DistributedDataParallel wrapper)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    scaler: torch.amp.GradScaler | None = None
+    iteration: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint's training entries (tensors and plain types: ``weights_only`` loading reads them)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "iteration": int(self.iteration),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint: weights, momentum buffers, loss scale, iteration (see the module doc)."""
+        self.model.load_state_dict(state["model"])
+        if self.optimizer is not None and state.get("optimizer"):
+            fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+            self.optimizer.load_state_dict(state["optimizer"])  # momentum buffers
+            for group, hyperparameters in zip(self.optimizer.param_groups, fresh):
+                group.update(hyperparameters)  # lr, momentum, weight decay: from this run's config
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])  # the loss scale and its growth counter
+        self.iteration = int(state["iteration"])
