@@ -33,7 +33,7 @@ from detector.cli.config import build_split, model_from_checkpoint, report
 from detector.cli.stored_config import targets_in
 from detector.data import build_detection_loader
 from detector.engine import TrainState, load_checkpoint, save_checkpoint
-from detector.evaluation import COCOEvaluator, inference_on_dataset
+from detector.evaluation import METRIC_KEYS, COCOEvaluator, inference_on_dataset
 from detector.utils.env import resolve_device
 
 ALL_STAGES = 5  # VGG16's conv stages: freeze_at=5 freezes every shared convolution
@@ -151,5 +151,5 @@ def _evaluate(checkpoint: Path, cfg: DictConfig, output_dir: Path) -> dict[str, 
     evaluator = COCOEvaluator(coco_gt=val_set.coco, label_to_cat_id=val_set.label_to_cat_id, output_dir=output_dir)
     metrics = inference_on_dataset(model, loader, evaluator, device=device, progress=bool(cfg.progress))
     report(f"output: {output_dir}")
-    report("val " + "  ".join(f"{k}={metrics[k]:.4f}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")))
+    report("val " + "  ".join(f"{k}={metrics[k]:.4f}" for k in METRIC_KEYS))
     return metrics

@@ -14,18 +14,28 @@ distributions. RoIAlign reads the box itself: for it all three are zero.
 
 from __future__ import annotations
 
-
 from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from detector.cli.config import CONFIG_DIR, instantiate_or_explain, report, run_cli
+from detector.cli.config import (
+    CONFIG_DIR,
+    instantiate_or_explain,
+    report,
+    run_cli,
+    run_directory,
+)
 from detector.cli.help import run_command
+from detector.data.dataset import is_ignored
 from detector.errors import ConfigError, DatasetError
-from detector.evaluation.quantization import RULES, quantize_boxes, size_bucket, summarize
+from detector.evaluation.quantization import (
+    RULES,
+    quantize_boxes,
+    size_bucket,
+    summarize,
+)
 from detector.utils.io import atomic_write_json, atomic_write_text
 
 SIZES = ("small", "medium", "large", "all")
@@ -36,7 +46,7 @@ def resized_boxes(dataset, transform) -> tuple[torch.Tensor, list[str]]:
     """Every counted box in the pixels the backbone sees, and its COCO size bucket (original area)."""
     boxes, buckets = [], []
     for ann in dataset.coco.dataset["annotations"]:
-        if ann.get("iscrowd") or ann.get("ignore") or ann["image_id"] not in dataset.coco.imgs:
+        if is_ignored(ann, difficult=False) or ann["image_id"] not in dataset.coco.imgs:
             continue
         info = dataset.coco.imgs[ann["image_id"]]
         nh, nw = transform.target_size(int(info["height"]), int(info["width"]))
@@ -57,7 +67,7 @@ def analyze(cfg: DictConfig) -> dict:
     boxes, buckets = resized_boxes(dataset, transform)
     if len(boxes) == 0:
         raise DatasetError(f"{dataset.source}: the {split} split has no boxes to analyse")
-    output_dir = Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.output_dir)
+    output_dir = run_directory(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     result: dict = {"stride": stride, "output_size": k, "source": dataset.source, "num_boxes": len(boxes), "rules": {}}
     values: dict[str, dict[str, torch.Tensor]] = {}

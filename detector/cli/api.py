@@ -24,7 +24,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from detector.cli.config import (
-    CONFIG_DIR, check_output_dir_free, check_output_dir_writable, model_from_checkpoint, register_resolvers,
+    CONFIG_DIR,
+    check_output_dir_free,
+    check_output_dir_writable,
+    model_from_checkpoint,
+    register_resolvers,
 )
 from detector.engine import load_checkpoint
 from detector.predictor import Predictor

@@ -46,7 +46,6 @@ from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from detector.cli.config import CONFIG_DIR, build_model, instantiate_or_explain  # noqa: E402
-
 from detector.modeling.roi_heads.roi_heads import fast_rcnn_losses  # noqa: E402
 
 POOLERS = ("roi_align", "roi_pool")

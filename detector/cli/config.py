@@ -26,12 +26,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from detector.cli.stored_config import (
+    DATASET_TARGETS,
+    MODEL_TARGETS,
+    check_stored_config,
+    stored_config,
+)
 from detector.data import DetectionDataset
 from detector.engine.checkpoint import checkpoint_class_names
 from detector.engine.solver import scaled_lr
 from detector.engine.step import AMP_MODES, resolve_amp
 from detector.errors import CheckpointError, ConfigError, DatasetError, DetectorError
-from detector.cli.stored_config import DATASET_TARGETS, MODEL_TARGETS, check_stored_config, stored_config
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # The configs every command composes: the top-level configs/ of the checkout, which the package
@@ -313,6 +318,13 @@ def stored_model_config(path: Path, state: dict, *, trusted_targets: Sequence[st
     check_stored_config(stored["model"], source=path, key="config.model", allowed=MODEL_TARGETS,
                         trusted=trusted_targets)
     return copy.deepcopy(stored["model"])
+
+
+def run_directory(cfg: DictConfig) -> Path:
+    """Hydra's run or job directory; the config's ``output_dir`` when called in-process without Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.output_dir)
 
 
 FINISHED_RUN_FILES = ("model_final.pth", "metrics.json", "last_checkpoint")

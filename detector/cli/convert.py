@@ -13,7 +13,6 @@ dropped, with the loader's one warning). The layouts written are described in
 
 from __future__ import annotations
 
-
 from pathlib import Path
 
 import hydra

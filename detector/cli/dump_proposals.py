@@ -18,14 +18,12 @@ the average recall AR@100, AR@1000 over IoU 0.50:0.95 (``detector/evaluation/pro
 
 from __future__ import annotations
 
-
 import multiprocessing
 import time
 from pathlib import Path
 
-import numpy as np
-
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm

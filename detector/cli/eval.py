@@ -15,7 +15,6 @@ as ``train.log`` does for a training run.
 
 from __future__ import annotations
 
-
 import json
 import math
 import re
@@ -23,18 +22,29 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig
 
 from detector.cli.config import (
-    CONFIG_DIR, build_split, console_logging_for, model_from_checkpoint, report, run_cli, stored_model_config,
+    CONFIG_DIR,
+    build_split,
+    console_logging_for,
+    model_from_checkpoint,
+    report,
+    run_cli,
+    run_directory,
+    stored_model_config,
 )
 from detector.cli.help import run_command
 from detector.cli.stored_config import stored_config
 from detector.data import DetectionDataset, build_detection_loader
 from detector.engine import load_checkpoint
 from detector.errors import CheckpointError, ConfigError, DatasetError
-from detector.evaluation import METRIC_KEYS, COCOEvaluator, inference_on_dataset, make_cocoeval
+from detector.evaluation import (
+    METRIC_KEYS,
+    COCOEvaluator,
+    inference_on_dataset,
+    make_cocoeval,
+)
 from detector.evaluation.analysis import analyze
 from detector.evaluation.coco_evaluator import summarize
 from detector.evaluation.plots import plot_all
@@ -129,7 +139,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
     console_logging_for(bool(cfg.progress))
-    output_dir = Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.output_dir)
+    output_dir = run_directory(cfg)
     device = resolve_device(cfg.device)
     trusted = [str(t) for t in _as_list(cfg.get("trusted_targets"), "trusted_targets")]
 

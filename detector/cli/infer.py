@@ -13,21 +13,23 @@ PNG when the source is not a JPEG), ``OUT/detections.json`` lists per image ``fi
 
 from __future__ import annotations
 
-
 import glob
 import time
 from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
 from detector.cli.config import (
-    CONFIG_DIR, check_output_dir_writable, model_from_checkpoint, report,
+    CONFIG_DIR,
+    check_output_dir_writable,
+    model_from_checkpoint,
+    report,
     run_cli,
+    run_directory,
 )
 from detector.cli.help import run_command
 from detector.data.image_io import IMAGE_SUFFIXES, read_rgb
@@ -89,7 +91,7 @@ def infer(cfg: DictConfig) -> list[dict]:
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     images = find_images(str(cfg.input))
-    output_dir = Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.output_dir)
+    output_dir = run_directory(cfg)
     refuse_overwriting_inputs(images, output_dir)
     check_output_dir_writable(output_dir)
     device = resolve_device(cfg.device)

@@ -18,7 +18,7 @@ anything is built, and refused, with one line naming the key and the value, unle
 
 The allowlists are written out here rather than derived (e.g. "anything under ``detector.``"),
 because the framework also defines callables that write files (``detector.utils.io``); the test
-``tests/tools/test_stored_config.py`` checks that every part the shipped configs name is listed.
+``tests/cli/test_stored_config.py`` checks that every part the shipped configs name is listed.
 
 Shape shorthand: none (configs only).
 """

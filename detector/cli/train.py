@@ -11,7 +11,6 @@ Everything a run writes goes under its output directory: the resolved ``config.y
 
 from __future__ import annotations
 
-
 import contextlib
 import logging
 import time
@@ -19,25 +18,57 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from detector.cli.config import (
-    CONFIG_DIR, amp_dtype, amp_mode, build_model, check_output_dir_free,
-    check_output_dir_writable, check_split, console_logging_for, instantiate_or_explain, report, run_cli, validate_train_config,
+    CONFIG_DIR,
+    amp_dtype,
+    amp_mode,
+    build_model,
+    check_output_dir_free,
+    check_output_dir_writable,
+    check_split,
+    console_logging_for,
+    instantiate_or_explain,
+    report,
+    run_cli,
+    run_directory,
+    validate_train_config,
 )
 from detector.cli.help import run_command
-from detector.data import DetectionDataset, build_detection_loader, build_training_loader
+from detector.data import (
+    DetectionDataset,
+    build_detection_loader,
+    build_training_loader,
+)
 from detector.engine import (
-    MetricLogger, NonFiniteError, PeriodicCheckpointer, PeriodicEvaluator, StepOptions, TrainState, build_lr_scheduler,
-    build_optimizer, check_finite, find_last_checkpoint, load_finetune_weights, read_weights_file,
-    remove_stale_temporaries, resume_or_load, save_checkpoint, train_loop,
+    MetricLogger,
+    NonFiniteError,
+    PeriodicCheckpointer,
+    PeriodicEvaluator,
+    StepOptions,
+    TrainState,
+    build_lr_scheduler,
+    build_optimizer,
+    check_finite,
+    find_last_checkpoint,
+    load_finetune_weights,
+    read_weights_file,
+    remove_stale_temporaries,
+    resume_or_load,
+    save_checkpoint,
+    train_loop,
+)
+from detector.engine.distributed import (
+    all_gather_objects,
+    barrier,
+    broadcast_buffers,
+    init_distributed,
+    mean_over_ranks,
+    replicas_agree,
 )
 from detector.engine.step import resolve_amp
-from detector.engine.distributed import (
-    all_gather_objects, barrier, broadcast_buffers, init_distributed, mean_over_ranks, replicas_agree,
-)
 from detector.errors import CheckpointError, ConfigError, DatasetError, DetectorError
 from detector.evaluation import METRIC_KEYS, COCOEvaluator, inference_on_dataset
 from detector.evaluation.visualize import draw_detections
@@ -122,11 +153,6 @@ def log_val_images(model, val_set, writer, step: int, device, count: int = 4) ->
         detection = model([image.to(device)], proposals=proposals)[0]
         writer.add_image(f"val/detections_{i}", draw_detections(image, target, detection, val_set.class_names), step)
     model.train(was_training)
-
-
-def run_directory(cfg: DictConfig) -> Path:
-    """Hydra's run or job directory; the config's output_dir when called in-process without Hydra."""
-    return Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.output_dir)
 
 
 def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:

@@ -11,17 +11,20 @@ rule and, for ``split=train``, after ``augmentation``; the legend line lists the
 
 from __future__ import annotations
 
-
 from collections import Counter
 from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from PIL import Image
 
-from detector.cli.config import CONFIG_DIR, instantiate_or_explain, run_cli
+from detector.cli.config import (
+    CONFIG_DIR,
+    instantiate_or_explain,
+    run_cli,
+    run_directory,
+)
 from detector.cli.help import run_command
 from detector.errors import ConfigError, DatasetError
 from detector.evaluation.visualize import draw_detections
@@ -41,7 +44,7 @@ def visualize(cfg: DictConfig) -> list[Path]:
     dataset = instantiate_or_explain(cfg.dataset[split], what=f"dataset.{split}", **kwargs)
     if len(dataset) == 0:
         raise DatasetError(f"{dataset.source}: the {split} split has no images")
-    output_dir = Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.output_dir)
+    output_dir = run_directory(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(int(cfg.seed)))[:count]
     no_detections = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0)}

@@ -48,7 +48,13 @@ from detector.data.image_io import read_rgb
 from detector.data.proposals import load_proposals
 from detector.errors import DatasetError
 
-__all__ = ["DetectionDataset"]
+__all__ = ["DetectionDataset", "is_ignored"]
+
+
+def is_ignored(ann: dict[str, Any], *, difficult: bool = True) -> bool:
+    """Crowd regions, ``ignore`` objects and (unless ``difficult=False``) ``difficult`` ones: not training
+    targets, and in evaluation neither a miss nor a false positive (see the module docstring)."""
+    return bool(ann.get("iscrowd") or ann.get("ignore") or (difficult and ann.get("difficult")))
 
 # Transforms: albumentations-style callable, e.g. an ``A.Compose`` with
 # ``BboxParams(format="pascal_voc", label_fields=["labels"])`` (see detector.data.transforms).
@@ -238,9 +244,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         """Per image id: ``(boxes float32 [N, 4] xyxy, labels int64 [N])`` of the training objects."""
         per_image: dict[int, tuple[list[list[float]], list[int]]] = {i: ([], []) for i in self.coco.imgs}
         for ann in self.coco.dataset["annotations"]:
-            if ann.get("iscrowd", 0) or ann.get("ignore", 0):
-                continue
-            if ann.get("difficult", 0) and not use_difficult:
+            if is_ignored(ann, difficult=not use_difficult):
                 continue
             x, y, w, h = ann["bbox"]
             per_image[ann["image_id"]][0].append([x, y, x + w, y + h])

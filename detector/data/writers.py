@@ -28,7 +28,7 @@ from xml.sax.saxutils import escape
 
 from PIL import Image
 
-from detector.data.dataset import DetectionDataset
+from detector.data.dataset import DetectionDataset, is_ignored
 from detector.utils.io import atomic_write_text
 
 __all__ = ["write_coco", "write_voc", "write_yolo"]
@@ -96,7 +96,7 @@ def write_yolo(dataset: DetectionDataset, out: str | Path, split: str, *, link: 
     for ann in dataset.coco.dataset["annotations"]:
         if ann["image_id"] not in per_image:
             continue
-        if ann.get("iscrowd") or ann.get("ignore") or ann.get("difficult"):
+        if is_ignored(ann):
             left_out += 1  # YOLO has no such flag
             continue
         info = dataset.coco.imgs[ann["image_id"]]
@@ -158,7 +158,7 @@ def write_voc(
         objects = []
         for ann in by_image[image_id]:
             x, y, w, h = ann["bbox"]
-            difficult = int(bool(ann.get("difficult") or ann.get("iscrowd") or ann.get("ignore")))
+            difficult = int(is_ignored(ann))
             objects.append(
                 f"\t<object>\n\t\t<name>{escape(dataset.coco.cats[ann['category_id']]['name'])}</name>\n"
                 f"\t\t<difficult>{difficult}</difficult>\n\t\t<bndbox>\n"

@@ -61,7 +61,7 @@ def voc_metrics(coco_eval: COCOeval, iou_thresh: float = 0.5, protocol: str = "d
     """VOC07 11-point and VOC2010+ area mAP on the images and categories ``coco_eval`` scored."""
     img_ids = set(coco_eval.params.imgIds)
     # The flags as loaded (make_cocoeval records them before pycocotools overwrites ``ignore``).
-    flags = getattr(coco_eval, "difficult", {})
+    flags = getattr(coco_eval, "not_scored", {})  # make_cocoeval's; {} for a plain COCOeval
     gt = [
         (a["image_id"], a["category_id"], _xyxy(a["bbox"]), flags.get(a["id"], bool(a.get("iscrowd", 0))))
         for a in coco_eval.cocoGt.dataset["annotations"] if a["image_id"] in img_ids

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from detector.data.dataset import is_ignored
 from detector.errors import DatasetError
 from detector.utils.io import atomic_write_json
 
@@ -140,9 +141,11 @@ class _COCOevalWithIgnore(COCOeval):
     devkit ignores every detection on a difficult box; its own columns do).
     """
 
-    def __init__(self, *args: Any, ignored_ids: set[int], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, ignored_ids: set[int], not_scored: dict[int, bool], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._ignored_ids = ignored_ids
+        # annotation id -> crowd / ignore / difficult, as loaded (what the VOC columns treat as difficult)
+        self.not_scored = not_scored
 
     def _prepare(self) -> None:
         super()._prepare()
@@ -163,10 +166,7 @@ def make_cocoeval(
     _check_results(coco_gt, results)
     # COCOeval rewrites every ground-truth annotation in place (``ignore = iscrowd``), which would
     # erase a dataset's own ``ignore`` flags: evaluate a copy, and keep the flags VOC needs.
-    difficult = {
-        a["id"]: bool(a.get("iscrowd", 0) or a.get("ignore", 0) or a.get("difficult", 0))
-        for a in coco_gt.dataset.get("annotations", [])
-    }
+    not_scored = {a["id"]: is_ignored(a) for a in coco_gt.dataset.get("annotations", [])}
     log = io.StringIO()
     # pycocotools prints progress ("Loading and preparing results...", "DONE (t=0.01s)") and the
     # summary straight to stdout; capture it all so that a training log stays readable.
@@ -182,12 +182,11 @@ def make_cocoeval(
             coco_dt = _empty_results_coco(coco_gt)
         ignored = {a["id"] for a in original.dataset.get("annotations", [])
                    if a.get("ignore", 0) or a.get("difficult", 0)}
-        coco_eval = _COCOevalWithIgnore(coco_gt, coco_dt, iouType="bbox", ignored_ids=ignored)
+        coco_eval = _COCOevalWithIgnore(coco_gt, coco_dt, iouType="bbox", ignored_ids=ignored, not_scored=not_scored)
         if img_ids is not None:
             coco_eval.params.imgIds = sorted(int(i) for i in img_ids)
         coco_eval.evaluate()
         coco_eval.accumulate()
-    coco_eval.difficult = difficult  # annotation id -> crowd / ignore / difficult, as loaded
     return coco_eval
 
 

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from detector.data.dataset import is_ignored
+
 __all__ = ["counted_ground_truth", "proposal_recall"]
 
 IOU_THRESHOLDS = tuple(0.5 + 0.05 * i for i in range(10))
@@ -86,7 +88,7 @@ def counted_ground_truth(dataset) -> dict[int, Tensor]:
     """
     gt: dict[int, list[list[float]]] = {i: [] for i in dataset.ids}
     for ann in dataset.coco.dataset["annotations"]:
-        if ann["image_id"] in gt and not (ann.get("iscrowd") or ann.get("ignore") or ann.get("difficult")):
+        if ann["image_id"] in gt and not is_ignored(ann):
             x, y, w, h = ann["bbox"]
             gt[ann["image_id"]].append([x, y, x + w, y + h])
     return {i: torch.tensor(b, dtype=torch.float64).reshape(-1, 4) for i, b in gt.items()}
