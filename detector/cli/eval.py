@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from detector.cli.config import (
     CONFIG_DIR,
@@ -40,7 +40,7 @@ from detector.data import DetectionDataset, build_detection_loader
 from detector.engine import load_checkpoint
 from detector.errors import CheckpointError, ConfigError, DatasetError
 from detector.evaluation import (
-    METRIC_KEYS,
+    COCO_KEYS,
     COCOEvaluator,
     inference_on_dataset,
     make_cocoeval,
@@ -101,6 +101,7 @@ def match_results(results: list, dataset: DetectionDataset, *, source: str) -> l
             by_name.setdefault(key, image_id)
     cats = dataset.coco.cats
     by_class = {str(c["name"]): cat_id for cat_id, c in cats.items()}
+    _check_id_shift(results, images, source, str(dataset.source))
     out = []
     for i, r in enumerate(results):
         if not isinstance(r, dict) or not {"image_id", "category_id", "bbox", "score"} <= r.keys():
@@ -134,6 +135,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         raise ConfigError("nothing to evaluate: pass checkpoints='[A.pth,...]' and/or results='[A.json,...]'")
     if results_files and cfg.get("dataset") is None:
         raise ConfigError("results=... needs dataset=... (the ground truth the detections were made on)")
+    voc_ious = _voc_ious(cfg.get("voc_iou", [0.5]))
     for key, minimum in (("batch_size", 1), ("num_workers", 0)):
         value = cfg.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -159,7 +161,14 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             raise CheckpointError(
                 "the checkpoints were trained on different datasets; pass dataset=... to evaluate them all on one"
             )
-    shared = build_split(cfg.dataset.val, what="dataset.val") if cfg.get("dataset") is not None else None
+    # Scoring a results file reads no image: without checkpoints the images need not be there.
+    files_needed = {} if checkpoints else {"check_files": False}
+    shared = None
+    if cfg.get("dataset") is not None:
+        val_node = cfg.dataset.val
+        if not checkpoints and "images" in val_node.keys() and OmegaConf.is_missing(val_node, "images"):
+            val_node = OmegaConf.merge(val_node, {"images": None})  # left out: fine, nothing is read
+        shared = build_split(val_node, what="dataset.val", **files_needed)
 
     rows, analyses, notes = [], {}, []
     entries = [("checkpoint", s) for s in states] + [("results", Path(str(p))) for p in results_files]
@@ -212,7 +221,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             metrics, _ = summarize(coco_eval)
             atomic_write_json(output_dir / name / "metrics.json", json_safe(metrics))
             label, speed, extra = path.name, None, {"results": str(path)}
-        analysis = analyze(coco_eval, voc_protocol=str(cfg.voc_protocol))
+        analysis = analyze(coco_eval, voc_protocol=str(cfg.voc_protocol), voc_ious=voc_ious)
         atomic_write_json(output_dir / name / "analysis.json", json_safe(analysis))
         if bool(cfg.voc_results):
             written = write_voc_results(results, dataset, output_dir / name / "voc_results")
@@ -220,9 +229,10 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         analyses[f"{i}: {label}"] = analysis
         rows.append({
             "model": label, "source": str(path), **extra,
-            **{k: metrics.get(k) for k in METRIC_KEYS},
+            **{k: metrics.get(k) for k in COCO_KEYS},
             "VOC07": analysis["VOC07_mAP50"], "VOC": analysis["VOC_mAP50"], "TP_IoU": analysis["mean_tp_iou"],
             "images_per_second": speed,
+            **{k: v for k, v in analysis.items() if k.startswith(("VOC07_mAP", "VOC_mAP"))},
         })
 
     atomic_write_json(output_dir / "comparison.json", json_safe(rows))
@@ -235,6 +245,35 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     report(f"plots: {', '.join(str(p) for p in plots)}")
     report(f"output: {output_dir}")
     return rows
+
+
+def _voc_ious(value: Any) -> tuple[float, ...]:
+    """``voc_iou``: IoU thresholds in (0, 1) for the VOC columns."""
+    values = list(value) if isinstance(value, (list, ListConfig)) else [value]
+    if not values or not all(_is_number(v) and 0.0 < float(v) < 1.0 for v in values):
+        raise ConfigError(f"voc_iou must be a list of IoU thresholds between 0 and 1 (e.g. [0.5,0.75]), got {value!r}")
+    return tuple(float(v) for v in values)
+
+
+def _check_id_shift(results: list, images: Any, source: str, dataset_source: str) -> None:
+    """Refuse integer image ids that fit the dataset only when shifted by one (a 0- vs 1-based export).
+
+    An id that is not the dataset's is an error anyway; this names the likely cause when every such
+    id, and every other integer id of the file, lands on a dataset id once shifted by +1 or -1.
+    """
+    ids = {r["image_id"] for r in results if isinstance(r, dict) and _is_number(r.get("image_id"))
+           and float(r["image_id"]).is_integer()}
+    unknown = {i for i in ids if int(i) not in images}
+    if not unknown:
+        return
+    for shift in (1, -1):
+        if all(int(i) + shift in images for i in ids):
+            raise DatasetError(
+                f"{source}: its integer image ids look shifted by one from {dataset_source}'s: {len(unknown)} of "
+                f"{len(ids)} are not ids of the dataset, and all of them are after adding {shift:+d} (an export "
+                f"numbered from {0 if shift == 1 else 1} for a dataset numbered from "
+                f"{1 if shift == 1 else 0}?); fix the ids, or write file names as image_id"
+            )
 
 
 def _resolve(value: Any, ids: Any, by_name: dict[str, int], where: str, what: str) -> int:

@@ -31,13 +31,15 @@ class CocoDetection(DetectionDataset):
     def __init__(
         self,
         *,
-        images: str | Path,
+        images: str | Path | None,
         annotations: str | Path,
         **common: Any,
     ) -> None:
         """
         Args:
-            images: Directory the images' ``file_name`` entries are relative to.
+            images: Directory the images' ``file_name`` entries are relative to. With
+                ``check_files=False`` (scoring a results file, which reads no image) it may be left
+                out or name a folder that does not exist.
             annotations: COCO instances JSON file.
             **common: :class:`DetectionDataset`'s ``transforms``, ``skip_empty``, ``check_files``,
                 ``proposals``, ``proposal_topk``.
@@ -47,8 +49,10 @@ class CocoDetection(DetectionDataset):
                 COCO instances file, or image files are missing.
         """
         self.annotations_file = Path(annotations)
-        if not Path(images).is_dir():
-            raise DatasetError(f"{images}: images directory not found")
+        if images is None or not Path(images).is_dir():
+            if common.get("check_files", True):
+                raise DatasetError(f"{images}: images directory not found")
+            images = self.annotations_file.parent  # never read: no image is opened to score results
         if not self.annotations_file.is_file():
             raise DatasetError(f"{self.annotations_file}: annotation file not found")
         super().__init__(

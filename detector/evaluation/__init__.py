@@ -7,6 +7,8 @@ Shape shorthand:
 """
 
 from detector.evaluation.coco_evaluator import (
+    AR_KEYS,
+    COCO_KEYS,
     METRIC_KEYS,
     COCOEvaluator,
     evaluate_coco,
@@ -17,6 +19,8 @@ from detector.evaluation.coco_evaluator import (
 from detector.evaluation.inference import inference_on_dataset
 
 __all__ = [
+    "AR_KEYS",
+    "COCO_KEYS",
     "METRIC_KEYS",
     "COCOEvaluator",
     "evaluate_coco",

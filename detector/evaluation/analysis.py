@@ -72,11 +72,13 @@ def voc_metrics(coco_eval: COCOeval, iou_thresh: float = 0.5, protocol: str = "d
     ]
     voc07, _ = voc_map(dets, gt, iou_thresh=iou_thresh, use_07_metric=True, protocol=protocol)
     voc_area, _ = voc_map(dets, gt, iou_thresh=iou_thresh, use_07_metric=False, protocol=protocol)
-    return {"VOC07_mAP50": voc07, "VOC_mAP50": voc_area}
+    p = round(100 * iou_thresh)  # 0.5 -> "50", 0.75 -> "75"
+    return {f"VOC07_mAP{p}": voc07, f"VOC_mAP{p}": voc_area}
 
 
 def analyze(
-    coco_eval: COCOeval, class_names: dict[int, str] | None = None, *, voc_protocol: str = "devkit"
+    coco_eval: COCOeval, class_names: dict[int, str] | None = None, *, voc_protocol: str = "devkit",
+    voc_ious: tuple[float, ...] = (0.5,),
 ) -> dict[str, Any]:
     """Everything the comparison table and plots need, as plain Python values.
 
@@ -84,6 +86,7 @@ def analyze(
         coco_eval: evaluated and accumulated.
         class_names: category id -> name (default: the ground truth's names).
         voc_protocol: ``devkit`` or ``continuous`` (:mod:`detector.evaluation.voc`).
+        voc_ious: IoU thresholds of the VOC columns (0.5 always): ``VOC07_mAP<100 t>``, ``VOC_mAP<100 t>``.
 
     Returns:
         dict with ``iou_thresholds``, ``ap_per_iou``, ``per_class`` ({name: {"AP", "AP50"}}),
@@ -124,5 +127,5 @@ def analyze(
         "ap_by_size": ap_by_size,
         "tp_ious": tp_ious,
         "mean_tp_iou": float(np.mean(tp_ious)) if tp_ious else float("nan"),
-        **voc_metrics(coco_eval, protocol=voc_protocol),
+        **{k: v for t in sorted({0.5, *voc_ious}) for k, v in voc_metrics(coco_eval, t, voc_protocol).items()},
     }

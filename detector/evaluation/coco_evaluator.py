@@ -36,6 +36,8 @@ from detector.errors import DatasetError
 from detector.utils.io import atomic_write_json
 
 __all__ = [
+    "AR_KEYS",
+    "COCO_KEYS",
     "METRIC_KEYS",
     "COCOEvaluator",
     "evaluate_coco",
@@ -48,6 +50,10 @@ __all__ = [
 # IoU 0.50 (the VOC metric), AP at IoU 0.75, then AP@[.50:.95] for small (< 32^2 px), medium and
 # large (> 96^2 px) ground-truth areas.
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# pycocotools' recall statistics (stats[6:12]): at most 1, 10, 100 detections per image, then by size.
+AR_KEYS = ("AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+# Everything COCOeval.summarize() computes, in its order.
+COCO_KEYS = (*METRIC_KEYS, *AR_KEYS)
 
 
 def _as_list(x: Any) -> list:
@@ -191,13 +197,13 @@ def make_cocoeval(
 
 
 def summarize(coco_eval: COCOeval) -> tuple[dict[str, float], str]:
-    """The six :data:`METRIC_KEYS` of an evaluated ``COCOeval`` and its 12-line summary text."""
+    """The twelve :data:`COCO_KEYS` (AP and AR) of an evaluated ``COCOeval`` and its 12-line summary text."""
     summary_buf = io.StringIO()
     with contextlib.redirect_stdout(summary_buf):
         coco_eval.summarize()
     metrics = {
         key: (float("nan") if value < 0 else float(value))
-        for key, value in zip(METRIC_KEYS, coco_eval.stats[: len(METRIC_KEYS)])
+        for key, value in zip(COCO_KEYS, coco_eval.stats[: len(COCO_KEYS)])
     }
     return metrics, summary_buf.getvalue()
 
@@ -328,7 +334,7 @@ class COCOEvaluator:
         """Score everything processed since :meth:`reset`, writing result files if configured.
 
         Returns:
-            :data:`METRIC_KEYS` (fractions, NaN for area ranges without ground truth; all NaN when
+            :data:`COCO_KEYS` (fractions, NaN for area ranges without ground truth; all NaN when
             nothing was processed), plus ``num_images`` and ``num_detections``.
         """
         if self.gather is not None:  # the shards of every rank, merged
@@ -343,7 +349,7 @@ class COCOEvaluator:
             metrics, self.summary = summarize(self.coco_eval)
         else:
             # COCOeval over zero images would also yield all -1; say so directly.
-            metrics, self.summary = {key: float("nan") for key in METRIC_KEYS}, ""
+            metrics, self.summary = {key: float("nan") for key in COCO_KEYS}, ""
         out: dict[str, Any] = dict(metrics)
         out["num_images"] = len(self._predictions)
         out["num_detections"] = len(results)

@@ -1,6 +1,7 @@
 """The comparison table of ``tools/eval.py``: one row per model (or results file), as text and Markdown.
 
-A row holds the COCO metrics (:data:`~detector.evaluation.METRIC_KEYS`), VOC07 11-point and VOC
+A row holds the COCO metrics (:data:`~detector.evaluation.METRIC_KEYS`, and AR100 of the AR stats
+every row also carries in JSON), VOC07 11-point and VOC
 area mAP@0.5, the mean IoU of the true positives, and images/s. Values are fractions; the table shows
 them in %. ``NaN``/``None`` (undefined: no ground truth of that kind) shows as ``nan``.
 """
@@ -14,9 +15,9 @@ from detector.evaluation.coco_evaluator import METRIC_KEYS
 
 __all__ = ["COLUMNS", "LEGEND", "format_markdown", "format_table", "json_safe"]
 
-COLUMNS = (*METRIC_KEYS, "VOC07", "VOC", "TP_IoU")
+COLUMNS = (*METRIC_KEYS, "AR100", "VOC07", "VOC", "TP_IoU")
 LEGEND = (
-    "AP..APl: COCO (pycocotools), in %; VOC07: VOC2007 11-point mAP@0.5; VOC: VOC2010+ area mAP@0.5 "
+    "AP..APl: COCO (pycocotools), in %; AR100: COCO average recall, 100 detections per image; VOC07: VOC2007 11-point mAP@0.5; VOC: VOC2010+ area mAP@0.5 "
     "(both under the devkit's rules); TP_IoU: mean IoU of the true positives at IoU 0.5; img/s: "
     "end-to-end inference speed (- for results files)"
 )

@@ -22,6 +22,7 @@ from pycocotools.cocoeval import COCOeval
 from conftest import FORMATS
 from detector.errors import DatasetError
 from detector.evaluation import (
+    COCO_KEYS,
     METRIC_KEYS,
     COCOEvaluator,
     evaluate_coco,
@@ -124,7 +125,7 @@ def test_unknown_label_raises_one_line_dataset_error() -> None:
 
 def test_perfect_detections_score_one(coco_gt: COCO) -> None:
     metrics = _evaluate(coco_gt, _predictions())
-    assert set(metrics) == set(METRIC_KEYS)
+    assert set(metrics) == set(COCO_KEYS)  # the six AP and the six AR statistics
     for key in METRIC_KEYS:
         assert metrics[key] == pytest.approx(1.0), key
 
@@ -146,7 +147,7 @@ def test_wrong_labels_score_zero(coco_gt: COCO) -> None:
 
 def test_empty_results_score_zero_without_crash(coco_gt: COCO) -> None:
     metrics = evaluate_coco(coco_gt, [])
-    assert metrics == {key: 0.0 for key in METRIC_KEYS}
+    assert {k: metrics[k] for k in METRIC_KEYS} == {key: 0.0 for key in METRIC_KEYS}
 
 
 def test_area_range_without_gt_is_nan(tmp_path: Path) -> None:
@@ -194,7 +195,7 @@ def test_evaluator_writes_metrics_and_results(coco_gt: COCO, tmp_path: Path) -> 
     assert evaluator.summary.count("\n") == 12
 
     saved = _strict_json(out_dir / "metrics.json")
-    assert set(saved) == set(METRIC_KEYS) | {"num_images", "num_detections"}
+    assert set(saved) == set(COCO_KEYS) | {"num_images", "num_detections"}
     assert saved["AP"] == pytest.approx(1.0)
     results = _strict_json(out_dir / "coco_results.json")
     assert len(results) == 5
@@ -243,7 +244,7 @@ def test_matches_direct_pycocotools_on_real_fixture() -> None:
         reference.summarize()
         ours = evaluate_coco(COCO(str(gt_file)), json.loads(dt_file.read_text()))
 
-    for key, expected in zip(METRIC_KEYS, reference.stats[:6]):
+    for key, expected in zip(COCO_KEYS, reference.stats[:12]):
         if expected < 0:  # pycocotools' "no ground truth in this range"
             assert math.isnan(ours[key]), key
         else:
