@@ -110,4 +110,5 @@ class Predictor:
         return self.predict(images, **kwargs)
 
     def __repr__(self) -> str:
-        return f"Predictor({len(self.class_names)} classes: {', '.join(self.class_names[:5])}{'...' if len(self.class_names) > 5 else ''}; {self.device})"
+        names = ", ".join(self.class_names[:5]) + ("..." if len(self.class_names) > 5 else "")
+        return f"Predictor({len(self.class_names)} classes: {names}; {self.device})"

@@ -40,3 +40,39 @@ def tiny_model(num_classes: int = 3, overrides: list[str] | None = None, class_n
     cfg = compose_config("train", TINY_MODEL + (overrides or []))
     names = class_names if class_names is not None else [f"class{i}" for i in range(1, num_classes + 1)]
     return build_model(cfg.model, class_names=names)
+
+
+def run_in_process(command: str, args: list[str], cwd: Path, capsys) -> "CommandResult":
+    """``roilens <command> ARGS`` in this process, from ``cwd``: its exit code, stdout and stderr.
+
+    The same code path as the console command (argv check, Hydra app, one-line errors), without the
+    seconds a new interpreter spends importing torch; one subprocess smoke test per tool stays.
+    """
+    import logging
+    import os
+    import sys
+
+    from detector.cli import main as cli
+
+    root, handlers = logging.getLogger(), list(logging.getLogger().handlers)
+    old_cwd, old_argv = os.getcwd(), sys.argv
+    capsys.readouterr()
+    code = 0
+    try:
+        os.chdir(cwd)
+        cli.main([command, *args])
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        os.chdir(old_cwd)
+        sys.argv = old_argv
+        for handler in [h for h in root.handlers if h not in handlers]:  # Hydra's job log handlers
+            root.removeHandler(handler)
+            handler.close()
+    captured = capsys.readouterr()
+    return CommandResult(code, captured.out, captured.err)
+
+
+class CommandResult:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr

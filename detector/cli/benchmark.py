@@ -99,7 +99,8 @@ def report_ops(rows: list[tuple[str, float, float, float]], device: torch.device
         "shape: 2 x 512 x 18 x 25 features (stride 32), 1024 RoIs, 7x7 output, sampling ratio 2, aligned",
         "speed-up = torchvision's time / ours (higher is better); vs avg = ours / our avg-centered",
         "f+b: the upstream gradient made in the timed region (ones_like); given: made before the clock",
-        f"{'mode':<40} {'fwd ms':>8} {'f+b ms':>8} {'given ms':>9} {'speed-up fwd':>13} {'speed-up f+b':>13} {'given':>7} {'vs avg f+b':>11}"
+        f"{'mode':<40} {'fwd ms':>8} {'f+b ms':>8} {'given ms':>9} {'speed-up fwd':>13} {'speed-up f+b':>13}"
+        f" {'given':>7} {'vs avg f+b':>11}"
         + (f" {'vs avg, paired':>15}" if paired else ""),
     ]
     for name, f, fb, fg in rows:

@@ -85,7 +85,8 @@ def draw(args: argparse.Namespace) -> Path:
         for (r, c) in torch.nonzero(hidden).tolist():
             ax.add_patch(Rectangle((c, r), 1, 1, color="0.85"))
         roi_f = (x / s, y / s, w / s, h / s)
-        ax.add_patch(Rectangle(roi_f[:2], roi_f[2], roi_f[3], fill=False, edgecolor="tab:blue", linewidth=2.5, label=f"RoI ({x:g}, {y:g}, {w:g}, {h:g}) / {s}"))
+        ax.add_patch(Rectangle(roi_f[:2], roi_f[2], roi_f[3], fill=False, edgecolor="tab:blue", linewidth=2.5,
+                               label=f"RoI ({x:g}, {y:g}, {w:g}, {h:g}) / {s}"))
         if (x1v - x0v) <= 40 and (y1v - y0v) <= 30:
             for r in range(y0v, y1v):
                 for c in range(x0v, x1v):
@@ -140,7 +141,8 @@ def draw(args: argparse.Namespace) -> Path:
             for r in range(k):
                 for c in range(k):
                     ax.text(c, r, f"{values[r, c]:.3f}", ha="center", va="center", color="white", fontsize=9)
-    fig.suptitle(y=1.02, t=f"{img_w} x {img_h} image, stride {s} -> {fw} x {fh} feature map; RoI x, y = ({x:g}, {y:g}), w, h = ({w:g}, {h:g})")
+    fig.suptitle(y=1.02, t=f"{img_w} x {img_h} image, stride {s} -> {fw} x {fh} feature map; "
+                           f"RoI x, y = ({x:g}, {y:g}), w, h = ({w:g}, {h:g})")
     fig.tight_layout()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,10 +11,10 @@ backward goes through a ``torch.amp.GradScaler`` (scale the loss, backward, unsc
 *before* clipping so ``clip_grad_norm`` is in true units, step, update the scale). A step whose
 scaled gradients overflow is skipped by the scaler itself and the scale halves: that is how float16
 training finds its scale, not a non-finite loss, so it is logged at debug level and not counted.
-bfloat16 has float32's exponent range and needs no scaler. A non-finite loss never reaches the optimizer: with ``nonfinite="stop"`` the run stops
-with one line naming the iteration (1-based, as the log counts) and the loss terms that are not
-finite; with ``"skip"`` the step is dropped (no update; the iteration still counts and the schedule
-moves on) and the caller counts it.
+bfloat16 has float32's exponent range and needs no scaler. A non-finite loss never reaches the
+optimizer: with ``nonfinite="stop"`` the run stops with one line naming the iteration (1-based, as
+the log counts) and the loss terms that are not finite; with ``"skip"`` the step is dropped (no
+update; the iteration still counts and the schedule moves on) and the caller counts it.
 
 :func:`check_finite` looks at every parameter and buffer (BatchNorm statistics included) before a
 checkpoint is written: a step that diverged without a non-finite loss (an enormous lr) must not

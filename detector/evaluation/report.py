@@ -17,7 +17,8 @@ __all__ = ["COLUMNS", "LEGEND", "format_markdown", "format_table", "json_safe"]
 
 COLUMNS = (*METRIC_KEYS, "AR100", "VOC07", "VOC", "TP_IoU")
 LEGEND = (
-    "AP..APl: COCO (pycocotools), in %; AR100: COCO average recall, 100 detections per image; VOC07: VOC2007 11-point mAP@0.5; VOC: VOC2010+ area mAP@0.5 "
+    "AP..APl: COCO (pycocotools), in %; AR100: COCO average recall, 100 detections per image; "
+    "VOC07: VOC2007 11-point mAP@0.5; VOC: VOC2010+ area mAP@0.5 "
     "(both under the devkit's rules); TP_IoU: mean IoU of the true positives at IoU 0.5; img/s: "
     "end-to-end inference speed (- for results files)"
 )

@@ -109,8 +109,8 @@ def test_voc_keeps_train_and_val_images_of_the_same_name_apart(tmp_path):
     val = generate_synthetic_coco(root, split="val", num_images=3, seed=2, min_image_size=96, max_image_size=128)
     convert(["dataset=coco_json", f"dataset.train.images={train[0]}", f"dataset.train.annotations={train[1]}",
              f"dataset.val.images={val[0]}", f"dataset.val.annotations={val[1]}", "to=voc", f"output={tmp_path / 'voc'}"])
-    for split, (images, annotations) in (("train", train), ("val", val)):
-        original = CocoDetection(images=images, annotations=annotations)
+    for split, (images, annotation_file) in (("train", train), ("val", val)):
+        original = CocoDetection(images=images, annotations=annotation_file)
         back = VOCDetection(root=tmp_path / "voc", sets=[f"2007/{split}"], class_names="from_xml")
         assert len(back) == len(original)
         sources = json.loads((tmp_path / "voc" / "VOC2007" / f"sources_{split}.json").read_text())

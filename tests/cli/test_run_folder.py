@@ -155,19 +155,15 @@ def test_infer_keeps_its_summary_in_its_log(tmp_path):
 
 
 @pytest.mark.parametrize("tool, args", [
-    ("train.py", []),
-    ("infer.py", ["checkpoint=x.pth", "input=x.jpg"]),
+    ("train", []),
+    ("infer", ["checkpoint=x.pth", "input=x.jpg"]),
 ])
-def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, tool, args):
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, tool, args, capsys):
     """Through the command line (Hydra makes the folder before the task): a path under a file."""
-    import os
-    import subprocess
-    import sys
+    from conftest import run_in_process
 
     (tmp_path / "afile").write_text("not a folder")
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / tool), f"output_dir={tmp_path / 'afile' / 'run'}", *args],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, HYDRA_FULL_ERROR="0", PYTHONWARNINGS="ignore"))
+    r = run_in_process(tool, [f"output_dir={tmp_path / 'afile' / 'run'}", *args], tmp_path, capsys)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
         f"error: output_dir={tmp_path / 'afile' / 'run'}: cannot write there (Not a directory); choose a folder you "
@@ -284,13 +280,24 @@ def test_cosmetic_messages_say_what_the_file_is(tmp_path, caplog):
                for r in caplog.records)
 
 
-def test_an_unquoted_value_with_a_space_gets_the_quoting_hint(tmp_path):
-    import subprocess
-    import sys
+def test_an_unquoted_value_with_a_space_gets_the_quoting_hint(tmp_path, capsys):
+    from conftest import run_in_process
 
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), "output_dir=my", "runs/a"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=60)
+    r = run_in_process("train", ["output_dir=my", "runs/a"], tmp_path, capsys)
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         "error: 'runs/a' is not a key=value override: if it belongs to output_dir, quote the value, e.g. "
         "output_dir='my runs/a'"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_analyze_quantization_command_line(tmp_path, capsys):
+    """The analysis through its command (in process): the table by rule and size, its files."""
+    from conftest import TINY_MODEL, run_in_process
+
+    r = run_in_process("analyze", [f"dataset.root={tmp_path / 'data'}", "dataset.val.num_images=3",
+                                   "dataset.train.num_images=2", *TINY_MODEL, f"output_dir={tmp_path / 'q'}"],
+                       tmp_path, capsys)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for rule in ("round", "floor"):
+        assert any(line.startswith(f"| {rule} | all |") for line in r.stdout.splitlines()), r.stdout[-2000:]
+    assert any((tmp_path / "q").iterdir())

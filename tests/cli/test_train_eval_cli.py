@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import FORMATS, ROOT, TINY_MODEL
+from conftest import FORMATS, ROOT, TINY_MODEL, run_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -147,20 +147,20 @@ def _one_line_error(r, *needles):
         assert needle in lines[0], lines[0]
 
 
-def test_malformed_config_value(tmp_path):
-    r = run_tool("train.py", train_args(tmp_path, tmp_path / "o", ["solver.base_lr=abc"]), cwd=tmp_path)
+def test_malformed_config_value(tmp_path, capsys):
+    r = run_in_process("train", train_args(tmp_path, tmp_path / "o", ["solver.base_lr=abc"]), tmp_path, capsys)
     _one_line_error(r, "solver.base_lr", "abc")
 
 
-def test_missing_dataset_path(tmp_path):
+def test_missing_dataset_path(tmp_path, capsys):
     args = train_args(tmp_path, tmp_path / "o", [
         "dataset=coco_json", f"dataset.train.images={tmp_path}/nope", f"dataset.train.annotations={tmp_path}/nope.json",
         f"dataset.val.images={tmp_path}/nope", f"dataset.val.annotations={tmp_path}/nope.json",
     ], synthetic=False)
-    _one_line_error(run_tool("train.py", args, cwd=tmp_path), "nope")
+    _one_line_error(run_in_process("train", args, tmp_path, capsys), "nope")
 
 
-def test_unreadable_annotation_file(tmp_path):
+def test_unreadable_annotation_file(tmp_path, capsys):
     (tmp_path / "imgs").mkdir()
     bad = tmp_path / "bad.json"
     bad.write_text("{ this is not json")
@@ -168,19 +168,19 @@ def test_unreadable_annotation_file(tmp_path):
         "dataset=coco_json", f"dataset.train.images={tmp_path}/imgs", f"dataset.train.annotations={bad}",
         f"dataset.val.images={tmp_path}/imgs", f"dataset.val.annotations={bad}",
     ], synthetic=False)
-    _one_line_error(run_tool("train.py", args, cwd=tmp_path), str(bad))
+    _one_line_error(run_in_process("train", args, tmp_path, capsys), str(bad))
 
 
-def test_eval_missing_checkpoint(tmp_path):
-    r = run_tool("eval.py", [f"checkpoints=[{tmp_path}/none.pth]", f"output_dir={tmp_path}/o"], cwd=tmp_path)
+def test_eval_missing_checkpoint(tmp_path, capsys):
+    r = run_in_process("eval", [f"checkpoints=[{tmp_path}/none.pth]", f"output_dir={tmp_path}/o"], tmp_path, capsys)
     _one_line_error(r, "none.pth")
 
 
-def test_resume_extends_the_run_with_this_runs_schedule(tmp_path):
+def test_resume_extends_the_run_with_this_runs_schedule(tmp_path, capsys):
     out = tmp_path / "run"
-    r = run_tool("train.py", train_args(tmp_path, out), cwd=tmp_path)
+    r = run_in_process("train", train_args(tmp_path, out), tmp_path, capsys)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = run_tool("train.py", train_args(tmp_path, out, ["resume=true", "solver.max_iter=3"]), cwd=tmp_path)
+    r = run_in_process("train", train_args(tmp_path, out, ["resume=true", "solver.max_iter=3"]), tmp_path, capsys)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stdout and "at iteration 2" in r.stdout
     import torch
@@ -188,22 +188,23 @@ def test_resume_extends_the_run_with_this_runs_schedule(tmp_path):
     state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
     assert state["iteration"] == 3
     # A different model in the same output_dir is refused in one line.
-    r = run_tool("train.py", train_args(tmp_path, out, ["resume=true", "solver.max_iter=4", "model/pooler=roi_pool"]), cwd=tmp_path)
+    r = run_in_process("train", train_args(tmp_path, out, ["resume=true", "solver.max_iter=4", "model/pooler=roi_pool"]),
+                       tmp_path, capsys)
     _one_line_error(r, "resume=true but the model config differs")
 
 
-def test_eval_refuses_other_classes(trained):
+def test_eval_refuses_other_classes(trained, capsys):
     tmp, runs = trained
     small = FORMATS / "coco_small"
-    r = run_tool("eval.py", [
+    r = run_in_process("eval", [
         f"checkpoints=[{runs['roi_align'] / 'model_final.pth'}]", "dataset=coco_json",
         f"dataset.val.images={small}", f"dataset.val.annotations={small / 'gt_dataset.json'}",
         "dataset.train.images=x", "dataset.train.annotations=x", f"output_dir={tmp / 'e2'}",
-    ], cwd=tmp)
+    ], tmp, capsys)
     _one_line_error(r, "was trained on classes")
 
 
-def test_eval_refuses_checkpoints_of_different_datasets(trained, tmp_path):
+def test_eval_refuses_checkpoints_of_different_datasets(trained, tmp_path, capsys):
     import torch
 
     tmp, runs = trained
@@ -211,7 +212,8 @@ def test_eval_refuses_checkpoints_of_different_datasets(trained, tmp_path):
     state = torch.load(runs["roi_pool"] / "model_final.pth", map_location="cpu", weights_only=False)
     state["config"]["dataset"]["val"]["annotations"] = str(tmp_path / "elsewhere.json")
     torch.save(state, other)
-    r = run_tool("eval.py", [f"checkpoints=[{runs['roi_align'] / 'model_final.pth'},{other}]", f"output_dir={tmp_path / 'e'}"], cwd=tmp_path)
+    r = run_in_process("eval", [f"checkpoints=[{runs['roi_align'] / 'model_final.pth'},{other}]", f"output_dir={tmp_path / 'e'}"],
+                       tmp_path, capsys)
     _one_line_error(r, "different datasets")
 
 

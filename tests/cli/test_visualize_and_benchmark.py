@@ -10,7 +10,8 @@ def run(args, cwd):
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("extra", [[], ["--image-size", "640", "480", "--stride", "16", "--roi", "100", "80", "150", "90", "--output-size", "7", "--layout", "centered", "--reduction", "avg"]])
+@pytest.mark.parametrize("extra", [[], ["--image-size", "640", "480", "--stride", "16", "--roi", "100", "80", "150", "90",
+                                       "--output-size", "7", "--layout", "centered", "--reduction", "avg"]])
 def test_visualize_roi_writes_a_png(tmp_path, extra):
     out = tmp_path / "fig.png"
     r = run([str(ROOT / "tools" / "visualize_roi.py"), "--out", str(out), *extra], cwd=tmp_path)

@@ -64,3 +64,21 @@ def test_the_dataset_flips_proposals_with_the_image(tmp_path):
     torch.testing.assert_close(target["boxes"], torch.tensor([[70.0, 10, 90, 30]]), atol=1e-4, rtol=0)
     assert target["labels"].tolist() == [1]
     torch.testing.assert_close(target["proposals"], torch.tensor([[70.0, 5, 100, 25], [0, 0, 40, 50]]), atol=1e-4, rtol=0)
+
+
+class _Payload:
+    """A pickled object whose unpickling would call os.system: weights_only loading must refuse it."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo PWNED > pwned.txt",))
+
+
+def test_a_pt_file_holding_pickled_code_is_refused_unread(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"image_ids": [1], "boxes": [_Payload()]}, tmp_path / "evil.pt")
+    with pytest.raises(DatasetError, match=r"evil\.pt") as err:
+        load_proposals(tmp_path / "evil.pt", IMAGES)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "pwned.txt").exists()

@@ -84,14 +84,17 @@ def test_stop_names_the_last_good_checkpoint(tmp_path):
 
 
 def test_a_diverging_run_never_leaves_a_poisoned_last_checkpoint(tmp_path):
+    # The first step runs at lr 1e-3 (warmup from 1e-9 of 1e6) and writes model_0000001.pth; the
+    # next ones at 1e5 and more diverge.
     out = tmp_path / "run"
     with pytest.raises(NonFiniteError) as err:
-        _train(tmp_path, out, ["solver.base_lr=1e6", "solver.clip_grad_norm=0", "checkpoint_period=1", "solver.max_iter=8"])
+        _train(tmp_path, out, ["solver.base_lr=1e6", "solver.warmup_iters=6", "solver.warmup_factor=1e-9",
+                               "solver.clip_grad_norm=0", "checkpoint_period=1", "solver.max_iter=8"])
     assert "\n" not in str(err.value) and "iteration" in str(err.value)
     last = find_last_checkpoint(out)
-    if last is not None:  # whatever was written is finite, so a resume can start from it
-        state = load_checkpoint(last)
-        assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert last is not None and f"last good checkpoint: {last}" in str(err.value)
+    state = load_checkpoint(last)  # finite, so a resume can start from it
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
 
 
 def test_missing_last_checkpoint_falls_back_or_stops(tmp_path):
@@ -168,7 +171,8 @@ def _cli(args, **kw):
 
 
 @pytest.mark.slow
-def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_143(tmp_path):
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_finishes_the_step_writes_a_checkpoint_and_exits_128_plus_its_number(tmp_path, signum, code):
     out = tmp_path / "run"
     args = [f"dataset.root={tmp_path / 'data'}", *DATA, *TINY_MODEL, "solver.ims_per_batch=2", "num_workers=0",
             "progress=false", "device=cpu", "solver.max_iter=400", "checkpoint_period=0", f"output_dir={out}"]
@@ -178,11 +182,12 @@ def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_143(tmp_path):
         time.sleep(0.1)
     while time.time() < deadline and "iter 20/400" not in (out / "train.log").read_text():
         time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 143, stderr[-2000:]
+    assert proc.returncode == code, stderr[-2000:]
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: SIGTERM at iteration ") and "resume=true continues" in lines[0]
+    name = signal.Signals(signum).name
+    assert len(lines) == 1 and lines[0].startswith(f"error: {name} at iteration ") and "resume=true continues" in lines[0]
     last = find_last_checkpoint(out)
     assert last is not None and 20 <= load_checkpoint(last)["iteration"] < 400
 

@@ -20,7 +20,6 @@ def test_rows_of_shared_classes_and_background_are_copied_by_name(tmp_path):
     report = load_finetune_weights(new, old.state_dict(), source="x", checkpoint_classes=["cat", "dog", "bird"],
                                    model_classes=["dog", "fish"])
     o, n = old.roi_heads.predictor, new.roi_heads.predictor
-    fresh = tiny_model(class_names=["dog", "fish"]).roi_heads.predictor
     # Background (row 0) and "dog" (old label 2 -> new label 1) come from the checkpoint.
     torch.testing.assert_close(n.cls_score.weight[[0, 1]], o.cls_score.weight[[0, 2]])
     torch.testing.assert_close(n.cls_score.bias[[0, 1]], o.cls_score.bias[[0, 2]])

@@ -72,7 +72,7 @@ def coco_gt(tmp_path: Path) -> COCO:
 
 def _predictions(shift_frac: float = 0.0, swap_labels: bool = False) -> dict[int, dict]:
     """GT boxes as detections (score 1), optionally shifted right by ``shift_frac`` of the width."""
-    cat_to_label = {c: l for l, c in LABEL_TO_CAT_ID.items()}
+    cat_to_label = {c: label for label, c in LABEL_TO_CAT_ID.items()}
     preds = {}
     for image_id, objs in GT.items():
         boxes, labels = [], []

@@ -65,7 +65,7 @@ class FakeDetector(nn.Module):
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         self.modes_seen.append(self.training)
-        cat_to_label = {c: l for l, c in LABEL_TO_CAT_ID.items()}
+        cat_to_label = {c: label for label, c in LABEL_TO_CAT_ID.items()}
         outputs = []
         for image in images:
             image_id = int(round(image[0, 0, 0].item() * 10))

@@ -146,3 +146,20 @@ def test_equals_the_devkit_on_difficult_boxes_ties_and_recall_exactly_three_tent
         assert voc_map(ours_dets, ours_gt, use_07_metric=use_07)[0] == pytest.approx(expected, abs=1e-12)
     # The case does exercise the 0.3 level: the continuous variant's exact tenths score higher.
     assert voc_map(ours_dets, ours_gt, use_07_metric=True, protocol="continuous")[0] > _devkit_reference(dets, gt, use_07=True)
+
+
+def test_results_files_are_in_the_devkits_one_based_frame(tmp_path):
+    """comp4_det_test_<class>.txt: ``id score x1 y1 x2 y2`` 1-based inclusive, as the XML writes boxes:
+    the fixture's cat (31, 41, 150, 160 in its XML) detected exactly comes back as those numbers."""
+    from conftest import FORMATS
+    from detector.data import VOCDetection
+    from detector.evaluation.voc import write_voc_results
+
+    ds = VOCDetection(root=FORMATS / "VOCdevkit", sets=["2007/trainval"], class_names=["cat", "person"])
+    (image_id,) = ds.ids
+    cat = next(c for c, info in ds.coco.cats.items() if info["name"] == "cat")
+    x1, y1, x2, y2 = ds[0][1]["boxes"][0].tolist()  # the cat, 0-based continuous
+    results = [{"image_id": image_id, "category_id": cat, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": 0.75}]
+    out = write_voc_results(results, ds, tmp_path / "voc")
+    assert (out / "comp4_det_test_cat.txt").read_text() == "000005 0.750000 31.0 41.0 150.0 160.0\n"
+    assert (out / "comp4_det_test_person.txt").read_text() == ""  # every class gets its file

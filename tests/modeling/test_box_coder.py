@@ -53,7 +53,21 @@ def test_class_specific_decode_and_clamp():
     ref = random_boxes(4)
     deltas = torch.zeros(4, 8)
     deltas[:, 6] = 1e6  # an absurd dw for class 1 is clamped, not inf
+    deltas[:, 7] = -1e6  # an absurd negative dh is not clamped: the box shrinks to its centre
     out = coder.decode(deltas, ref)
     assert out.shape == (4, 8)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out[:, :4], ref)
+    # Class 1's width is exactly the clamp's: the reference width times 1000 / 16, around its centre.
+    w_ref, cx = ref[:, 2] - ref[:, 0], (ref[:, 0] + ref[:, 2]) / 2
+    torch.testing.assert_close(out[:, 6] - out[:, 4], w_ref * (1000 / 16), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close((out[:, 4] + out[:, 6]) / 2, cx, rtol=1e-5, atol=1e-3)
+    assert torch.allclose(out[:, 7] - out[:, 5], torch.zeros(4), atol=1e-3)
+    # Just under the clamp nothing changes; torchvision's coder clamps at the same value.
+    deltas[:, 6] = math.log(1000 / 16) - 0.01
+    torch.testing.assert_close(coder.decode(deltas, ref)[:, 6] - coder.decode(deltas, ref)[:, 4],
+                               w_ref * math.exp(math.log(1000 / 16) - 0.01), rtol=1e-5, atol=1e-3)
+    big = torch.zeros(4, 4)
+    big[:, 2] = 50.0
+    tv = TVBoxCoder(weights=(1.0, 1.0, 1.0, 1.0)).decode_single(big, ref)
+    torch.testing.assert_close(coder.decode(big, ref), tv, rtol=1e-5, atol=1e-3)

@@ -87,3 +87,20 @@ def test_weights_of_another_width_do_not_fit(tmp_path):
     torch.save(VGG16Backbone(width=0.125).state_dict(), path)
     with pytest.raises(CheckpointError, match="do not fit"):
         VGG16Backbone(width=0.25, weights=str(path))
+
+
+class _Payload:
+    """A pickled object whose unpickling would call os.system: weights_only loading must refuse it."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo PWNED > pwned.txt",))
+
+
+def test_a_weights_file_holding_pickled_code_is_refused_unread(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"features.0.weight": _Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match=r"cannot read backbone weights .*evil\.pth"):
+        VGG16Backbone(stride=32, width=0.0625, weights=str(tmp_path / "evil.pth"))
+    assert not (tmp_path / "pwned.txt").exists()

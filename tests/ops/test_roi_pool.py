@@ -91,7 +91,8 @@ def test_cuda_matches_cpu():
     x = torch.randn(2, 8, 18, 25)
     rois = _rois(30)
     for q in ("round", "floor"):
-        torch.testing.assert_close(roi_pool(x.cuda(), rois.cuda(), 7, 1 / 32, quantization=q).cpu(), roi_pool(x, rois, 7, 1 / 32, quantization=q))
+        torch.testing.assert_close(roi_pool(x.cuda(), rois.cuda(), 7, 1 / 32, quantization=q).cpu(),
+                                   roi_pool(x, rois, 7, 1 / 32, quantization=q))
 
 
 def test_floor_quantizes_in_float64_for_half_precision_maps():

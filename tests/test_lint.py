@@ -1,0 +1,17 @@
+"""ruff over the code (its settings in pyproject.toml): the suite is what CI runs, so the lint runs here."""
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def test_ruff_finds_nothing():
+    if importlib.util.find_spec("ruff") is None:
+        pytest.fail("ruff is not installed: pip install -e '.[test]'")
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", "detector", "tools", "tests", "benchmarks"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:]
