@@ -67,6 +67,10 @@ def describe_pooler(model_cfg: dict) -> str:
         for key, default in (("reduction", "avg"), ("sample_layout", "centered")):
             if pooler.get(key, default) != default:
                 parts.append(str(pooler[key]))
+    elif name == "RoIWarp":
+        parts.append(f"sr{pooler['sampling_ratio']}")
+        if pooler.get("reduction", "avg") != "avg":
+            parts.append(str(pooler["reduction"]))
     elif pooler.get("quantization", "round") != "round":
         parts.append(str(pooler["quantization"]))
     return f"{name}({', '.join(parts)})"

@@ -47,6 +47,7 @@ MODEL_TARGETS = frozenset({
     "detector.modeling.roi_heads.FastRCNNPredictor",
     "detector.ops.RoIAlign",
     "detector.ops.RoIPool",
+    "detector.ops.RoIWarp",
 })
 
 # Dataset splits, as configs/dataset/**.yaml name them. The generators are listed because a split

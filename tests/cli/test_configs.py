@@ -28,7 +28,7 @@ def test_model_configs_instantiate_and_run(model, pooler):
     from detector.cli.config import build_model
 
     cfg = compose_config("train", [f"model={model}", f"model/pooler={pooler}", "model.backbone.width=0.0625"])
-    assert cfg.model.pooler._target_.endswith({"roi_pool": "RoIPool", "roi_align": "RoIAlign"}[pooler])
+    assert cfg.model.pooler._target_.endswith({"roi_pool": "RoIPool", "roi_align": "RoIAlign", "roi_warp": "RoIWarp"}[pooler])
     net = build_model(cfg.model, class_names=['a', 'b', 'c', 'd']).eval()
     assert net.roi_heads.pooler.spatial_scale == pytest.approx(1 / cfg.model.backbone.stride)
     # Fast R-CNN (no RPN) takes its proposals from outside, in original-image pixels.
@@ -122,6 +122,7 @@ def test_library_errors_come_back_naming_the_config_key():
     ["model/pooler=roi_pool", "model.pooler.quantization=floor"],
     ["model/pooler=roi_align", "model.pooler.reduction=max", "model.pooler.sample_layout=interior",
      "model.pooler.sampling_ratio=-1", "model.pooler.aligned=false"],
+    ["model/pooler=roi_warp", "model.pooler.reduction=max"],
 ])
 def test_every_operator_variant_through_config(overrides):
     from detector.cli.config import build_model
@@ -168,3 +169,15 @@ def test_step_milestones_follow_max_iter():
     assert list(compose_config("train", ["solver.max_iter=400"]).solver.steps) == [320]
     assert list(compose_config("train", ["solver.step_fractions=[0.5,0.75]", "solver.max_iter=100"]).solver.steps) == [50, 75]
     assert list(compose_config("train", ["solver.steps=[7]"]).solver.steps) == [7]
+
+
+def test_the_comparison_names_every_pooler():
+    from omegaconf import OmegaConf
+
+    from detector.cli.eval import describe_pooler
+
+    names = {}
+    for pooler in POOLERS:
+        cfg = compose_config("train", [f"model/pooler={pooler}"])
+        names[pooler] = describe_pooler(OmegaConf.to_container(cfg.model, resolve=True))
+    assert names == {"roi_align": "RoIAlign(s32, sr2, aligned)", "roi_pool": "RoIPool(s32)", "roi_warp": "RoIWarp(s32, sr2)"}
