@@ -41,12 +41,14 @@ from detector.engine import load_checkpoint
 from detector.errors import CheckpointError, ConfigError, DatasetError
 from detector.evaluation import (
     COCO_KEYS,
+    METRIC_KEYS,
     COCOEvaluator,
     inference_on_dataset,
     make_cocoeval,
 )
 from detector.evaluation.analysis import analyze
 from detector.evaluation.coco_evaluator import summarize
+from detector.evaluation.seeds import pooler_pairs, seed_groups
 from detector.evaluation.plots import plot_all
 from detector.evaluation.proposal_recall import counted_ground_truth, proposal_recall
 from detector.evaluation.report import format_markdown, format_table, json_safe
@@ -174,7 +176,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             val_node = OmegaConf.merge(val_node, {"images": None})  # left out: fine, nothing is read
         shared = build_split(val_node, what="dataset.val", **files_needed)
 
-    rows, analyses, notes = [], {}, []
+    rows, analyses, notes, seed_runs = [], {}, [], []
     entries = [("checkpoint", s) for s in states] + [("results", Path(str(p))) for p in results_files]
     for i, (kind, entry) in enumerate(entries):
         if kind == "checkpoint":
@@ -238,6 +240,8 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             "images_per_second": speed,
             **{k: v for k, v in analysis.items() if k.startswith(("VOC07_mAP", "VOC_mAP"))},
         })
+        if kind == "checkpoint":
+            seed_runs.append({"config": entry[2], "seed": entry[2].get("seed"), "label": label, **rows[-1]})
 
     atomic_write_json(output_dir / "comparison.json", json_safe(rows))
     atomic_write_text(output_dir / "comparison.md", format_markdown(rows))
@@ -246,9 +250,34 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     report(format_table(rows))
     for line in notes:  # Fast R-CNN rows: the recall of the proposals they were given
         report(line)
+    report_seeds(seed_runs, output_dir)
     report(f"plots: {', '.join(str(p) for p in plots)}")
     report(f"output: {output_dir}")
     return rows
+
+
+SEED_METRICS = (*METRIC_KEYS, "AR100", "VOC07", "VOC")
+
+
+def report_seeds(runs: list[dict], output_dir: Path) -> None:
+    """Checkpoints that differ only in their seed: mean +/- std, and poolers compared pair by pair."""
+    groups = seed_groups(runs, metrics=SEED_METRICS)
+    if not groups:
+        return
+    pairs = pooler_pairs(runs, groups, metrics=SEED_METRICS)
+    atomic_write_json(output_dir / "seeds.json", json_safe({"groups": groups, "pairs": pairs}))
+    lines = ["over seeds (mean +/- std in %, sample std):"]
+    for g in groups:
+        lines.append(f"  {g['label']:<30} seeds {g['seeds']}  " + "  ".join(
+            f"{m} {100 * g[m]['mean']:.1f} +/- {100 * g[m]['std']:.1f}" for m in ("AP", "AP50", "AP75", "APs")))
+    for pair in pairs:
+        lines.append(f"  {pair['b']} - {pair['a']}, paired by seed {pair['seeds']} (95 % bootstrap interval of the mean):")
+        for m in ("AP", "AP50", "AP75", "APs"):
+            if m in pair:
+                r = pair[m]
+                lines.append(f"    {m:<5} {100 * r['mean_diff']:+.1f} [{100 * r['ci95_low']:+.1f}, {100 * r['ci95_high']:+.1f}]"
+                             f"  std {100 * r['std_diff']:.1f}  t {r['t']:.2f}")
+    report("\n".join(lines))
 
 
 def _voc_ious(value: Any) -> tuple[float, ...]:
