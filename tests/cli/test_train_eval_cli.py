@@ -5,9 +5,11 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
+import detector
 from conftest import FORMATS, ROOT, TINY_MODEL, run_in_process
 
 pytestmark = pytest.mark.slow
@@ -53,8 +55,9 @@ def trained(tmp_path_factory):
     for pooler, extra in (("roi_pool", []), ("roi_align", LEARNED)):
         out = tmp / pooler
         args = train_args(tmp, out, [f"model/pooler={pooler}", *LEARNABLE_MODEL, *extra], data=LEARNABLE_DATA)
-        r = run_tool("train.py", args, cwd=tmp)
-        assert r.returncode == 0, r.stderr[-3000:]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            detector.train(*args)  # in process (the Python API): the smoke tests below run the CLI
         runs[pooler] = out
     return tmp, runs
 
@@ -217,7 +220,7 @@ def test_eval_refuses_checkpoints_of_different_datasets(trained, tmp_path, capsy
     _one_line_error(r, "different datasets")
 
 
-def test_infer_convert_and_visualize_smoke(trained, tmp_path):
+def test_infer_convert_and_visualize_smoke(trained, tmp_path, capsys):
     """One subprocess per new tool, as a user runs them."""
     tmp, runs = trained
     from PIL import Image
@@ -236,5 +239,5 @@ def test_infer_convert_and_visualize_smoke(trained, tmp_path):
                                        "augmentation=strong", f"output_dir={tmp_path / 'vis'}"], cwd=tmp)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(list((tmp_path / "vis").glob("*.png"))) == 3 and "boxes drawn per class" in r.stdout
-    r = run_tool("infer.py", [f"checkpoint={runs['roi_align'] / 'model_final.pth'}", f"input={tmp_path / 'none'}"], cwd=tmp)
+    r = run_in_process("infer", [f"checkpoint={runs['roi_align'] / 'model_final.pth'}", f"input={tmp_path / 'none'}"], tmp, capsys)
     assert r.returncode == 1 and r.stderr.startswith("error: input=") and len(r.stderr.strip().splitlines()) == 1
