@@ -34,6 +34,7 @@ import json
 import math
 import os
 import subprocess
+import statistics
 import sys
 import threading
 import time
@@ -166,6 +167,38 @@ def aggregate(rows: list[dict]) -> dict[tuple[str, str], dict]:
         agg["AP_range"] = (min(aps), max(aps)) if len(aps) > 1 else None
         out[key] = agg
     return out
+
+
+def decide(rows: list[dict], *, variant: str, tuning: list[str], heldout: list[str], base: str = "base",
+           metric: str = "AP") -> dict:
+    """The decision rule, fixed before the runs: does ``variant`` replace the default (``base``)?
+
+    Per dataset, over its seeds: the gain ``mean(variant) - mean(base)`` and the pooled standard
+    deviation ``sqrt((s_variant^2 + s_base^2) / 2)`` (sample deviations; at least 2 seeds each). The
+    variant is adopted only when its mean gain over the tuning datasets exceeds their mean pooled
+    deviation, and on no held-out dataset it loses more than that dataset's pooled deviation.
+    """
+    def values(v: str, d: str) -> list[float]:
+        return [r[metric] for r in rows if r["variant"] == v and r["dataset"] == d and r.get(metric) is not None]
+
+    per = {}
+    for d in [*tuning, *heldout]:
+        a, b = values(variant, d), values(base, d)
+        if len(a) < 2 or len(b) < 2:
+            return {"adopt": False, "reason": f"{dataset_name(d)}: needs at least 2 seeds of {variant} and {base}",
+                    "per_dataset": per}
+        gain = statistics.mean(a) - statistics.mean(b)
+        per[d] = {"gain": gain, "pooled_std": math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)}
+    gain = statistics.mean(per[d]["gain"] for d in tuning)
+    noise = statistics.mean(per[d]["pooled_std"] for d in tuning)
+    losing = [d for d in heldout if per[d]["gain"] < -per[d]["pooled_std"]]
+    if gain <= noise:
+        reason = f"tuning: mean gain {100 * gain:+.1f} does not exceed the pooled std {100 * noise:.1f}"
+    elif losing:
+        reason = f"held-out: loses beyond its spread on {', '.join(dataset_name(d) for d in losing)}"
+    else:
+        reason = f"tuning: mean gain {100 * gain:+.1f} > pooled std {100 * noise:.1f}; no held-out loss beyond its spread"
+    return {"adopt": gain > noise and not losing, "reason": reason, "per_dataset": per}
 
 
 def _ap_cell(c: dict | None) -> str:

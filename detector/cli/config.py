@@ -109,6 +109,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check_number(cfg, "solver.weight_decay", minimum=0)
     _check_number(cfg, "solver.warmup_iters", integer=True, minimum=0)
     _check_number(cfg, "solver.clip_grad_norm", minimum=0)
+    if OmegaConf.select(cfg, "solver.divergence_factor") is not None:
+        _check_number(cfg, "solver.divergence_factor", minimum=0)
     if _get(cfg, "solver.schedule") not in ("cosine", "step"):
         raise ConfigError(f"solver.schedule must be cosine or step, got {_get(cfg, 'solver.schedule')!r}")
     amp_mode(cfg)

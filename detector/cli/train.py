@@ -43,6 +43,7 @@ from detector.data import (
     build_training_loader,
 )
 from detector.engine import (
+    DivergenceGuard,
     MetricLogger,
     NonFiniteError,
     PeriodicCheckpointer,
@@ -213,6 +214,8 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
     save = RunCheckpoints(cfg, ddp, state, output_dir, resolved=resolved, train_set=train_set)
     evaluate = RunEvaluation(cfg, ddp, state.model, val_set, output_dir, device=device, writer=writer)
     hooks = [
+        DivergenceGuard(factor=float(cfg.solver.get("divergence_factor", 0.0)),
+                        until=max(200, 2 * int(cfg.solver.warmup_iters))),
         MetricLogger(period=int(cfg.log_period), writer=writer, progress=bool(cfg.progress) and ddp.is_main),
         PeriodicCheckpointer(period=int(cfg.checkpoint_period), save=save),
         PeriodicEvaluator(period=int(cfg.eval_period), evaluate=evaluate, writer=writer),

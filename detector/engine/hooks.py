@@ -25,8 +25,11 @@ from typing import Any
 from tqdm import tqdm
 
 from detector.engine.state import TrainState
+from detector.errors import DetectorError
 
-__all__ = ["Hook", "LoopInfo", "MetricLogger", "PeriodicCheckpointer", "PeriodicEvaluator", "log_metrics"]
+__all__ = [
+    "DivergedError", "DivergenceGuard", "Hook", "LoopInfo", "MetricLogger", "PeriodicCheckpointer", "PeriodicEvaluator", "log_metrics",
+]
 
 logger = logging.getLogger("detector.engine.trainer")  # one logger name for the loop's lines
 
@@ -150,6 +153,45 @@ class PeriodicEvaluator(Hook):
 
     def after_train(self, loop: LoopInfo) -> None:
         loop.metrics = log_metrics(self.evaluate(loop.max_iter), self.writer, loop.max_iter)
+
+
+class DivergedError(DetectorError):
+    """The loss exploded early in the run (:class:`DivergenceGuard`)."""
+
+
+class DivergenceGuard(Hook):
+    """Stop a run whose loss explodes in its first iterations, with one line naming the lr to lower.
+
+    A too-large lr shows within the warmup: the loss climbs instead of falling (on a user's data, the
+    default lr at another width or batch has done this). Non-finite losses already stop the run
+    (``solver.nonfinite``); this catches the finite climb earlier, while little time is lost. The
+    reference is the mean total loss of the first ``window`` applied steps; afterwards, until
+    ``until`` iterations, the mean of the last ``window`` steps above ``factor`` times it stops the run.
+    ``factor=0`` turns the guard off.
+    """
+
+    def __init__(self, *, factor: float = 10.0, window: int = 10, until: int = 200, knob: str = "solver.base_lr") -> None:
+        self.factor, self.window, self.until, self.knob = float(factor), max(int(window), 1), int(until), knob
+        self._losses: list[float] = []
+        self._reference: float | None = None
+
+    def after_step(self, loop: LoopInfo) -> None:
+        if self.factor <= 0 or loop.done > self.until or not loop.applied or "loss" not in loop.values:
+            return
+        self._losses.append(float(loop.values["loss"]))
+        if self._reference is None:
+            if len(self._losses) == self.window:
+                self._reference = sum(self._losses) / self.window
+            return
+        recent = sum(self._losses[-self.window:]) / self.window
+        if recent > self.factor * self._reference:
+            base = loop.state.optimizer.param_groups[0].get("initial_lr", loop.lr)
+            raise DivergedError(
+                f"iteration {loop.done}: the loss grew from {self._reference:.3g} (mean of the first {self.window} steps) "
+                f"to {recent:.3g}, more than {self.factor:g}x, at lr {loop.lr:.3g}; the lr is too large for this "
+                f"model and data: lower {self.knob} (e.g. {self.knob}={base / 4:.3g}"
+                f"){'' if loop.last_checkpoint is None else f'; last checkpoint: {loop.last_checkpoint}'}"
+            )
 
 
 def _fmt_seconds(seconds: float) -> str:

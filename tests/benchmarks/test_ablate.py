@@ -133,3 +133,33 @@ def test_more_seeds_run_only_the_new_ones_and_the_table_shows_their_range(grid):
     assert agg["n"] == 2 and agg["AP"] == pytest.approx(sum(r["AP"] for r in rows) / 2)
     line = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| lr_a |"))
     assert "[" in line and "–" in line  # mean [min–max] over the two seeds
+
+
+def _result_rows(points):
+    return [{"variant": v, "dataset": d, "seed": s, "AP": ap} for (v, d), aps in points.items() for s, ap in enumerate(aps)]
+
+
+def test_the_decision_rule_on_a_tiny_grid():
+    """Hand-made results, 2 tuning and 1 held-out dataset, 3 seeds each (AP as fractions)."""
+    tuning, heldout = ["family/a", "family/b"], ["family/c"]
+    base = {("base", "family/a"): [0.30, 0.32, 0.34], ("base", "family/b"): [0.10, 0.10, 0.10],
+            ("base", "family/c"): [0.50, 0.52, 0.54]}
+    # Gains 0.10 and 0.05 (mean 0.075) against pooled stds 0.02 and 0.01 (mean 0.015): adopted.
+    good = {("v", "family/a"): [0.40, 0.42, 0.44], ("v", "family/b"): [0.14, 0.15, 0.16],
+            ("v", "family/c"): [0.51, 0.52, 0.53]}
+    r = ablate.decide(_result_rows({**base, **good}), variant="v", tuning=tuning, heldout=heldout)
+    assert r["adopt"], r["reason"]
+    assert r["per_dataset"]["family/a"]["gain"] == pytest.approx(0.10)
+    assert r["per_dataset"]["family/b"]["pooled_std"] == pytest.approx(0.01 / 2 ** 0.5)
+    # The same tuning gain, but the held-out dataset loses 0.05 against a spread of 0.02: refused.
+    bad = {**good, ("v", "family/c"): [0.45, 0.47, 0.49]}
+    r = ablate.decide(_result_rows({**base, **bad}), variant="v", tuning=tuning, heldout=heldout)
+    assert not r["adopt"] and "held-out" in r["reason"] and "c" in r["reason"]
+    # A gain within the noise: refused.
+    noisy = {**good, ("v", "family/a"): [0.26, 0.33, 0.40], ("v", "family/b"): [0.05, 0.10, 0.15]}
+    r = ablate.decide(_result_rows({**base, **noisy}), variant="v", tuning=tuning, heldout=heldout)
+    assert not r["adopt"] and "does not exceed" in r["reason"]
+    # One seed cannot decide.
+    r = ablate.decide(_result_rows({("base", "family/a"): [0.3], ("v", "family/a"): [0.5]}), variant="v",
+                      tuning=["family/a"], heldout=[])
+    assert not r["adopt"] and "at least 2 seeds" in r["reason"]

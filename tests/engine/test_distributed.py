@@ -213,3 +213,45 @@ def test_a_killed_worker_comes_back_from_the_newest_checkpoint_under_max_restart
     expected = torch.load(single / "elastic_ref" / "model_final.pth", weights_only=True)["model"]
     assert final.keys() == expected.keys()
     assert all(torch.equal(final[k], expected[k]) for k in final)
+
+
+# Rank 1's loss is NaN at its 2nd step only; rank 0's is finite. Saves each rank's final state.
+NAN_ON_ONE_RANK = """
+import os
+import torch
+import detector.engine.distributed as distributed
+from torch.nn.parallel import DistributedDataParallel
+
+real_forward, calls = DistributedDataParallel.forward, [0]
+def forward(self, *args, **kwargs):
+    losses = real_forward(self, *args, **kwargs)
+    calls[0] += 1
+    if os.environ["RANK"] == "1" and calls[0] == 2:
+        losses = {{k: v * float("nan") for k, v in losses.items()}}
+    return losses
+DistributedDataParallel.forward = forward
+real = distributed.replicas_agree
+def spy(model):
+    torch.save(model.state_dict(), os.path.join({dump!r}, "rank%s.pt" % os.environ["RANK"]))
+    return real(model)
+distributed.replicas_agree = spy
+from detector.cli.train import run
+run()
+"""
+
+
+def test_a_nan_on_one_rank_is_skipped_by_every_rank(single):
+    """solver.nonfinite=skip: the averaged loss is NaN on both ranks, so both skip the same step (a rank
+    that skipped alone would hang the other's gradient all-reduce) and the replicas stay identical."""
+    out = single / "nan"
+    out.mkdir()
+    script = single / "nan_on_one_rank.py"
+    script.write_text(NAN_ON_ONE_RANK.format(dump=str(out)))
+    proc = _torchrun(["--nproc-per-node=2", "--master-addr=127.0.0.1", f"--master-port={_free_port()}"],
+                     _args(single, out, [*NO_BN, "solver.nonfinite=skip"]), script=script)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    log = (out / "train.log").read_text()
+    assert "iteration 2: non-finite loss" in log and "step skipped (1 so far)" in log
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])

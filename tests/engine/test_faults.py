@@ -198,3 +198,41 @@ def test_keys_nobody_defines_are_refused(tmp_path):
     assert proc.returncode == 1 and stderr.strip().splitlines() == [
         "error: +solver.max_itr=5: no config defines 'solver.max_itr', so nothing would read it; check the spelling "
         "(the keys are in configs/, e.g. python tools/train.py --cfg job)"]
+
+
+class Climbing(torch.nn.Module):
+    """A finite loss that grows 50 % a step after the tenth: what an lr too large does in the warmup."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.calls = 0
+
+    def forward(self, images, targets):
+        self.calls += 1
+        return {"loss": self.w * 0 + (1.0 if self.calls <= 10 else 1.5 ** (self.calls - 10))}
+
+
+def test_the_divergence_guard_stops_a_climbing_loss_naming_the_lr_and_the_knob():
+    from detector.engine import DivergedError, DivergenceGuard
+
+    model = Climbing()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = build_lr_scheduler(opt, max_iter=50, warmup_iters=0, warmup_factor=1.0, schedule="step", steps=[])
+    loader = [([torch.zeros(3, 8, 8)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])]
+    state = TrainState(model=model, optimizer=opt, scheduler=sched)
+    with pytest.raises(DivergedError) as err:
+        train_loop(model=model, state=state, data_loader=loader, max_iter=50, device=torch.device("cpu"),
+                   hooks=[DivergenceGuard(factor=10, window=10)])
+    # Reference 1.0 (ten steps at 1.0); the mean of the last ten first passes 10 at step 19:
+    # (1 + 1.5 + ... + 1.5^9) / 10 = 11.3, while at step 18 (1 + 1 + 1.5 + ... + 1.5^8) / 10 = 7.6.
+    assert "iteration 19:" in str(err.value) and "to 11.3" in str(err.value)
+    assert "lower solver.base_lr (e.g. solver.base_lr=0.025)" in str(err.value)
+    assert "\n" not in str(err.value) and "lr 0.1" in str(err.value)
+    # factor=0 turns it off: the same climb runs to the end.
+    quiet = Climbing()
+    opt = torch.optim.SGD(quiet.parameters(), lr=0.1)
+    sched = build_lr_scheduler(opt, max_iter=30, warmup_iters=0, warmup_factor=1.0, schedule="step", steps=[])
+    loop = train_loop(model=quiet, state=TrainState(model=quiet, optimizer=opt, scheduler=sched), data_loader=loader,
+                      max_iter=30, device=torch.device("cpu"), hooks=[DivergenceGuard(factor=0)])
+    assert loop.done == 30
