@@ -181,3 +181,17 @@ def test_the_comparison_names_every_pooler():
         cfg = compose_config("train", [f"model/pooler={pooler}"])
         names[pooler] = describe_pooler(OmegaConf.to_container(cfg.model, resolve=True))
     assert names == {"roi_align": "RoIAlign(s32, sr2, aligned)", "roi_pool": "RoIPool(s32)", "roi_warp": "RoIWarp(s32, sr2)"}
+
+
+def test_the_pooler_alone_experiment_sweeps_poolers_and_seeds_on_fast_rcnn():
+    from hydra import compose, initialize_config_dir
+
+    from detector.cli.config import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=pool_vs_align_fixed", "dataset.train.proposals=a.pt",
+                                                      "dataset.val.proposals=b.pt"], return_hydra_config=True)
+    assert cfg.model.get("rpn") is None  # Fast R-CNN: the proposals come from the files, the same for all
+    params = cfg.hydra.sweeper.params
+    assert params["model/pooler"] == "roi_pool,roi_warp,roi_align" and params["seed"] == "0,1,2"

@@ -104,3 +104,14 @@ def test_a_weights_file_holding_pickled_code_is_refused_unread(tmp_path, monkeyp
     with pytest.raises(CheckpointError, match=r"cannot read backbone weights .*evil\.pth"):
         VGG16Backbone(stride=32, width=0.0625, weights=str(tmp_path / "evil.pth"))
     assert not (tmp_path / "pwned.txt").exists()
+
+
+def test_sync_batchnorm_keeps_frozen_stages_frozen():
+    """model.sync_bn converts every BatchNorm to SyncBatchNorm (done here on the CPU: the conversion needs
+    no GPU, only its forward does); the frozen stages' statistics must still not update in train()."""
+    b = torch.nn.SyncBatchNorm.convert_sync_batchnorm(VGG16Backbone(width=0.0625, batch_norm=True, freeze_at=2))
+    b.train()
+    bns = [m for m in b.features if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert all(isinstance(bn, torch.nn.SyncBatchNorm) for bn in bns) and len(bns) == 13
+    assert [bn.training for bn in bns] == [False] * 4 + [True] * 9
+    assert [bn.weight.requires_grad for bn in bns] == [False] * 4 + [True] * 9
