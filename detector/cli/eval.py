@@ -49,7 +49,7 @@ from detector.evaluation import (
 from detector.evaluation.analysis import analyze
 from detector.evaluation.coco_evaluator import summarize
 from detector.evaluation.seeds import pooler_pairs, seed_groups
-from detector.evaluation.plots import plot_all
+from detector.evaluation.plots import plot_all, plot_seed_groups
 from detector.evaluation.proposal_recall import counted_ground_truth, proposal_recall
 from detector.evaluation.report import format_markdown, format_table, json_safe
 from detector.evaluation.voc import write_voc_results
@@ -241,7 +241,8 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             **{k: v for k, v in analysis.items() if k.startswith(("VOC07_mAP", "VOC_mAP"))},
         })
         if kind == "checkpoint":
-            seed_runs.append({"config": entry[2], "seed": entry[2].get("seed"), "label": label, **rows[-1]})
+            seed_runs.append({"config": entry[2], "seed": entry[2].get("seed"), "label": label, **rows[-1],
+                              "analysis": analysis})
 
     atomic_write_json(output_dir / "comparison.json", json_safe(rows))
     atomic_write_text(output_dir / "comparison.md", format_markdown(rows))
@@ -266,6 +267,7 @@ def report_seeds(runs: list[dict], output_dir: Path) -> None:
         return
     pairs = pooler_pairs(runs, groups, metrics=SEED_METRICS)
     atomic_write_json(output_dir / "seeds.json", json_safe({"groups": groups, "pairs": pairs}))
+    plot_seed_groups({g["label"]: [runs[m]["analysis"] for m in g["members"]] for g in groups}, output_dir / "plots")
     lines = ["over seeds (mean +/- std in %, sample std):"]
     for g in groups:
         lines.append(f"  {g['label']:<30} seeds {g['seeds']}  " + "  ".join(

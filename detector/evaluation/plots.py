@@ -9,6 +9,7 @@ and writes one PNG; :func:`plot_all` writes them all into a folder and returns t
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,43 @@ def plot_all(analyses: dict[str, dict[str, Any]], folder: Path) -> list[Path]:
         plot_tp_iou_histogram(analyses, folder / "tp_iou_histogram.png"),
         plot_ap_by_size(analyses, folder / "ap_by_size.png"),
     ]
+
+
+def _mean_std(curves: list[list[float | None]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per position over the runs: mean and sample std (ddof 1), NaN where a run has no value."""
+    a = np.array([[np.nan if v is None else v for v in c] for c in curves], dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a position no run has: NaN, drawn as nothing
+        return np.nanmean(a, axis=0), (np.nanstd(a, axis=0, ddof=1) if len(curves) > 1 else np.zeros(a.shape[1]))
+
+
+def plot_seed_groups(groups: dict[str, list[dict[str, Any]]], folder: Path) -> list[Path]:
+    """``{label: [analysis of each seed]}``: AP against IoU and AP by size, mean with +/- 1 std error bars."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, analyses in groups.items():
+        mean, std = _mean_std([a["ap_per_iou"] for a in analyses])
+        ax.errorbar(analyses[0]["iou_thresholds"], mean, yerr=std, marker="o", capsize=3, label=f"{label} (n={len(analyses)})")
+    ax.set_xlabel("IoU threshold")
+    ax.set_ylabel("AP (COCO, 101-point), mean +/- std over seeds")
+    ax.set_ylim(0, 1)
+    ax.grid(True, alpha=0.3)
+    ax.set_title("AP against the IoU threshold, over seeds")
+    ax.legend(fontsize=8)
+    paths = [_save(fig, folder / "seeds_ap_vs_iou.png")]
+
+    sizes = ["small", "medium", "large"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    width = 0.8 / max(len(groups), 1)
+    x = np.arange(len(sizes))
+    for i, (label, analyses) in enumerate(groups.items()):
+        mean, std = _mean_std([[a["ap_by_size"][s] for s in sizes] for a in analyses])
+        ax.bar(x + i * width - 0.4 + width / 2, mean, width, yerr=std, capsize=3, label=f"{label} (n={len(analyses)})")
+    ax.set_xticks(x)
+    ax.set_xticklabels(["small (< 32²)", "medium", "large (> 96²)"])
+    ax.set_ylim(0, 1)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_ylabel("AP@[.50:.95], mean +/- std over seeds")
+    ax.set_title("AP by object size, over seeds")
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, folder / "seeds_ap_by_size.png"))
+    return paths

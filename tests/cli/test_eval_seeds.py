@@ -45,3 +45,5 @@ def test_seed_groups_and_pooler_pairs_from_real_checkpoints(tmp_path, capsys):
     diffs = [rows[2]["AP50"] - rows[0]["AP50"], rows[3]["AP50"] - rows[1]["AP50"]]
     assert pair["AP50"]["mean_diff"] == pytest.approx(sum(diffs) / 2, abs=1e-12)
     assert "paired by seed [0, 1]" in capsys.readouterr().out
+    for png in ("seeds_ap_vs_iou", "seeds_ap_by_size"):  # error bars over the seeds
+        assert (tmp_path / "eval" / "plots" / f"{png}.png").stat().st_size > 5000, png

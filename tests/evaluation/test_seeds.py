@@ -49,3 +49,12 @@ def test_pooler_pairs_pair_by_seed():
     assert len(pairs) == 1 and pairs[0]["seeds"] == [0, 1]  # seed 2 has no RoIPool run
     assert (pairs[0]["a"], pairs[0]["b"]) == ("RoIPool", "RoIAlign")
     assert pairs[0]["AP"]["mean_diff"] == pytest.approx(((0.50 - 0.20) + (0.56 - 0.24)) / 2)
+
+
+def test_error_bars_are_the_mean_and_sample_std_per_point():
+    from detector.evaluation.plots import _mean_std
+
+    mean, std = _mean_std([[0.2, None, 0.6], [0.4, 0.5, 0.6]])
+    assert mean.tolist()[0] == pytest.approx(0.3) and mean.tolist()[1] == pytest.approx(0.5)
+    assert std.tolist()[0] == pytest.approx(math.sqrt(0.02)) and std.tolist()[2] == pytest.approx(0.0)
+    assert math.isnan(std.tolist()[1])  # one value: no spread to show
