@@ -28,12 +28,11 @@ from detector.cli.config import (
     run_directory,
 )
 from detector.cli.help import run_command
-from detector.data.dataset import is_ignored
 from detector.errors import ConfigError, DatasetError
 from detector.evaluation.quantization import (
     RULES,
     quantize_boxes,
-    size_bucket,
+    resized_gt_boxes,
     summarize,
 )
 from detector.utils.io import atomic_write_json, atomic_write_text
@@ -44,17 +43,7 @@ MEASURES = (("shift_px", "origin shift (px)"), ("lost", "box cut away"), ("added
 
 def resized_boxes(dataset, transform) -> tuple[torch.Tensor, list[str]]:
     """Every counted box in the pixels the backbone sees, and its COCO size bucket (original area)."""
-    boxes, buckets = [], []
-    for ann in dataset.coco.dataset["annotations"]:
-        if is_ignored(ann, difficult=False) or ann["image_id"] not in dataset.coco.imgs:
-            continue
-        info = dataset.coco.imgs[ann["image_id"]]
-        nh, nw = transform.target_size(int(info["height"]), int(info["width"]))
-        sx, sy = nw / info["width"], nh / info["height"]
-        x, y, w, h = ann["bbox"]
-        boxes.append([x * sx, y * sy, (x + w) * sx, (y + h) * sy])
-        buckets.append(size_bucket(w * h))
-    return torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4), buckets
+    return resized_gt_boxes(dataset.coco, transform.target_size)
 
 
 def analyze(cfg: DictConfig) -> dict:

@@ -48,6 +48,7 @@ from detector.evaluation import (
 )
 from detector.evaluation.analysis import analyze
 from detector.evaluation.coco_evaluator import summarize
+from detector.evaluation.quantization import by_size, resized_gt_boxes
 from detector.evaluation.seeds import pooler_pairs, seed_groups
 from detector.evaluation.plots import plot_all, plot_seed_groups
 from detector.evaluation.proposal_recall import counted_ground_truth, proposal_recall
@@ -176,7 +177,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             val_node = OmegaConf.merge(val_node, {"images": None})  # left out: fine, nothing is read
         shared = build_split(val_node, what="dataset.val", **files_needed)
 
-    rows, analyses, notes, seed_runs = [], {}, [], []
+    rows, analyses, notes, seed_runs, quantized = [], {}, [], [], {}
     entries = [("checkpoint", s) for s in states] + [("results", Path(str(p))) for p in results_files]
     for i, (kind, entry) in enumerate(entries):
         if kind == "checkpoint":
@@ -212,6 +213,12 @@ def evaluate(cfg: DictConfig) -> list[dict]:
                 model, loader, evaluator, device=device, progress=bool(cfg.progress), desc=name
             )
             coco_eval, results, speed = evaluator.coco_eval, evaluator.results, metrics.get("images_per_second")
+            pooler_cfg = stored["model"]["pooler"]
+            if pooler_cfg["_target_"].endswith("RoIPool"):  # what its quantization does to this split's boxes
+                boxes, buckets = resized_gt_boxes(dataset.coco, model.transform.target_size)
+                quantized[i] = (str(dataset.source), by_size(
+                    boxes, buckets, stride=int(stored["model"]["backbone"]["stride"]),
+                    output_size=int(pooler_cfg["output_size"]), rule=str(pooler_cfg.get("quantization", "round"))))
             extra = {"checkpoint": str(path), "pooler": label, "iteration": int(state.get("iteration", -1))}
             if dataset.proposals is not None:
                 recall = proposal_recall(dataset.proposals, counted_ground_truth(dataset))
@@ -240,6 +247,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             "images_per_second": speed,
             **{k: v for k, v in analysis.items() if k.startswith(("VOC07_mAP", "VOC_mAP"))},
         })
+        rows[-1]["dataset"] = str(dataset.source)
         if kind == "checkpoint":
             seed_runs.append({"config": entry[2], "seed": entry[2].get("seed"), "label": label, **rows[-1],
                               "analysis": analysis})
@@ -252,12 +260,54 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     for line in notes:  # Fast R-CNN rows: the recall of the proposals they were given
         report(line)
     report_seeds(seed_runs, output_dir)
+    report_quantization_vs_ap(rows, quantized, output_dir)
     report(f"plots: {', '.join(str(p) for p in plots)}")
     report(f"output: {output_dir}")
     return rows
 
 
 SEED_METRICS = (*METRIC_KEYS, "AR100", "VOC07", "VOC")
+SIZE_METRIC = {"small": "APs", "medium": "APm", "large": "APl", "all": "AP"}
+
+
+def _pct(value: float | None, *, signed: bool = False) -> str:
+    if value is None or value != value:
+        return "nan"
+    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+
+
+def report_quantization_vs_ap(rows: list[dict], quantized: dict[int, tuple[str, dict]], output_dir: Path) -> None:
+    """Per object size: what RoIPool's quantization does to the split's boxes, next to the AP gap there.
+
+    For every RoIPool checkpoint and every other checkpoint scored on the same split: the boxes of
+    each COCO size bucket, RoIPool's mean origin shift, fraction cut away and fraction added (as
+    ``roilens analyze`` measures them, at the checkpoint's stride, bins and resize), and both APs.
+    """
+    tables = []
+    for i, (source, quant) in quantized.items():
+        for j, other in enumerate(rows):
+            if j == i or j in quantized or other.get("dataset") != source or "checkpoint" not in other:
+                continue
+            entries = []
+            for size, q in quant.items():
+                a, b = rows[i].get(SIZE_METRIC[size]), other.get(SIZE_METRIC[size])
+                gap = None if a is None or b is None or a != a or b != b else b - a
+                entries.append({"size": size, **q, "AP_roipool": a, "AP_other": b, "gap": gap})
+            tables.append({"roipool": rows[i]["model"], "other": other["model"], "dataset": source, "sizes": entries})
+    if not tables:
+        return
+    atomic_write_json(output_dir / "quantization_vs_ap.json", json_safe(tables))
+    lines = []
+    for t in tables:
+        lines += [f"RoIPool's quantization against the AP gap: {t['other']} - {t['roipool']} on {t['dataset']}",
+                  "| size | boxes | origin shift (px) | box cut away | region outside | AP RoIPool | AP other | gap |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for e in t["sizes"]:
+            lines.append(f"| {e['size']} | {e['count']} | {e['shift_px']:.1f} | {100 * e['lost']:.0f}% | "
+                         f"{100 * e['added']:.0f}% | {_pct(e['AP_roipool'])} | {_pct(e['AP_other'])} | "
+                         f"{_pct(e['gap'], signed=True)} |")
+    atomic_write_text(output_dir / "quantization_vs_ap.md", "\n".join(lines) + "\n")
+    report("\n".join(lines))
 
 
 def report_seeds(runs: list[dict], output_dir: Path) -> None:

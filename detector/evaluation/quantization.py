@@ -25,14 +25,16 @@ Shape shorthand:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from detector.ops._utils import round_half_away
 
-__all__ = ["RULES", "QuantizedBox", "quantize_boxes", "size_bucket", "summarize"]
+__all__ = ["RULES", "QuantizedBox", "by_size", "quantize_boxes", "resized_gt_boxes", "size_bucket", "summarize"]
 
 RULES = ("round", "floor")
 
@@ -97,3 +99,35 @@ def summarize(values: Tensor) -> dict[str, float]:
         return {"mean": math.nan, "median": math.nan, "p90": math.nan}
     v = values.to(torch.float64)
     return {"mean": float(v.mean()), "median": float(v.median()), "p90": float(torch.quantile(v, 0.9))}
+
+
+def resized_gt_boxes(coco: Any, target_size: Callable[[int, int], tuple[int, int]]) -> tuple[Tensor, list[str]]:
+    """Every counted ground-truth box of ``coco`` in the pixels the backbone sees, and its COCO size bucket.
+
+    ``target_size(h, w)`` is the model's resize (its transform at test time); crowd and ``ignore`` boxes
+    are left out (they are not objects the detector is scored on).
+    """
+    from detector.data.dataset import is_ignored
+
+    boxes, buckets = [], []
+    for ann in coco.dataset["annotations"]:
+        if is_ignored(ann, difficult=False) or ann["image_id"] not in coco.imgs:
+            continue
+        info = coco.imgs[ann["image_id"]]
+        nh, nw = target_size(int(info["height"]), int(info["width"]))
+        sx, sy = nw / info["width"], nh / info["height"]
+        x, y, w, h = ann["bbox"]
+        boxes.append([x * sx, y * sy, (x + w) * sx, (y + h) * sy])
+        buckets.append(size_bucket(w * h))
+    return torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4), buckets
+
+
+def by_size(boxes: Tensor, buckets: list[str], *, stride: int, output_size: int, rule: str = "round") -> dict[str, dict]:
+    """Per size bucket (and ``all``): box count and the mean origin shift, fraction cut away and fraction added."""
+    q = quantize_boxes(boxes, stride=stride, output_size=output_size, rule=rule)
+    per = {"shift_px": q.shift.norm(dim=1), "lost": q.lost, "added": q.added}
+    out = {}
+    for size in ("small", "medium", "large", "all"):
+        mask = torch.tensor([size == "all" or b == size for b in buckets], dtype=torch.bool)
+        out[size] = {"count": int(mask.sum()), **{k: summarize(v[mask])["mean"] for k, v in per.items()}}
+    return out

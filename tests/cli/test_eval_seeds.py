@@ -47,3 +47,21 @@ def test_seed_groups_and_pooler_pairs_from_real_checkpoints(tmp_path, capsys):
     assert "paired by seed [0, 1]" in capsys.readouterr().out
     for png in ("seeds_ap_vs_iou", "seeds_ap_by_size"):  # error bars over the seeds
         assert (tmp_path / "eval" / "plots" / f"{png}.png").stat().st_size > 5000, png
+
+    # RoIPool's quantization of the val boxes next to the AP gap, per size: the same numbers as
+    # `roilens analyze` on the same split and model, and the gap from the rows above.
+    tables = json.loads((tmp_path / "eval" / "quantization_vs_ap.json").read_text())
+    assert len(tables) == 4  # each RoIPool checkpoint against each RoIAlign checkpoint
+    from detector.cli import analyze as analyze_tool
+
+    measured = analyze_tool.analyze(compose_config("analyze_quantization", [
+        f"dataset.root={tmp_path / 'data'}", *DATA, *TINY_MODEL, f"output_dir={tmp_path / 'q'}"]))["rules"]["round"]
+    first = tables[0]
+    assert (first["roipool"], first["other"]) == ("RoIPool(s32)", "RoIAlign(s32, sr2, aligned)")
+    for entry in first["sizes"]:
+        m = measured[entry["size"]]
+        assert entry["count"] == m["count"]
+        if m["count"]:
+            assert entry["lost"] == pytest.approx(m["lost"]["mean"]) and entry["added"] == pytest.approx(m["added"]["mean"])
+    all_row = next(e for e in first["sizes"] if e["size"] == "all")
+    assert all_row["gap"] == pytest.approx(rows[2]["AP"] - rows[0]["AP"], abs=1e-12)
