@@ -15,3 +15,12 @@ def test_ruff_finds_nothing():
     r = subprocess.run([sys.executable, "-m", "ruff", "check", "detector", "tools", "tests", "benchmarks"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-3000:]
+
+
+def test_test_files_have_unique_names():
+    # The tests are not packages (pytest's default "prepend" import): two test_x.py in different folders
+    # collide on a clean checkout ("import file mismatch") while a warm __pycache__ can hide it.
+    names = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert not {n: p for n, p in names.items() if len(p) > 1}
