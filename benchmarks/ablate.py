@@ -143,9 +143,12 @@ def _run_seed(out, spec, variant, overrides, datasets, threads, log, seed: int) 
     new = []
     with open(out / "logs" / f"{variant}.log", "a", encoding="utf-8") as f:
         proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-        while proc.poll() is None:  # append each dataset's point as soon as its run has finished
-            time.sleep(5)
-            new += collect(out, variant, overrides, todo, seed)
+        while True:  # append each dataset's point as soon as its run has finished
+            try:
+                proc.wait(timeout=5)
+                break
+            except subprocess.TimeoutExpired:
+                new += collect(out, variant, overrides, todo, seed)
     new += collect(out, variant, overrides, todo, seed)
     status = "done" if proc.returncode == 0 else f"exit {proc.returncode} (see logs/{variant}.log)"
     summary = ", ".join(f"{dataset_name(r['dataset'])} AP {r['AP']:.3f}" for r in new)

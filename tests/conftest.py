@@ -63,6 +63,8 @@ def run_in_process(command: str, args: list[str], cwd: Path, capsys) -> "Command
         cli.main([command, *args])
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        if isinstance(stop.code, str):  # what the interpreter prints for SystemExit("message")
+            print(stop.code, file=sys.stderr)
     finally:
         os.chdir(old_cwd)
         sys.argv = old_argv

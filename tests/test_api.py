@@ -4,6 +4,7 @@ would call them, on a checkpoint trained here."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -38,6 +39,7 @@ def test_train_from_python_writes_the_run_the_command_writes(run):
     assert metrics == pytest.approx({k: float("nan") if written[k] is None else written[k] for k in metrics},
                                     nan_ok=True)
     assert "val AP=" in (out / "train.log").read_text()
+    assert re.search(r"iter \d+/\d+ .*loss", (out / "train.log").read_text())  # the loop's INFO lines too
 
 
 def test_a_finished_run_is_refused_untouched_from_python_too(run):

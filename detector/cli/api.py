@@ -69,9 +69,16 @@ def _log_file(path: Path) -> Iterator[None]:
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
+    # The file holds the run's INFO lines (iterations, metrics) as the command line's does, whatever level
+    # the caller's logging is at; the caller's own handlers keep their levels.
+    ours = logging.getLogger("detector")
+    level = ours.level
+    if level == logging.NOTSET or level > logging.INFO:
+        ours.setLevel(logging.INFO)
     try:
         yield
     finally:
+        ours.setLevel(level)
         root.removeHandler(handler)
         handler.close()
 

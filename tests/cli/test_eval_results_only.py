@@ -6,15 +6,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from conftest import FORMATS, ROOT, compose_config
+from conftest import FORMATS, compose_config, run_in_process
 from detector.errors import ConfigError, DatasetError
 
 GT = FORMATS / "coco_small" / "gt_dataset.json"
@@ -81,11 +78,9 @@ def test_a_results_file_is_scored_without_any_image(tmp_path):
         assert rows[0]["AP"] == pytest.approx(with_images[0]["AP"], abs=1e-12)
 
 
-def test_results_only_through_the_command_line_without_images(tmp_path):
-    env = dict(os.environ, HYDRA_FULL_ERROR="0", PYTHONWARNINGS="ignore")
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "eval.py"), f"results=[{DT}]", "dataset=coco_json",
-                        f"dataset.val.annotations={GT}", f"output_dir={tmp_path / 'cli'}"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+def test_results_only_through_the_command_line_without_images(tmp_path, capsys):
+    r = run_in_process("eval", [f"results=[{DT}]", "dataset=coco_json", f"dataset.val.annotations={GT}",
+                                f"output_dir={tmp_path / 'cli'}"], tmp_path, capsys)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "cli" / "comparison.json").is_file()
 

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_in_process
 
 
 def run(args, cwd):
@@ -12,17 +12,20 @@ def run(args, cwd):
 
 @pytest.mark.parametrize("extra", [[], ["--image-size", "640", "480", "--stride", "16", "--roi", "100", "80", "150", "90",
                                        "--output-size", "7", "--layout", "centered", "--reduction", "avg"]])
-def test_visualize_roi_writes_a_png(tmp_path, extra):
+def test_visualize_roi_writes_a_png(tmp_path, extra, capsys):
     out = tmp_path / "fig.png"
-    r = run([str(ROOT / "tools" / "visualize_roi.py"), "--out", str(out), *extra], cwd=tmp_path)
+    if extra:  # in process, the console command's path
+        r = run_in_process("visualize-roi", ["--out", str(out), *extra], tmp_path, capsys)
+    else:  # the tool's one subprocess smoke test
+        r = run([str(ROOT / "tools" / "visualize_roi.py"), "--out", str(out)], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
 
 
-def test_visualize_roi_rejects_a_csv_of_the_wrong_size(tmp_path):
+def test_visualize_roi_rejects_a_csv_of_the_wrong_size(tmp_path, capsys):
     bad = tmp_path / "fm.csv"
     bad.write_text("0.1,0.2\n0.3,0.4\n")
-    r = run([str(ROOT / "tools" / "visualize_roi.py"), "--csv", str(bad), "--out", str(tmp_path / "x.png")], cwd=tmp_path)
+    r = run_in_process("visualize-roi", ["--csv", str(bad), "--out", str(tmp_path / "x.png")], tmp_path, capsys)
     assert r.returncode != 0 and "error:" in r.stderr and "fm.csv" in r.stderr
 
 

@@ -80,11 +80,11 @@ def _weights(path):
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    """The one-process run of the same global batch (no BatchNorm: see the first test)."""
+    """The one-process run of the same global batch (no BatchNorm: see the first test), in process."""
+    import detector
+
     tmp = tmp_path_factory.mktemp("ddp")
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), *_args(tmp, tmp / "one", NO_BN)],
-                       env=_env(), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
+    detector.train(*_args(tmp, tmp / "one", NO_BN))
     return tmp
 
 
@@ -145,26 +145,29 @@ def _check_default_model(tmp, out):
         assert a["bbox"] == pytest.approx(b["bbox"], abs=1e-2)
 
 
-def test_two_processes_on_the_default_model(single):
-    out = single / "two_bn"
-    proc = _torchrun(["--nproc-per-node=2", "--master-addr=127.0.0.1", f"--master-port={_free_port()}"],
-                     _args(single, out), script=_spy(single, out))
-    _, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, stderr[-3000:]
-    _check_default_model(single, out)
+# The 2-rank run on the default model, long enough for the elastic test to kill a worker mid-run: its
+# reference (a killed-and-restarted run must end bit-identical to it).
+ELASTIC = {"solver__max_iter": 24, "checkpoint_period": 4, "resume": "auto", "log_period": 4}
 
 
-def test_two_nodes_through_the_c10d_rendezvous(single):
+@pytest.fixture(scope="module")
+def two_nodes(single):
+    """Two "nodes" of one process each through the c10d rendezvous, the default (BatchNorm) model."""
     out = single / "nodes"
     port = _free_port()
     common = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
               "--rdzv-id=test"]
     script = _spy(single, out)
-    nodes = [_torchrun([*common, f"--node-rank={r}"], _args(single, out), script=script) for r in (0, 1)]
+    nodes = [_torchrun([*common, f"--node-rank={r}"], _override(_args(single, out), **ELASTIC), script=script)
+             for r in (0, 1)]
     results = [n.communicate(timeout=600) for n in nodes]
     for n, (_, stderr) in zip(nodes, results):
         assert n.returncode == 0, stderr[-3000:]
-    _check_default_model(single, out)
+    return out
+
+
+def test_two_nodes_through_the_c10d_rendezvous(single, two_nodes):
+    _check_default_model(single, two_nodes)
 
 
 def _override(args, **values):
@@ -182,22 +185,15 @@ def _workers(pid):
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="finds torchrun's workers through /proc")
-def test_a_killed_worker_comes_back_from_the_newest_checkpoint_under_max_restarts(single):
+def test_a_killed_worker_comes_back_from_the_newest_checkpoint_under_max_restarts(single, two_nodes):
     """torchrun --max-restarts=1 + resume=auto: SIGKILL one worker mid-run; the restarted group
-    resumes from the newest complete checkpoint and ends bit-identical to an uninterrupted run."""
+    resumes from the newest complete checkpoint and ends bit-identical to an uninterrupted 2-rank run."""
     import signal
     import time
 
-    def args(out):
-        return _override(_args(single, out), solver__max_iter=24, checkpoint_period=4, resume="auto", log_period=4)
-
     elastic = ["--nproc-per-node=2", "--max-restarts=1", "--rdzv-backend=c10d"]
-    ref = _torchrun([*elastic, f"--rdzv-endpoint=127.0.0.1:{_free_port()}"], args(single / "elastic_ref"))
-    _, stderr = ref.communicate(timeout=600)
-    assert ref.returncode == 0, stderr[-3000:]
-
     out = single / "elastic"
-    proc = _torchrun([*elastic, f"--rdzv-endpoint=127.0.0.1:{_free_port()}"], args(out))
+    proc = _torchrun([*elastic, f"--rdzv-endpoint=127.0.0.1:{_free_port()}"], _override(_args(single, out), **ELASTIC))
     deadline = time.time() + 300
     while not (out / "model_0000008.pth").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
@@ -210,7 +206,7 @@ def test_a_killed_worker_comes_back_from_the_newest_checkpoint_under_max_restart
     log = (out / "train.log").read_text()
     assert re.search(r"resum\w+ .*model_00000\d\d\.pth", log, re.IGNORECASE), log[-2000:]
     final = torch.load(out / "model_final.pth", weights_only=True)["model"]
-    expected = torch.load(single / "elastic_ref" / "model_final.pth", weights_only=True)["model"]
+    expected = torch.load(two_nodes / "model_final.pth", weights_only=True)["model"]
     assert final.keys() == expected.keys()
     assert all(torch.equal(final[k], expected[k]) for k in final)
 
@@ -242,16 +238,16 @@ run()
 
 def test_a_nan_on_one_rank_is_skipped_by_every_rank(single):
     """solver.nonfinite=skip: the averaged loss is NaN on both ranks, so both skip the same step (a rank
-    that skipped alone would hang the other's gradient all-reduce) and the replicas stay identical."""
+    that skipped alone would hang the other's gradient all-reduce); the default model's replicas end
+    identical, buffers included, and its sharded evaluation is the checkpoint's."""
     out = single / "nan"
     out.mkdir()
     script = single / "nan_on_one_rank.py"
     script.write_text(NAN_ON_ONE_RANK.format(dump=str(out)))
     proc = _torchrun(["--nproc-per-node=2", "--master-addr=127.0.0.1", f"--master-port={_free_port()}"],
-                     _args(single, out, [*NO_BN, "solver.nonfinite=skip"]), script=script)
+                     _args(single, out, ["solver.nonfinite=skip"]), script=script)
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
     log = (out / "train.log").read_text()
     assert "iteration 2: non-finite loss" in log and "step skipped (1 so far)" in log
-    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    _check_default_model(single, out)  # torchrun --nproc-per-node=2 on the default model
