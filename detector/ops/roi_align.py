@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from detector.ops._utils import BoxesType, boxes_to_rois, check_roi_inputs, pair
+from detector.ops.dense import exporting, roi_align_dense
 from detector.ops.roi_align_geometry import (
     LAYOUTS,
     RoIGeometry,
@@ -122,6 +123,10 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
         # Keep the graph connected so that backward through an empty batch works.
         n = max(sampling_ratio, 1) if mode == "samples" else 1
         return input.new_zeros((0, channels, kh * n, kw * n)) + 0 * input.sum()
+    if exporting():  # fixed shapes for an exported program (detector.ops.dense)
+        if mode == "samples":
+            raise ValueError("roi_align_samples is an inspection tool; it is not exported")
+        return roi_align_dense(input, rois, output_size, spatial_scale, sampling_ratio, aligned, mode, sample_layout)
     with torch.no_grad():
         geometry = roi_geometry(rois, output_size, spatial_scale, sampling_ratio, aligned)
         batch_idx = geometry.batch_idx

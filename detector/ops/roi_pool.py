@@ -63,6 +63,7 @@ from torch.autograd.function import once_differentiable
 from torchvision.ops import roi_pool as _tv_roi_pool
 
 from detector.ops._utils import BoxesType, boxes_to_rois, check_roi_inputs, index_dtype, pair, round_half_away
+from detector.ops.dense import exporting, roi_pool_dense
 
 _QUANTIZATIONS = ("round", "floor")
 
@@ -122,19 +123,15 @@ def roi_pool(
     num_images, channels, height, width = input.shape
     if rois.shape[0] == 0:
         return input.new_zeros((0, channels, kh, kw)) + 0 * input.sum()  # keeps backward connected
-    if bool(((rois[:, 0] < 0) | (rois[:, 0] >= num_images)).any()):
+    if not exporting() and bool(((rois[:, 0] < 0) | (rois[:, 0] >= num_images)).any()):
         raise ValueError(
             f"boxes' batch indices must lie in [0, {num_images - 1}] (the input holds {num_images} "
             f"images), got {int(rois[:, 0].min())}..{int(rois[:, 0].max())}"
         )
     with torch.no_grad():
-        if quantization == "round":
-            x0, x1 = round_half_away(rois[:, 1] * spatial_scale), round_half_away(rois[:, 3] * spatial_scale)
-            y0, y1 = round_half_away(rois[:, 2] * spatial_scale), round_half_away(rois[:, 4] * spatial_scale)
-            w, h = (x1 - x0 + 1).clamp(min=1), (y1 - y0 + 1).clamp(min=1)
-        else:
-            q = floor_quantize(rois, size, spatial_scale)
-            x0, y0, w, h = q[:, 1], q[:, 2], kw * q[:, 3], kh * q[:, 4]
+        x0, y0, w, h = _window(rois, size, spatial_scale, quantization)
+        if exporting():  # fixed shapes for an exported program (detector.ops.dense)
+            return roi_pool_dense(input, *_bins(x0, y0, w, h, size, quantization), rois[:, 0].long())
     if input.is_cuda:
         # torchvision's CUDA kernel, fed the window as a box in cell units: its rounded width is
         # then exactly w, and its bins are the ones computed below for the CPU.
@@ -145,13 +142,28 @@ def roi_pool(
         return _tv_roi_pool(input.to(dtype), cells.to(dtype), size, 1.0).to(input.dtype)
 
     with torch.no_grad():
-        if quantization == "round":
-            rows, cols = _float_bins(y0, h, kh), _float_bins(x0, w, kw)
-        else:
-            rows, cols = _whole_bins(y0, h // kh, kh), _whole_bins(x0, w // kw, kw)
-        plan = _plan(rois[:, 0].long(), rows, cols, input.shape)
+        plan = _plan(rois[:, 0].long(), *_bins(x0, y0, w, h, size, quantization), input.shape)
     # The winners serve the backward only: none at inference, nor under torch.no_grad.
     return _RectangleMaxPool.apply(input, plan, torch.is_grad_enabled() and input.requires_grad)
+
+
+def _window(rois: Tensor, size: tuple[int, int], spatial_scale: float, quantization: str):
+    """The pooled window of each RoI in whole cells: origin (x0, y0) and size (w, h), each [K]."""
+    kh, kw = size
+    if quantization == "round":
+        x0, x1 = round_half_away(rois[:, 1] * spatial_scale), round_half_away(rois[:, 3] * spatial_scale)
+        y0, y1 = round_half_away(rois[:, 2] * spatial_scale), round_half_away(rois[:, 4] * spatial_scale)
+        return x0, y0, (x1 - x0 + 1).clamp(min=1), (y1 - y0 + 1).clamp(min=1)
+    q = floor_quantize(rois, size, spatial_scale)
+    return q[:, 1], q[:, 2], kw * q[:, 3], kh * q[:, 4]
+
+
+def _bins(x0: Tensor, y0: Tensor, w: Tensor, h: Tensor, size: tuple[int, int], quantization: str):
+    """Each bin's rows and columns ``[lo, hi)`` ([K, kh] and [K, kw] each) under the rule."""
+    kh, kw = size
+    if quantization == "round":
+        return _float_bins(y0, h, kh), _float_bins(x0, w, kw)
+    return _whole_bins(y0, h // kh, kh), _whole_bins(x0, w // kw, kw)
 
 
 def _float_bins(start: Tensor, length: Tensor, bins: int) -> tuple[Tensor, Tensor]:

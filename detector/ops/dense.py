@@ -1,0 +1,135 @@
+"""The RoI operators as fixed-shape tensor algebra, for exported programs (torch.export, ONNX).
+
+Shape shorthand:
+    N: images, C: channels, H, W: feature-map size
+    K: RoIs, kh x kw: output size, n: sampling points per bin side (the largest any RoI can need)
+
+The eager operators (:mod:`detector.ops.roi_align`, :mod:`detector.ops.roi_pool`) are fast because
+they plan their work from the boxes: which cells each bin reads, how many distinct rectangles there
+are, how large a chunk fits in cache. Every one of those decisions is a Python value computed from
+tensor data, which an exported program cannot contain (its shapes must not depend on the boxes).
+Here the same mathematics is written with every shape known from the map and the output size alone:
+
+* RoIAlign: the separable interpolation weights of :func:`detector.ops.roi_align_geometry.axis_weights`
+  as dense matrices ([K, kh, n, H] and [K, kw, n, W]) and two contractions with the map. An adaptive
+  grid (``sampling_ratio <= 0``) uses the largest grid a box inside the map (plus one cell) can have,
+  ``ceil((H + 1) / kh)`` by ``ceil((W + 1) / kw)`` samples, with the samples beyond each RoI's own grid weighted 0
+  (avg) or excluded (max) -- the same samples as the eager op, summed in another order.
+* RoIPool: each bin's rectangle of whole cells from the eager op's own rules (``round`` and
+  ``floor``), and a separable masked max: over the columns of each bin, then over its rows.
+* RoIWarp: RoIPool's snapped box, then the dense RoIAlign above.
+
+These run only inside an export (see :func:`exporting`); they equal the eager operators to float
+rounding (tests/ops/test_dense.py). No library has them: torchvision's ONNX translations cover its own
+roi_align (avg, centered samples) and roi_pool (round) only, not the seed's max reduction, interior
+points or floor rule, and substituting them would silently change the model being exported.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from detector.ops.roi_align_geometry import axis_weights, roi_geometry
+
+__all__ = ["exporting", "roi_align_dense", "roi_pool_dense"]
+
+
+def exporting() -> bool:
+    """Whether the caller is being traced by torch.export (or the ONNX exporter built on it)."""
+    return torch.compiler.is_exporting()
+
+
+def _per_image(weights_y: Tensor, input: Tensor, weights_x: Tensor, batch_idx: Tensor) -> Tensor:
+    """out[k, c, a, b] = sum_{h, w} wy[k, a, h] * input[batch_idx[k], c, h, w] * wx[k, b, w].
+
+    The image of each RoI is picked by a one-hot contraction instead of an index, so that a batch of
+    one image (what the exported detector runs) costs nothing extra.
+    """
+    num_images = input.shape[0]
+    one_hot = (batch_idx[:, None] == torch.arange(num_images, device=input.device)[None]).to(input.dtype)  # [K, N]
+    rows = torch.einsum("kah,nchw->kncaw", weights_y, input)  # [K, N, C, A, W]
+    rows = torch.einsum("kn,kncaw->kcaw", one_hot, rows)  # [K, C, A, W]
+    return torch.einsum("kcaw,kbw->kcab", rows, weights_x)  # [K, C, A, B]
+
+
+def roi_align_dense(
+    input: Tensor,
+    rois: Tensor,
+    output_size: tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    reduction: str = "avg",
+    sample_layout: str = "centered",
+) -> Tensor:
+    """:func:`detector.ops.roi_align` on [K, 5] ``rois``, in fixed shapes -> [K, C, kh, kw].
+
+    With an adaptive grid the RoIs must lie inside the map plus one cell (a proposal clipped to its image does):
+    a larger RoI would need more samples than the fixed grid holds.
+    """
+    kh, kw = output_size
+    height, width = input.shape[-2:]
+    rois = rois.to(torch.promote_types(input.dtype, torch.float32))
+    g = roi_geometry(rois, output_size, spatial_scale, sampling_ratio, aligned)
+    if sampling_ratio > 0:
+        n_h = n_w = int(sampling_ratio)
+    else:
+        # The largest grid of a box inside the map, plus one cell: RoIWarp's snapped box can reach it.
+        n_h, n_w = math.ceil((height + 1) / kh), math.ceil((width + 1) / kw)
+        g = type(g)(g.batch_idx, g.x1, g.y1, g.bin_w, g.bin_h, g.grid_w.clamp(max=n_w), g.grid_h.clamp(max=n_h))
+    wx = axis_weights(g.x1, g.bin_w, g.grid_w, n_w, kw, width, sample_layout)  # [K, kw, n_w, W]
+    wy = axis_weights(g.y1, g.bin_h, g.grid_h, n_h, kh, height, sample_layout)  # [K, kh, n_h, H]
+    num_rois = rois.shape[0]
+    if reduction == "avg":
+        wx = wx.sum(2) / g.grid_w.clamp(min=1).to(wx.dtype)[:, None, None]
+        wy = wy.sum(2) / g.grid_h.clamp(min=1).to(wy.dtype)[:, None, None]
+        return _per_image(wy.to(input.dtype), input, wx.to(input.dtype), g.batch_idx)
+    # max: every sample, then the max over each bin's own samples (those beyond its grid excluded).
+    samples = _per_image(wy.reshape(num_rois, kh * n_h, height).to(input.dtype), input,
+                         wx.reshape(num_rois, kw * n_w, width).to(input.dtype), g.batch_idx)
+    samples = samples.reshape(num_rois, -1, kh, n_h, kw, n_w)
+    in_grid_h = torch.arange(n_h, device=input.device)[None] < g.grid_h[:, None]  # [K, n_h]
+    in_grid_w = torch.arange(n_w, device=input.device)[None] < g.grid_w[:, None]  # [K, n_w]
+    in_grid = (in_grid_h[:, None, None, :, None, None] & in_grid_w[:, None, None, None, None, :])
+    low = torch.finfo(input.dtype).min
+    pooled = torch.where(in_grid, samples, torch.full_like(samples, low)).amax(dim=(3, 5))
+    # An RoI without samples (zero-size with ``aligned``) reads 0, as the eager op.
+    has_samples = ((g.grid_h > 0) & (g.grid_w > 0))[:, None, None, None]
+    return torch.where(has_samples, pooled, torch.zeros_like(pooled))
+
+
+def roi_pool_dense(input: Tensor, rows: tuple[Tensor, Tensor], cols: tuple[Tensor, Tensor], batch_idx: Tensor) -> Tensor:
+    """The max over each bin's rectangle of whole cells -> [K, C, kh, kw].
+
+    Args:
+        rows, cols: each bin's rows ``[lo, hi)`` ([K, kh] each) and columns ``[lo, hi)`` ([K, kw]),
+            as the eager op computes them (unclipped: clipped here to the map).
+        batch_idx: int64 [K].
+
+    NaN cells never win and a bin with nothing above the dtype's lowest value reads that value, as
+    the eager op's scan from -FLT_MAX; an empty bin (clipped away) reads 0.
+    """
+    num_images, channels, height, width = input.shape
+    low = torch.finfo(input.dtype).min
+    finite = torch.nan_to_num(input, nan=low, posinf=math.inf, neginf=low).clamp(min=low)
+    (y_lo, y_hi), (x_lo, x_hi) = rows, cols
+    y_lo, y_hi = y_lo.clamp(0, height), y_hi.clamp(0, height)
+    x_lo, x_hi = x_lo.clamp(0, width), x_hi.clamp(0, width)
+    ys, xs = torch.arange(height, device=input.device), torch.arange(width, device=input.device)
+    batch_idx = batch_idx.long()
+    in_col = (xs[None, None] >= x_lo[..., None]) & (xs[None, None] < x_hi[..., None])  # [K, kw, W]
+    in_row = (ys[None, None] >= y_lo[..., None]) & (ys[None, None] < y_hi[..., None])  # [K, kh, H]
+    # Separable: the max over each bin's columns ([K, C, H, kw]), then over its rows ([K, C, kh, kw]),
+    # one map column (row) at a time, so that nothing of size K x C x H x W is ever held.
+    by_col = input.new_full((batch_idx.shape[0], channels, height, x_lo.shape[1]), low)
+    for w in range(width):
+        column = finite[:, :, :, w][batch_idx]  # [K, C, H]
+        by_col = torch.maximum(by_col, torch.where(in_col[:, None, None, :, w], column[..., None], low))
+    by_bin = input.new_full((batch_idx.shape[0], channels, y_lo.shape[1], x_lo.shape[1]), low)
+    for h in range(height):
+        by_bin = torch.maximum(by_bin, torch.where(in_row[:, None, :, h, None], by_col[:, :, h, None, :], low))
+    empty = (y_hi <= y_lo)[:, :, None] | (x_hi <= x_lo)[:, None, :]  # [K, kh, kw]
+    return torch.where(empty[:, None], torch.zeros_like(by_bin), by_bin)

@@ -1,0 +1,78 @@
+"""The fixed-shape operators of exported programs equal the eager operators, in every mode of the seed."""
+
+import importlib
+
+import pytest
+import torch
+
+from detector.ops.roi_align import RoIAlign
+from detector.ops.roi_pool import RoIPool
+from detector.ops.roi_warp import RoIWarp
+
+ALIGN_MODES = [dict(sampling_ratio=s, aligned=a, reduction=r, sample_layout=lay)
+               for s in (2, -1) for a in (True, False) for r in ("avg", "max") for lay in ("centered", "interior")]
+POOL_MODES = [dict(quantization=q) for q in ("round", "floor")]
+WARP_MODES = [dict(sampling_ratio=s, reduction=r) for s in (2, -1) for r in ("avg", "max")]
+
+
+def _pooler(kind, mode):
+    common = dict(output_size=(3, 4), spatial_scale=1 / 32)
+    return {"align": RoIAlign, "pool": RoIPool, "warp": RoIWarp}[kind](**common, **mode)
+
+
+def _inputs(seed=0, images=2):
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(images, 5, 9, 13, generator=g)  # a 288 x 416 image at stride 32
+    xy = torch.rand(40, 2, generator=g) * torch.tensor([380.0, 260.0])
+    wh = torch.rand(40, 2, generator=g) * torch.tensor([300.0, 200.0]) + 0.5
+    boxes = torch.cat([xy, torch.minimum(xy + wh, torch.tensor([416.0, 288.0]))], 1)  # inside the image
+    boxes[0] = torch.tensor([100.0, 80.0, 100.0, 80.0])  # zero size
+    boxes[1] = torch.tensor([0.0, 0.0, 416.0, 288.0])  # the whole map
+    boxes[2] = torch.tensor([300.0, 210.0, 530.0, 390.0]).clamp(max=287.0)  # the seed's box, cut by the border
+    batch = torch.randint(images, (40, 1), generator=g).float()
+    return features, torch.cat([batch, boxes], 1)
+
+
+def _as_exported(monkeypatch):
+    for name in ("detector.ops.roi_align", "detector.ops.roi_pool"):  # (the package exports functions by these names)
+        module = importlib.import_module(name)
+        monkeypatch.setattr(module, "exporting", lambda: True)
+
+
+@pytest.mark.parametrize("kind, mode", [("align", m) for m in ALIGN_MODES] + [("pool", m) for m in POOL_MODES]
+                         + [("warp", m) for m in WARP_MODES])
+def test_dense_equals_eager(kind, mode, monkeypatch):
+    pooler = _pooler(kind, mode)
+    for seed in range(3):
+        features, rois = _inputs(seed)
+        eager = pooler(features, rois)
+        with monkeypatch.context() as m:
+            _as_exported(m)
+            dense = pooler(features, rois)
+        assert dense.shape == eager.shape
+        torch.testing.assert_close(dense, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_roi_pool_keeps_the_eager_rules_for_nan_and_empty_bins(monkeypatch):
+    features, rois = _inputs(1)
+    features[0, :, 2:4, 3:6] = float("nan")
+    features[1, 0] = -float("inf")
+    rois[3] = torch.tensor([0.0, 1000.0, 1000.0, 1100.0, 1100.0])  # outside the map: empty bins read 0
+    for quantization in ("round", "floor"):
+        pooler = _pooler("pool", dict(quantization=quantization))
+        eager = pooler(features, rois)
+        with monkeypatch.context() as m:
+            _as_exported(m)
+            dense = pooler(features, rois)
+        assert torch.equal(dense.isnan(), eager.isnan()) and not dense.isnan().any()
+        torch.testing.assert_close(dense, eager)
+
+
+@pytest.mark.parametrize("kind, mode", [("align", dict(sampling_ratio=-1, aligned=True, reduction="max",
+                                                       sample_layout="interior")),
+                                        ("pool", dict(quantization="floor")), ("warp", dict(sampling_ratio=2, reduction="avg"))])
+def test_torch_export_runs_the_dense_path(kind, mode):
+    pooler = _pooler(kind, mode)
+    features, rois = _inputs(2, images=1)
+    program = torch.export.export(pooler, (features, rois), strict=False)
+    torch.testing.assert_close(program.module()(features, rois), pooler(features, rois), rtol=1e-5, atol=1e-5)
