@@ -2,6 +2,7 @@
 
     python tools/infer.py checkpoint=outputs/train/RUN/model_final.pth input=photos/ output_dir=OUT
     python tools/infer.py checkpoint=A.pth input='photos/*.jpg' score_thresh=0.3 device=cpu
+    python tools/infer.py checkpoint=model_final.onnx input=photos/   (tools/export.py; onnxruntime)
 
 ``input`` is an image file, a folder (its images, sorted; not its sub-folders) or a glob. No training
 dataset is needed: the class names come from the checkpoint. Images are read as a photo viewer
@@ -34,10 +35,15 @@ from detector.cli.config import (
 from detector.cli.help import run_command
 from detector.data.image_io import IMAGE_SUFFIXES, read_rgb
 from detector.engine import load_checkpoint
+from detector.export import FORMATS
+from detector.exported import ExportedPredictor
 from detector.errors import ConfigError, DatasetError
 from detector.evaluation.visualize import draw_detections
 from detector.utils.env import resolve_device
 from detector.utils.io import atomic_write_json
+
+
+EXPORTED = set(FORMATS.values())  # .onnx, .pt2
 
 
 def find_images(spec: str) -> list[Path]:
@@ -94,10 +100,17 @@ def infer(cfg: DictConfig) -> list[dict]:
     output_dir = run_directory(cfg)
     refuse_overwriting_inputs(images, output_dir)
     check_output_dir_writable(output_dir)
-    device = resolve_device(cfg.device)
-    path = Path(str(cfg.checkpoint))
-    trusted = [str(t) for t in (cfg.get("trusted_targets") or [])]
-    model, class_names = model_from_checkpoint(path, load_checkpoint(path), device, trusted_targets=trusted)
+    if Path(str(cfg.checkpoint)).suffix in EXPORTED:  # an exported program: onnxruntime or torch.export, on the CPU
+        exported, device = ExportedPredictor(str(cfg.checkpoint)), torch.device("cpu")
+        class_names = exported.class_names
+
+        def model(tensors):
+            return [exported.run(t, name=str(p)) for t, p in zip(tensors, chunk)]
+    else:
+        device = resolve_device(cfg.device)
+        path = Path(str(cfg.checkpoint))
+        trusted = [str(t) for t in (cfg.get("trusted_targets") or [])]
+        model, class_names = model_from_checkpoint(path, load_checkpoint(path), device, trusted_targets=trusted)
 
     records, names = [], output_names(images)
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}

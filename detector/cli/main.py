@@ -19,6 +19,7 @@ COMMANDS = {
     "train": ("train", "train a Faster R-CNN (or Fast R-CNN on proposal files) from the configs"),
     "eval": ("eval", "evaluate checkpoints or results files side by side (COCO and VOC metrics, plots)"),
     "infer": ("infer", "run a checkpoint on images: drawn copies and a detections JSON"),
+    "export": ("export", "export a checkpoint as ONNX or a torch.export program (runs without this package)"),
     "convert": ("convert", "convert a dataset between COCO json, Pascal VOC and YOLO"),
     "dump-proposals": ("dump_proposals", "write proposal files for Fast R-CNN (an RPN or selective search)"),
     "analyze": ("analyze", "measure RoIPool's quantization on a dataset's boxes"),

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from detector.errors import ConfigError
 from detector.modeling.sampler import STREAM_SCALE, sample_generator
+from detector.ops.dense import exporting
 
 
 @dataclass
@@ -65,10 +66,12 @@ class DetectionTransform(nn.Module):
             min_size = self.min_size[int(torch.randint(len(self.min_size), (), generator=generator).item())]
         else:
             min_size = self.min_size[0]
-        scale = min_size / min(h, w)
-        if max(h, w) * scale > self.max_size:
-            scale = self.max_size / max(h, w)
-        return max(1, round(h * scale)), max(1, round(w * scale))
+        # min_size on the shorter side unless that puts the longer one past max_size, rounded half up.
+        # Written with operations a traced size keeps (no branch, no round()), so that an exported
+        # program applies the same rule to any image size (detector.export).
+        scale = torch.sym_min(min_size / torch.sym_min(h, w), self.max_size / torch.sym_max(h, w))
+        # (trunc of a positive number is its floor; torch.export serialises trunc, not floor.)
+        return torch.sym_max(1, math.trunc(h * scale + 0.5)), torch.sym_max(1, math.trunc(w * scale + 0.5))
 
     def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
@@ -79,7 +82,8 @@ class DetectionTransform(nn.Module):
             generator = sample_generator(targets[i], STREAM_SCALE) if targets is not None else None
             nh, nw = self.target_size(h, w, generator=generator)
             image = (image - self.pixel_mean) / self.pixel_std
-            if (nh, nw) != (h, w):
+            # (An exported program resizes every input: at the same size bilinear is the identity.)
+            if exporting() or (nh, nw) != (h, w):
                 image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
             resized.append(image)
             sizes.append((nh, nw))
@@ -90,6 +94,10 @@ class DetectionTransform(nn.Module):
                 new_targets.append(target)
 
         d = self.size_divisibility
+        if exporting() and len(resized) == 1:  # an exported program's one image, of any size
+            (nh, nw), = sizes
+            pad = (0, (nw + d - 1) // d * d - nw, 0, (nh + d - 1) // d * d - nh)
+            return ImageList(F.pad(resized[0], pad)[None], sizes), new_targets
         hp = int(math.ceil(max(s[0] for s in sizes) / d) * d)
         wp = int(math.ceil(max(s[1] for s in sizes) / d) * d)
         # Pad with zeros *after* normalisation, i.e. with the mean colour, as torchvision/detectron2.
@@ -106,6 +114,11 @@ class DetectionTransform(nn.Module):
     ) -> list[dict[str, Tensor]]:
         """Scale detection boxes from resized-image pixels back to the original images' pixels."""
         for det, (h, w), (oh, ow) in zip(detections, image_sizes, original_sizes):
+            if exporting():  # the sizes may be symbolic: scalars, not a tensor built from them
+                x1, y1, x2, y2 = det["boxes"].unbind(1)
+                sx, sy = ow / w, oh / h
+                det["boxes"] = torch.stack([x1 * sx, y1 * sy, x2 * sx, y2 * sy], dim=1)
+                continue
             ratio = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=det["boxes"].device)
             det["boxes"] = det["boxes"] * ratio
         return detections

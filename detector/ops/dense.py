@@ -34,12 +34,18 @@ from torch import Tensor
 
 from detector.ops.roi_align_geometry import axis_weights, roi_geometry
 
-__all__ = ["exporting", "roi_align_dense", "roi_pool_dense"]
+__all__ = ["exporting", "pad_indices", "roi_align_dense", "roi_pool_dense"]
 
 
 def exporting() -> bool:
     """Whether the caller is being traced by torch.export (or the ONNX exporter built on it)."""
     return torch.compiler.is_exporting()
+
+
+def pad_indices(keep: Tensor, length: int) -> Tensor:
+    """The first ``length`` of ``keep`` (indices of data-dependent count, e.g. NMS's), padded with -1 to
+    exactly ``length``: the fixed shape an exported program can carry on."""
+    return torch.cat([keep, keep.new_full((length,), -1)])[:length]
 
 
 def _per_image(weights_y: Tensor, input: Tensor, weights_x: Tensor, batch_idx: Tensor) -> Tensor:
@@ -78,7 +84,7 @@ def roi_align_dense(
         n_h = n_w = int(sampling_ratio)
     else:
         # The largest grid of a box inside the map, plus one cell: RoIWarp's snapped box can reach it.
-        n_h, n_w = math.ceil((height + 1) / kh), math.ceil((width + 1) / kw)
+        n_h, n_w = (height + kh) // kh, (width + kw) // kw  # ceil((size + 1) / k), in integers
         g = type(g)(g.batch_idx, g.x1, g.y1, g.bin_w, g.bin_h, g.grid_w.clamp(max=n_w), g.grid_h.clamp(max=n_h))
     wx = axis_weights(g.x1, g.bin_w, g.grid_w, n_w, kw, width, sample_layout)  # [K, kw, n_w, W]
     wy = axis_weights(g.y1, g.bin_h, g.grid_h, n_h, kh, height, sample_layout)  # [K, kh, n_h, H]
@@ -109,27 +115,56 @@ def roi_pool_dense(input: Tensor, rows: tuple[Tensor, Tensor], cols: tuple[Tenso
             as the eager op computes them (unclipped: clipped here to the map).
         batch_idx: int64 [K].
 
+    A range-maximum table (the "sparse table" of range-minimum queries): ``T[a, b, y, x]`` is the max
+    over the 2^a x 2^b cells from (y, x). A rectangle of h x w cells is covered by four such blocks
+    with 2^a <= h < 2^(a+1) and 2^b <= w < 2^(b+1), so every bin is four lookups, whatever the map
+    size (which may be symbolic in an exported program). The table holds levels x levels copies of
+    the map: small at stride 32.
+
     NaN cells never win and a bin with nothing above the dtype's lowest value reads that value, as
     the eager op's scan from -FLT_MAX; an empty bin (clipped away) reads 0.
     """
     num_images, channels, height, width = input.shape
     low = torch.finfo(input.dtype).min
     finite = torch.nan_to_num(input, nan=low, posinf=math.inf, neginf=low).clamp(min=low)
+    levels = _LEVELS if not isinstance(height, int) or not isinstance(width, int) else max(height, width, 1).bit_length()
+    table = _range_max(_range_max(finite.permute(0, 2, 3, 1), 2, levels, low), 2, levels, low)  # over x, then y
+    # table: [Ly, Lx, N, H, W, C] (the second pass stacked its levels in front of the first's)
     (y_lo, y_hi), (x_lo, x_hi) = rows, cols
     y_lo, y_hi = y_lo.clamp(0, height), y_hi.clamp(0, height)
     x_lo, x_hi = x_lo.clamp(0, width), x_hi.clamp(0, width)
-    ys, xs = torch.arange(height, device=input.device), torch.arange(width, device=input.device)
-    batch_idx = batch_idx.long()
-    in_col = (xs[None, None] >= x_lo[..., None]) & (xs[None, None] < x_hi[..., None])  # [K, kw, W]
-    in_row = (ys[None, None] >= y_lo[..., None]) & (ys[None, None] < y_hi[..., None])  # [K, kh, H]
-    # Separable: the max over each bin's columns ([K, C, H, kw]), then over its rows ([K, C, kh, kw]),
-    # one map column (row) at a time, so that nothing of size K x C x H x W is ever held.
-    by_col = input.new_full((batch_idx.shape[0], channels, height, x_lo.shape[1]), low)
-    for w in range(width):
-        column = finite[:, :, :, w][batch_idx]  # [K, C, H]
-        by_col = torch.maximum(by_col, torch.where(in_col[:, None, None, :, w], column[..., None], low))
-    by_bin = input.new_full((batch_idx.shape[0], channels, y_lo.shape[1], x_lo.shape[1]), low)
-    for h in range(height):
-        by_bin = torch.maximum(by_bin, torch.where(in_row[:, None, :, h, None], by_col[:, :, h, None, :], low))
+    a, b = _level(y_hi - y_lo, levels), _level(x_hi - x_lo, levels)  # [K, kh], [K, kw]
+    ys = (y_lo.clamp(max=height - 1), (y_hi - (1 << a)).clamp(min=0))
+    xs = (x_lo.clamp(max=width - 1), (x_hi - (1 << b)).clamp(min=0))
+    n = batch_idx.long()[:, None, None]
+    pooled = None
+    for y in ys:
+        for x in xs:
+            block = table[a[:, :, None], b[:, None, :], n, y[:, :, None], x[:, None, :]]  # [K, kh, kw, C]
+            pooled = block if pooled is None else torch.maximum(pooled, block)
     empty = (y_hi <= y_lo)[:, :, None] | (x_hi <= x_lo)[:, None, :]  # [K, kh, kw]
-    return torch.where(empty[:, None], torch.zeros_like(by_bin), by_bin)
+    pooled = torch.where(empty[..., None], torch.zeros_like(pooled), pooled)
+    return pooled.permute(0, 3, 1, 2)
+
+
+# Table levels when the map's size is symbolic: bins of up to 2^9 - 1 = 511 cells (16 352 pixels at stride 32).
+_LEVELS = 9
+
+
+def _range_max(x: Tensor, dim: int, levels: int, low: float) -> Tensor:
+    """[..., S, ...] -> [levels, ..., S, ...]: level l holds the max over 2^l cells from each cell along ``dim``."""
+    size = x.shape[dim]
+    out = [x]
+    for level in range(1, levels):
+        step = 1 << (level - 1)
+        prev = out[-1]
+        pad = [0, 0] * (x.dim() - 1 - dim) + [0, step]  # cells past the end read the lowest value
+        shifted = torch.nn.functional.pad(prev, pad, value=low).narrow(dim, step, size)
+        out.append(torch.maximum(prev, shifted))
+    return torch.stack(out)
+
+
+def _level(length: Tensor, levels: int) -> Tensor:
+    """floor(log2(length)) for lengths >= 1 (0 for an empty bin), in integer comparisons."""
+    powers = 1 << torch.arange(1, levels, device=length.device)
+    return (length[..., None] >= powers).sum(-1)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.ops import batched_nms, clip_boxes_to_image
+from torchvision.ops import batched_nms, clip_boxes_to_image, nms
 
 from detector.modeling.box_coder import BoxCoder
+from detector.ops.dense import exporting, pad_indices
 
 
 class FastRCNNPredictor(nn.Module):
@@ -98,8 +99,32 @@ def fast_rcnn_inference(
         num_rois = boxes.shape[0] // max(num_classes, 1)
         labels = torch.arange(1, num_classes + 1, device=scores.device).expand(num_rois, -1).reshape(-1)
         keep = (scores > score_thresh) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        if exporting():
+            results.append(_fixed_shape_detections(boxes, scores, labels, keep, nms_thresh, detections_per_img))
+            continue
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         # Per-class NMS (each class suppresses only its own boxes), then the best detections overall.
         keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_img]
         results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
     return results
+
+
+def _fixed_shape_detections(boxes, scores, labels, keep, nms_thresh: float, detections_per_img: int) -> dict[str, Tensor]:
+    """The eager detections of one image, in exactly ``detections_per_img`` rows (an exported program).
+
+    The candidates the eager path drops get score -inf instead: per-class NMS ranks them last, so they
+    suppress nothing the eager path keeps. The rows after the real detections have label 0 and score 0
+    (a reader keeps the rows with a label > 0).
+    """
+    scores = torch.where(keep, scores, torch.full_like(scores, -torch.inf))
+    # Per-class NMS as one NMS over boxes moved apart by class (torchvision's "coordinate trick", which
+    # batched_nms itself picks below 4000 boxes; its per-class loop cannot be traced).
+    offsets = labels.to(boxes.dtype)[:, None] * (boxes.max() + 1)
+    order = pad_indices(nms(boxes + offsets, scores, nms_thresh), detections_per_img)
+    real = (order >= 0) & (scores[order.clamp(min=0)] > -torch.inf)
+    order = order.clamp(min=0)
+    return {
+        "boxes": torch.where(real[:, None], boxes[order], torch.zeros_like(boxes[:1])),
+        "scores": torch.where(real, scores[order], torch.zeros_like(scores[:1])),
+        "labels": torch.where(real, labels[order], torch.zeros_like(labels[:1])),
+    }

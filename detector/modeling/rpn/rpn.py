@@ -31,6 +31,7 @@ from detector.modeling.matcher import Matcher
 from detector.modeling.rpn.anchor_generator import AnchorGenerator
 from detector.modeling.rpn.rpn_head import RPNHead
 from detector.modeling.sampler import STREAM_RPN, BalancedPositiveNegativeSampler, sample_generator
+from detector.ops.dense import exporting, pad_indices
 
 
 class RPN(nn.Module):
@@ -133,6 +134,8 @@ class RPN(nn.Module):
         """Decode, clip, NMS and keep the top-k per image: (N lists of boxes [P, 4], logits [P])."""
         pre_k = self.pre_nms_topk[self.training]
         post_k = self.post_nms_topk[self.training]
+        if exporting():
+            return self._fixed_shape_proposals(anchors, logits, deltas, image_sizes, pre_k, post_k)
         proposals, proposal_scores = [], []
         for logits_i, deltas_i, image_size in zip(logits, deltas, image_sizes):
             # Top-k before decoding: decoding and NMS on all anchors would be wasted work.
@@ -149,6 +152,29 @@ class RPN(nn.Module):
             keep = nms(boxes, scores, self.nms_thresh)[:post_k]
             proposals.append(boxes[keep])
             proposal_scores.append(scores[keep])
+        return proposals, proposal_scores
+
+    def _fixed_shape_proposals(self, anchors, logits, deltas, image_sizes, pre_k, post_k):
+        """:meth:`find_proposals` for an exported program: exactly ``post_k`` proposals per image.
+
+        The same boxes in the same order; where NMS leaves fewer, the rest are the zero-size box at
+        the origin (score -inf), which pools to something but can never become a detection (a
+        detection needs a positive width, :func:`fast_rcnn_inference`). A box the eager path drops
+        before NMS (too small, or empty after clipping) gets score -inf instead and is padding too.
+        """
+        proposals, proposal_scores = [], []
+        for logits_i, deltas_i, image_size in zip(logits, deltas, image_sizes):
+            scores, idx = logits_i.topk(torch.sym_min(pre_k, logits_i.numel()))
+            boxes = clip_boxes_to_image(self.box_coder.decode(deltas_i[idx], anchors[idx]), image_size)
+            valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            if self.min_size > 0:
+                valid &= ((boxes[:, 2] - boxes[:, 0]) >= self.min_size) & ((boxes[:, 3] - boxes[:, 1]) >= self.min_size)
+            scores = torch.where(valid, scores, torch.full_like(scores, -torch.inf))
+            keep = pad_indices(nms(boxes, scores, self.nms_thresh), post_k)
+            kept = keep >= 0
+            kept &= scores[keep.clamp(min=0)] > -torch.inf
+            proposals.append(torch.where(kept[:, None], boxes[keep.clamp(min=0)], torch.zeros_like(boxes[:1])))
+            proposal_scores.append(torch.where(kept, scores[keep.clamp(min=0)], torch.full_like(scores[:1], -torch.inf)))
         return proposals, proposal_scores
 
     def _losses(
