@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from detector.errors import ConfigError
+
 __all__ = ["FORMATS", "SinglePicture", "export_detector"]
 
 FORMATS = {"onnx": ".onnx", "torch_export": ".pt2"}
@@ -60,6 +62,10 @@ def export_detector(
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
+    if getattr(model, "rpn", None) is None:
+        raise ConfigError("a Fast R-CNN model (rpn=None) takes its proposals from a file, which an exported "
+                          "program cannot read: export a Faster R-CNN (model=faster_rcnn_vgg16), or dump its "
+                          "proposals with tools/dump_proposals.py and keep the checkpoint")
     path = Path(path)
     if path.suffix != FORMATS[format]:
         raise ValueError(f"a {format} program is written to a {FORMATS[format]} file, got {path.name}")

@@ -120,3 +120,12 @@ def test_export_and_infer_command_lines(tmp_path, capsys):
         assert a["box"] == pytest.approx(b["box"], abs=0.011)  # the JSON's 2 decimals
     r = run_in_process("infer", [f"checkpoint={tmp_path / 'nope.onnx'}", f"input={tmp_path / 'photo.png'}"], tmp_path, capsys)
     assert r.returncode == 1 and "nope.onnx: no such file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_fast_rcnn_model_is_refused_in_one_line(tmp_path):
+    from detector.errors import ConfigError
+
+    model = tiny_model(3, ["model=fast_rcnn_vgg16"])
+    with pytest.raises(ConfigError, match=r"Fast R-CNN model \(rpn=None\) takes its proposals from a file"):
+        export_detector(model, tmp_path / "m.onnx", format="onnx", class_names=["a", "b", "c"], example_size=(120, 160))
+    assert not list(tmp_path.iterdir())  # nothing written
