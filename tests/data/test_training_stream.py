@@ -73,3 +73,31 @@ def test_mix_spreads_neighbouring_values():
     values = [_mix(0, v) for v in range(1000)]
     assert len(set(values)) == 1000 and all(0 <= v < 2**63 for v in values)
     assert _mix(1, 0) != _mix(0, 1)
+
+
+def test_a_run_starts_at_position_zero():
+    assert list(itertools.islice(TrainingSampler(), 3)) == [0, 1, 2]
+
+
+def test_transforms_without_a_seed_hook_are_left_alone():
+    class PlainTransforms:  # e.g. a user's callable: it has no set_random_seed, and must not be asked for one
+        def __call__(self, *args):
+            return args
+
+    data = Recorder(4)
+    data.transforms = PlainTransforms()
+    assert PositionedDataset(data, seed=0)[1][1]["image_id"] in range(4)
+
+
+def test_the_wrapped_datasets_attributes_show_through_and_the_wrapper_pickles():
+    import pickle
+
+    data = Recorder(5)
+    data.class_names = ["a", "b"]
+    stream = PositionedDataset(data, seed=3)
+    assert stream.class_names == ["a", "b"] and stream.n == 5
+    # DataLoader workers unpickle it: before __dict__ is restored, a lookup must not recurse into itself.
+    again = pickle.loads(pickle.dumps(stream))
+    assert [again.index(p) for p in range(10)] == [stream.index(p) for p in range(10)]
+    with pytest.raises(AttributeError, match="^dataset$"):
+        PositionedDataset.__new__(PositionedDataset).dataset
