@@ -20,6 +20,8 @@ Signature of the program (also written to the JSON beside it):
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -77,7 +79,13 @@ def export_detector(
         height, width = torch.export.Dim("height", min=32, max=4096), torch.export.Dim("width", min=32, max=4096)
         shapes = ({1: height, 2: width},)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    # The exporters' own chatter (torchvision's deprecation notice for its NMS shape function, the ONNX
+    # optimizer's per-initializer INFO lines) is not the user's business; errors still surface.
+    for name in ("onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torchvision")
+        warnings.filterwarnings("ignore", message=".*create_unbacked_symint.*")
         exported = torch.export.export(program, example, dynamic_shapes=shapes, strict=False)
         if format == "torch_export":
             torch.export.save(exported, str(path))
