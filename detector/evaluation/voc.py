@@ -58,11 +58,15 @@ def matlab_range(start: float, step: float, stop: float) -> np.ndarray:
     """MATLAB's ``start:step:stop``, element for element (its colon operator, not ``np.arange``).
 
     MATLAB computes the first half as ``start + k * step`` and the second half from the end,
-    ``stop - (n - k) * step``, so that the last element is exactly ``stop``.
+    ``end - (n - k) * step``; the end is ``stop`` when ``stop`` is (within rounding) ``start + n * step``,
+    so that ``0:0.1:1`` ends exactly at 1, and ``start + n * step`` when the steps stop short of it.
     """
     n = int(np.floor((stop - start) / step + 1e-10))
+    end = start + n * step
+    if abs(end - stop) <= 1e-10 * max(1.0, abs(stop)):
+        end = stop
     half = n // 2
-    values = [start + k * step for k in range(half + 1)] + [stop - (n - k) * step for k in range(half + 1, n + 1)]
+    values = [start + k * step for k in range(half + 1)] + [end - (n - k) * step for k in range(half + 1, n + 1)]
     return np.asarray(values, dtype=np.float64)
 
 

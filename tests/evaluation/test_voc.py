@@ -163,3 +163,42 @@ def test_results_files_are_in_the_devkits_one_based_frame(tmp_path):
     out = write_voc_results(results, ds, tmp_path / "voc")
     assert (out / "comp4_det_test_cat.txt").read_text() == "000005 0.750000 31.0 41.0 150.0 160.0\n"
     assert (out / "comp4_det_test_person.txt").read_text() == ""  # every class gets its file
+
+
+def test_matlab_colon_operator_builds_the_devkit_levels():
+    from detector.evaluation.voc import matlab_range
+
+    # MATLAB's 0:0.1:1 (its colon algorithm: the first half counted up from start, the second half down
+    # from stop, so the last element is exactly 1): 11 elements, 0.3 is the double just above 0.3 and
+    # 0.7 the double 1 - 0.30000000000000004.
+    levels = matlab_range(0.0, 0.1, 1.0)
+    assert levels.shape == (11,) and levels[0] == 0.0 and levels[-1] == 1.0 and levels[5] == 0.5
+    assert levels[3] == 0.30000000000000004 and levels[3] > 0.3
+    assert levels[7] == 0.7 and levels[6] == 0.6 and levels[9] == 0.9
+    assert np.array_equal(levels, DEVKIT_LEVELS)
+    assert matlab_range(1.0, 0.5, 3.0).tolist() == [1.0, 1.5, 2.0, 2.5, 3.0]
+    assert matlab_range(0.0, 0.25, 0.9).tolist() == [0.0, 0.25, 0.5, 0.75]  # stops below stop
+
+
+def test_devkit_overlap_in_its_one_based_inclusive_frame():
+    import torch
+
+    from detector.evaluation.voc import devkit_iou
+
+    # This project's (0, 0, 9, 9) is the devkit's (1, 1, 9, 9): 9 x 9 pixels inclusive; (5, 5, 14, 14)
+    # is (6, 6, 14, 14): the overlap is 4 x 4 = 16 of 81 + 81 - 16.
+    a = torch.tensor([[0.0, 0.0, 9.0, 9.0], [20.0, 0.0, 30.0, 5.0]])
+    b = torch.tensor([[5.0, 5.0, 14.0, 14.0], [0.0, 0.0, 9.0, 9.0], [9.0, 0.0, 19.0, 9.0]])
+    iou = devkit_iou(a, b)
+    assert iou.shape == (2, 3)
+    assert iou[0, 0].item() == pytest.approx(16 / 146, abs=1e-7)
+    assert iou[0, 1].item() == 1.0
+    # Sharing the column x = 9 (devkit: 10..19 against 1..9): iw = 9 - 10 + 1 = 0, no overlap.
+    assert iou[0, 2].item() == 0.0
+    # (20, 0, 30, 5) -> (21, 1, 30, 5) against (10, 1, 19, 9): apart by one pixel.
+    assert iou[1].tolist() == [0.0, 0.0, 0.0]
+    # Overlapping in x only (rows apart): 0, not a negative product.
+    assert devkit_iou(torch.tensor([[0.0, 0.0, 9.0, 3.0]]), torch.tensor([[0.0, 6.0, 9.0, 9.0]])).item() == 0.0
+    # A partial overlap with unequal sides: (2, 3, 11, 8) -> (3, 4, 11, 8) is 9 x 5; against (1, 1, 9, 9) the
+    # overlap is 7 x 5 = 35 of 45 + 81 - 35.
+    assert devkit_iou(torch.tensor([[2.0, 3.0, 11.0, 8.0]]), a[:1]).item() == pytest.approx(35 / 91, abs=1e-7)
