@@ -26,6 +26,7 @@ def test_export_and_infer_command_lines(tmp_path, capsys):
                                   f"output={tmp_path / 'm.pt2'}", "dynamic=false", "image_size=[90,120]"], tmp_path, capsys)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "m.pt2").is_file() and (tmp_path / "m.json").is_file()
+    assert not (tmp_path / "export.log").exists()  # nothing but the program and its description
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
     outputs = {}
     for source in (f"checkpoint={run / 'model_final.pth'}", f"checkpoint={tmp_path / 'm.pt2'}"):
