@@ -5,8 +5,8 @@
     python tools/export.py checkpoint=A.pth dynamic=false image_size=[480,640]
 
 Writes the program and a JSON beside it (class names, the input and output layout, the resize rule,
-the score threshold). ``python tools/infer.py checkpoint=A.onnx input=photos/`` runs it through onnxruntime
-with the same outputs as a checkpoint. What makes the model exportable is in :mod:`detector.export`.
+the score threshold). The infer command runs it (``checkpoint=A.onnx input=photos/``) through
+onnxruntime, with the same outputs as for a checkpoint. What makes the model exportable is in :mod:`detector.export`.
 """
 
 from __future__ import annotations
