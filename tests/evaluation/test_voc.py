@@ -199,6 +199,10 @@ def test_devkit_overlap_in_its_one_based_inclusive_frame():
     assert iou[1].tolist() == [0.0, 0.0, 0.0]
     # Overlapping in x only (rows apart): 0, not a negative product.
     assert devkit_iou(torch.tensor([[0.0, 0.0, 9.0, 3.0]]), torch.tensor([[0.0, 6.0, 9.0, 9.0]])).item() == 0.0
+    # One shared pixel column (devkit: 9..19 against 1..9, iw = 1) and one shared row: they overlap.
+    one_col = devkit_iou(torch.tensor([[8.0, 0.0, 19.0, 9.0]]), a[:1]).item()
+    one_row = devkit_iou(torch.tensor([[0.0, 8.0, 9.0, 19.0]]), a[:1]).item()
+    assert one_col == pytest.approx(9 / (81 + 99 - 9), abs=1e-7) and one_row == pytest.approx(one_col, abs=1e-7)
     # A partial overlap with unequal sides: (2, 3, 11, 8) -> (3, 4, 11, 8) is 9 x 5; against (1, 1, 9, 9) the
     # overlap is 7 x 5 = 35 of 45 + 81 - 35.
     assert devkit_iou(torch.tensor([[2.0, 3.0, 11.0, 8.0]]), a[:1]).item() == pytest.approx(35 / 91, abs=1e-7)
