@@ -20,9 +20,16 @@ Here the same mathematics is written with every shape known from the map and the
 * RoIWarp: RoIPool's snapped box, then the dense RoIAlign above.
 
 These run only inside an export (see :func:`exporting`); they equal the eager operators to float
-rounding (tests/ops/test_dense.py). No library has them: torchvision's ONNX translations cover its own
-roi_align (avg, centered samples) and roi_pool (round) only, not the seed's max reduction, interior
-points or floor rule, and substituting them would silently change the model being exported.
+rounding (tests/ops/test_dense.py), and so do their ONNX translations in onnxruntime, every mode, with
+the map size and the number of RoIs free (tests/export/test_onnx_operators.py). Exporting an operator
+alone with a free map size, the max over an adaptive grid needs ``torch.export.export(...,
+prefer_deferred_runtime_asserts_over_guards=True)``: its reshapes of [K, kh, n, H] with ``n`` a function
+of H raise facts such as ``3 % (3 n) != 0`` that hold for every n >= 2 but that the shape solver cannot
+prove, so they must become checks inside the program. The detector's export needs no flag.
+
+No library has these: torchvision's ONNX translations cover its own roi_align (avg, centered samples)
+and roi_pool (round) only, not the seed's max reduction, interior points or floor rule, and
+substituting them would silently change the model being exported.
 """
 
 from __future__ import annotations
@@ -84,7 +91,9 @@ def roi_align_dense(
         n_h = n_w = int(sampling_ratio)
     else:
         # The largest grid of a box inside the map, plus one cell: RoIWarp's snapped box can reach it.
-        n_h, n_w = (height + kh) // kh, (width + kw) // kw  # ceil((size + 1) / k), in integers
+        # At least 2 (a masked sample at most): with a symbolic map size, a size that could be 1 makes
+        # torch.export guard on it (broadcasting rules differ for 1) and refuse the small maps.
+        n_h, n_w = torch.sym_max((height + kh) // kh, 2), torch.sym_max((width + kw) // kw, 2)  # ceil((size + 1) / k)
         g = type(g)(g.batch_idx, g.x1, g.y1, g.bin_w, g.bin_h, g.grid_w.clamp(max=n_w), g.grid_h.clamp(max=n_h))
     wx = axis_weights(g.x1, g.bin_w, g.grid_w, n_w, kw, width, sample_layout)  # [K, kw, n_w, W]
     wy = axis_weights(g.y1, g.bin_h, g.grid_h, n_h, kh, height, sample_layout)  # [K, kh, n_h, H]
@@ -96,7 +105,7 @@ def roi_align_dense(
     # max: every sample, then the max over each bin's own samples (those beyond its grid excluded).
     samples = _per_image(wy.reshape(num_rois, kh * n_h, height).to(input.dtype), input,
                          wx.reshape(num_rois, kw * n_w, width).to(input.dtype), g.batch_idx)
-    samples = samples.reshape(num_rois, -1, kh, n_h, kw, n_w)
+    samples = samples.reshape(num_rois, input.shape[1], kh, n_h, kw, n_w)  # (no -1: a divisibility guard)
     in_grid_h = torch.arange(n_h, device=input.device)[None] < g.grid_h[:, None]  # [K, n_h]
     in_grid_w = torch.arange(n_w, device=input.device)[None] < g.grid_w[:, None]  # [K, n_w]
     in_grid = (in_grid_h[:, None, None, :, None, None] & in_grid_w[:, None, None, None, None, :])

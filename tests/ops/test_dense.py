@@ -5,20 +5,7 @@ import importlib
 import pytest
 import torch
 
-from detector.ops.roi_align import RoIAlign
-from detector.ops.roi_pool import RoIPool
-from detector.ops.roi_warp import RoIWarp
-
-ALIGN_MODES = [dict(sampling_ratio=s, aligned=a, reduction=r, sample_layout=lay)
-               for s in (2, -1) for a in (True, False) for r in ("avg", "max") for lay in ("centered", "interior")]
-POOL_MODES = [dict(quantization=q) for q in ("round", "floor")]
-WARP_MODES = [dict(sampling_ratio=s, reduction=r) for s in (2, -1) for r in ("avg", "max")]
-
-
-def _pooler(kind, mode):
-    common = dict(output_size=(3, 4), spatial_scale=1 / 32)
-    return {"align": RoIAlign, "pool": RoIPool, "warp": RoIWarp}[kind](**common, **mode)
-
+from pooler_modes import MODES, make_pooler
 
 def _inputs(seed=0, images=2):
     g = torch.Generator().manual_seed(seed)
@@ -39,10 +26,9 @@ def _as_exported(monkeypatch):
         monkeypatch.setattr(module, "exporting", lambda: True)
 
 
-@pytest.mark.parametrize("kind, mode", [("align", m) for m in ALIGN_MODES] + [("pool", m) for m in POOL_MODES]
-                         + [("warp", m) for m in WARP_MODES])
+@pytest.mark.parametrize("kind, mode", MODES)
 def test_dense_equals_eager(kind, mode, monkeypatch):
-    pooler = _pooler(kind, mode)
+    pooler = make_pooler(kind, mode)
     for seed in range(3):
         features, rois = _inputs(seed)
         eager = pooler(features, rois)
@@ -59,7 +45,7 @@ def test_dense_roi_pool_keeps_the_eager_rules_for_nan_and_empty_bins(monkeypatch
     features[1, 0] = -float("inf")
     rois[3] = torch.tensor([0.0, 1000.0, 1000.0, 1100.0, 1100.0])  # outside the map: empty bins read 0
     for quantization in ("round", "floor"):
-        pooler = _pooler("pool", dict(quantization=quantization))
+        pooler = make_pooler("pool", dict(quantization=quantization))
         eager = pooler(features, rois)
         with monkeypatch.context() as m:
             _as_exported(m)
@@ -72,7 +58,7 @@ def test_dense_roi_pool_keeps_the_eager_rules_for_nan_and_empty_bins(monkeypatch
                                                        sample_layout="interior")),
                                         ("pool", dict(quantization="floor")), ("warp", dict(sampling_ratio=2, reduction="avg"))])
 def test_torch_export_runs_the_dense_path(kind, mode):
-    pooler = _pooler(kind, mode)
+    pooler = make_pooler(kind, mode)
     features, rois = _inputs(2, images=1)
     program = torch.export.export(pooler, (features, rois), strict=False)
     torch.testing.assert_close(program.module()(features, rois), pooler(features, rois), rtol=1e-5, atol=1e-5)
