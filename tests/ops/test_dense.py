@@ -43,6 +43,7 @@ def test_dense_roi_pool_keeps_the_eager_rules_for_nan_and_empty_bins(monkeypatch
     features, rois = _inputs(1)
     features[0, :, 2:4, 3:6] = float("nan")
     features[1, 0] = -float("inf")
+    features[1, 1, 4:6, 6] = float("inf")  # wins its bins, as in the eager op
     rois[3] = torch.tensor([0.0, 1000.0, 1000.0, 1100.0, 1100.0])  # outside the map: empty bins read 0
     for quantization in ("round", "floor"):
         pooler = make_pooler("pool", dict(quantization=quantization))
@@ -51,6 +52,7 @@ def test_dense_roi_pool_keeps_the_eager_rules_for_nan_and_empty_bins(monkeypatch
             _as_exported(m)
             dense = pooler(features, rois)
         assert torch.equal(dense.isnan(), eager.isnan()) and not dense.isnan().any()
+        assert torch.equal(dense.isposinf(), eager.isposinf()) and dense.isposinf().any()
         torch.testing.assert_close(dense, eager)
 
 

@@ -270,3 +270,38 @@ def test_inverted_boxes_read_zero(reduction):
     torch.testing.assert_close(out[1:2], alone)
     out.sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("layout", ["centered", "interior"])
+@pytest.mark.parametrize("n", [1, 3])
+def test_sample_points_are_where_the_op_samples(aligned, layout, n):
+    """On a map that is linear in continuous coordinates (cell c's value at c + 0.5, the seed's
+    convention), bilinear interpolation is exact inside the map: an avg bin reads f at the mean of its
+    points, a max bin (f increasing in x and y) f at its last point. So ``sample_points`` must place
+    every point where the operator reads, for both ``aligned`` conventions and both layouts."""
+    from detector.ops import sample_points
+
+    h, w = 20, 30
+    cy, cx = torch.meshgrid(torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5,
+                            indexing="ij")
+    f = lambda x, y: 3.0 * x + 7.0 * y + 1.0  # noqa: E731
+    features = f(cx, cy)[None, None]
+    box = (70.0, 100.0, 450.0, 355.0)  # cells 2.2..14.1 x 3.1..11.1 at stride 32: inside, not on the grid
+    xs, ys = sample_points(box, (2, 3), 1 / 32, n, aligned, sample_layout=layout)
+    assert xs.shape == (3 * n,) and ys.shape == (2 * n,)
+    rois = torch.tensor([[0.0, *box]], dtype=torch.float64)
+    for reduction in ("avg", "max"):
+        out = roi_align(features, rois, (2, 3), 1 / 32, n, aligned, reduction=reduction, sample_layout=layout)[0, 0]
+        xb, yb = xs.reshape(3, n), ys.reshape(2, n)
+        x_read, y_read = (xb.mean(1), yb.mean(1)) if reduction == "avg" else (xb[:, -1], yb[:, -1])
+        torch.testing.assert_close(out, f(x_read[None, :], y_read[:, None]), rtol=0, atol=1e-9)
+
+
+def test_sample_points_needs_a_fixed_grid():
+    from detector.ops import sample_points
+
+    with pytest.raises(ValueError, match="needs a fixed sampling_ratio >= 1"):
+        sample_points((0.0, 0.0, 64.0, 64.0), 2, 1 / 32, 0, True)
+    xs, ys = sample_points((0.0, 0.0, 64.0, 64.0), 2, 1 / 32, 1, True)  # one point per bin: its centre
+    torch.testing.assert_close(xs, torch.tensor([0.5, 1.5], dtype=torch.float64))
