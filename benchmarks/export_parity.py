@@ -1,10 +1,10 @@
 """The whole detector exported in every pooler mode: onnxruntime and torch.export against eager.
 
-    python -m benchmarks.export_parity [--out benchmarks/results/export_parity] 
+    python -m benchmarks.export_parity [--out benchmarks/results/export_parity]
 
 The suite checks the model end to end in a few modes (tests/export) and every mode of the operators
 alone in onnxruntime (tests/export/test_onnx_operators.py); exporting the whole model 22 times takes
-about half an hour here, so the full matrix is this script. For each mode (RoIAlign: sampling 2 or
+about 20 minutes here (one thread), so the full matrix is this script. For each mode (RoIAlign: sampling 2 or
 adaptive x aligned x avg/max x centered/interior; RoIPool: round, floor; RoIWarp: sampling 2 or
 adaptive x avg/max) it builds
 the small test model (width 0.0625, random weights with the last layers of the RPN and the box head
@@ -15,7 +15,7 @@ program's), and four that the program resizes (onnxruntime's bilinear resize dif
 about 1e-5 of a pixel value). Each eager detection is matched to one exported detection of the same
 label (score within 1e-3, nearest box); the table gives the largest box and score differences and the
 detections left unmatched on either side. Not timed; it may run beside other
-work (about 10 minutes on one thread).
+work.
 """
 
 from __future__ import annotations
