@@ -64,3 +64,28 @@ def test_torch_export_runs_the_dense_path(kind, mode):
     features, rois = _inputs(2, images=1)
     program = torch.export.export(pooler, (features, rois), strict=False)
     torch.testing.assert_close(program.module()(features, rois), pooler(features, rois), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, mode", MODES + [("align", dict(sampling_ratio=0, aligned=True)),
+                                                ("align", dict(sampling_ratio=1, aligned=False, reduction="max"))])
+def test_dense_equals_eager_on_tall_and_wide_maps_and_boxes_outside(kind, mode, monkeypatch):
+    """float64 (the geometry's dtype must follow the map's), maps far from square (the RoIPool table
+    needs levels for the longer side), and boxes past every border or wholly outside (clipping)."""
+    pooler = make_pooler(kind, mode)
+    g = torch.Generator().manual_seed(3)
+    for height, width in ((40, 3), (3, 40)):
+        features = torch.randn(2, 3, height, width, generator=g, dtype=torch.float64)
+        h, w = height * 32.0, width * 32.0
+        boxes = torch.tensor([[-100.0, -80.0, 0.6 * w + 0.3, 0.5 * h + 0.7],  # past the top and the left
+                              [0.3 * w, 0.4 * h, w + 150.0, h + 90.0],  # past the bottom and the right
+                              [-300.0, -300.0, -100.0, -100.0],  # wholly above-left
+                              [w + 10.0, 5.0, w + 200.0, 0.9 * h],  # wholly right
+                              [0.0, 0.0, w, h], [1.0, 2.0, w - 3.0, h - 5.0]], dtype=torch.float64)
+        # float32 RoIs on a float64 map: both operators compute the geometry in the map's dtype.
+        rois = torch.cat([torch.tensor([[0.0], [1.0], [0.0], [1.0], [0.0], [1.0]], dtype=torch.float64), boxes], 1).float()
+        eager = pooler(features, rois)
+        with monkeypatch.context() as m:
+            _as_exported(m)
+            dense = pooler(features, rois)
+        assert dense.dtype == eager.dtype == torch.float64
+        torch.testing.assert_close(dense, eager, rtol=1e-10, atol=1e-10)

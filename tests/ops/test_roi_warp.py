@@ -54,9 +54,15 @@ def test_it_is_roialign_on_the_snapped_box_and_the_module_matches_the_function()
     for reduction in ("avg", "max"):
         torch.testing.assert_close(roi_warp(fm, boxes, 7, 1 / STRIDE, 2, reduction=reduction),
                                    roi_align(fm, snapped, 7, 1 / STRIDE, 2, True, reduction=reduction))
-    module = RoIWarp(output_size=7, spatial_scale=1 / STRIDE, sampling_ratio=2)
-    torch.testing.assert_close(module(fm, [boxes[boxes[:, 0] == i, 1:] for i in range(2)]),
-                               roi_warp(fm, boxes[boxes[:, 0].argsort(stable=True)], 7, 1 / STRIDE, 2))
+    ordered = boxes[boxes[:, 0].argsort(stable=True)]
+    for sampling_ratio, reduction in ((2, "avg"), (3, "max"), (-1, "max")):
+        module = RoIWarp(output_size=7, spatial_scale=1 / STRIDE, sampling_ratio=sampling_ratio, reduction=reduction)
+        torch.testing.assert_close(module(fm, [boxes[boxes[:, 0] == i, 1:] for i in range(2)]),
+                                   roi_warp(fm, ordered, 7, 1 / STRIDE, sampling_ratio, reduction=reduction))
+    # The function's documented defaults: spatial_scale 1 (boxes in map cells), 2 x 2 samples, avg.
+    cells = ordered.clone()
+    cells[:, 1:] /= STRIDE
+    torch.testing.assert_close(roi_warp(fm, cells, 7), roi_warp(fm, ordered, 7, 1 / STRIDE, 2, reduction="avg"))
     with pytest.raises(ValueError, match="reduction"):
         RoIWarp(output_size=7, spatial_scale=1 / STRIDE, sampling_ratio=2, reduction="sum")
 
