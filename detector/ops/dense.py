@@ -39,7 +39,7 @@ import math
 import torch
 from torch import Tensor
 
-from detector.ops.roi_align_geometry import axis_weights, roi_geometry
+from detector.ops.roi_align_geometry import axis_weights, bin_average, roi_geometry
 
 __all__ = ["exporting", "pad_indices", "roi_align_dense", "roi_pool_dense"]
 
@@ -99,8 +99,7 @@ def roi_align_dense(
     wy = axis_weights(g.y1, g.bin_h, g.grid_h, n_h, kh, height, sample_layout)  # [K, kh, n_h, H]
     num_rois = rois.shape[0]
     if reduction == "avg":
-        wx = wx.sum(2) / g.grid_w.clamp(min=1).to(wx.dtype)[:, None, None]
-        wy = wy.sum(2) / g.grid_h.clamp(min=1).to(wy.dtype)[:, None, None]
+        wx, wy = bin_average(wx, g.grid_w), bin_average(wy, g.grid_h)
         return _per_image(wy.to(input.dtype), input, wx.to(input.dtype), g.batch_idx)
     # max: every sample, then the max over each bin's own samples (those beyond its grid excluded).
     samples = _per_image(wy.reshape(num_rois, kh * n_h, height).to(input.dtype), input,

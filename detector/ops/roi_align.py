@@ -39,6 +39,7 @@ from detector.ops.roi_align_geometry import (
     LAYOUTS,
     RoIGeometry,
     axis_weights,
+    bin_average,
     roi_geometry,
     sample_points,
     tap_products,
@@ -156,10 +157,7 @@ def _align(input: Tensor, g: RoIGeometry, output_size: tuple[int, int], layout: 
         wy = axis_weights(g.y1, g.bin_h, g.grid_h, n_h, kh, height, layout)  # [K, kh, n, H]
         kernel = None
         if mode == "avg":
-            # Average over each bin's samples here: the bin then reads each cell once, with the
-            # summed weight of all its samples. torchvision divides by max(n_h * n_w, 1).
-            wx = wx.sum(2) / g.grid_w.clamp(min=1).to(wx.dtype)[:, None, None]  # [K, kw, W]
-            wy = wy.sum(2) / g.grid_h.clamp(min=1).to(wy.dtype)[:, None, None]  # [K, kh, H]
+            wx, wy = bin_average(wx, g.grid_w), bin_average(wy, g.grid_h)  # [K, kw, W], [K, kh, H]
         else:
             # One row per sample, in (bin, sample) order: bin (i, j) holds sample rows i*n .. i*n+n-1
             # and columns j*n .. j*n+n-1 (what roi_align_samples returns; max-pool windows).

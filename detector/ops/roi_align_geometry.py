@@ -157,6 +157,16 @@ def axis_weights(start: Tensor, bin_size: Tensor, grid: Tensor, n_max: int, bins
     return weights
 
 
+def bin_average(weights: Tensor, grid: Tensor) -> Tensor:
+    """[K, bins, n_max, size] per-sample weights -> [K, bins, size]: each bin's mean over its own samples.
+
+    A bin then reads each cell once, with the summed weight of all its samples (torchvision divides
+    the sum by max(n_h * n_w, 1); separably, each axis by its own grid). The samples beyond a RoI's
+    grid have weight 0 already, so the sum is over the RoI's own samples.
+    """
+    return weights.sum(2) / grid.clamp(min=1).to(weights.dtype)[:, None, None]
+
+
 def taps(weights: Tensor) -> tuple[Tensor, Tensor]:
     """Dense interpolation weights along one axis -> the few cells each row reads, and their weights.
 
