@@ -27,7 +27,10 @@ LEARNABLE_DATA = [
 ]
 LEARNABLE_MODEL = ["model.roi_heads.box_head.representation_size=64", "model.transform.min_size=128",
                    "model.transform.max_size=128"]
-LEARNED = ["solver.max_iter=150", "solver.base_lr=0.08", "solver.ims_per_batch=4", "solver.warmup_iters=10", "log_period=50"]
+# float32 whatever the CPU: under bf16 autocast (solver.amp=auto on a CPU with AVX512-BF16) this short,
+# fast schedule does not learn (AP50 0.0), and these tests are about the tools, not the precision.
+LEARNED = ["solver.max_iter=150", "solver.base_lr=0.08", "solver.ims_per_batch=4", "solver.warmup_iters=10", "log_period=50",
+           "solver.amp=off"]
 
 
 def run_tool(tool, args, cwd):

@@ -48,6 +48,9 @@ def _free_port() -> int:
 def _args(tmp_path, out, extra=()):
     return [f"dataset.root={tmp_path / 'data'}", *DATA, *TINY_MODEL, "solver.ims_per_batch=4", "solver.max_iter=3",
             "solver.warmup_iters=1", "num_workers=0", "progress=false", "device=cpu", "seed=0", "log_period=1",
+            # float32 on every CPU: bf16 autocast (solver.amp=auto where the CPU has it) rounds the
+            # two-process and one-process reductions differently, beyond the comparison's tolerance.
+            "solver.amp=off",
             "checkpoint_period=0", f"output_dir={out}", *extra]
 
 
