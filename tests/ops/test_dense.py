@@ -7,6 +7,7 @@ import torch
 
 from pooler_modes import MODES, make_pooler
 
+
 def _inputs(seed=0, images=2):
     g = torch.Generator().manual_seed(seed)
     features = torch.randn(images, 5, 9, 13, generator=g)  # a 288 x 416 image at stride 32
