@@ -156,14 +156,22 @@ ELASTIC = {"solver__max_iter": 24, "checkpoint_period": 4, "resume": "auto", "lo
 @pytest.fixture(scope="module")
 def two_nodes(single):
     """Two "nodes" of one process each through the c10d rendezvous, the default (BatchNorm) model."""
+    from datetime import timedelta
+
     out = single / "nodes"
-    port = _free_port()
-    common = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
-              "--rdzv-id=test"]
+    # The rendezvous store lives in this process, not in one node's agent (is_host=false for both): an
+    # agent that hosts it takes it down when its worker ends, and the other agent, still polling the
+    # rendezvous in its monitor loop, then fails with "The connection to the C10d store has failed"
+    # (a race seen in CI; torchrun's c10d backend accepts an external store this way).
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, multi_tenant=True, wait_for_workers=False,
+                                       timeout=timedelta(seconds=600))
+    common = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{store.port}",
+              "--rdzv-id=test", "--rdzv-conf=is_host=false"]
     script = _spy(single, out)
     nodes = [_torchrun([*common, f"--node-rank={r}"], _override(_args(single, out), **ELASTIC), script=script)
              for r in (0, 1)]
     results = [n.communicate(timeout=600) for n in nodes]
+    del store
     for n, (_, stderr) in zip(nodes, results):
         assert n.returncode == 0, stderr[-3000:]
     return out
