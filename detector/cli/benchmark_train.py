@@ -45,7 +45,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from detector.cli.config import CONFIG_DIR, build_model, instantiate_or_explain  # noqa: E402
+from detector.cli.config import CONFIG_DIR, build_model, instantiate_or_explain, register_resolvers  # noqa: E402
 from detector.modeling.roi_heads.roi_heads import fast_rcnn_losses  # noqa: E402
 
 POOLERS = ("roi_align", "roi_pool")
@@ -56,6 +56,7 @@ def benchmark_config(*, width: float, size: int, rois: int, rpn_topk: tuple[int,
     """The one config both detectors are built from (the issue's setting by default)."""
     from hydra import compose, initialize_config_dir
 
+    register_resolvers()  # the YAML's ${repo_root:} etc.; ``python tools/benchmark.py train`` composes here
     overrides = [
         f"model/pooler={pooler}", f"model.backbone.width={width}", f"model.transform.min_size={size}",
         f"model.transform.max_size={size}", f"model.roi_heads.sampler.batch_size_per_image={rois}",

@@ -60,10 +60,16 @@ def _tiny_benchmark_args(tmp_path, **kw):
 
 def test_training_benchmark_builds_torchvisions_detector_with_our_settings(tmp_path):
     import torch
+    from omegaconf import OmegaConf
+
     from detector.cli import benchmark_train as bt
 
+    # As in a fresh `python tools/benchmark.py train`: no resolver registered by another test.
+    for name in ("repo_root", "scaled_lr", "fractions_of"):
+        OmegaConf.clear_resolver(name)
     a = _tiny_benchmark_args(tmp_path)
     cfg = bt.benchmark_config(width=a.width, size=a.size, rois=a.rois, rpn_topk=tuple(a.rpn_topk), pooler="roi_align", extra=a.override)
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves (solver.base_lr's scaled_lr)
     batches, names = bt.load_batches(cfg, a.batch, 2, torch.device("cpu"))
     ours, theirs = bt.build_pair(cfg, names)
     # The same backbone weights, and the settings read from the one config.
