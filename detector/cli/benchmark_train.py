@@ -80,6 +80,10 @@ class _TorchvisionPooler(MultiScaleRoIAlign):
     def forward(self, features, proposals, image_shapes):
         x, p = features["0"], self.ours
         if not hasattr(p, "sampling_ratio"):  # our RoIPool
+            # torchvision's roi_pool has no bf16 CPU kernel and, unlike its roi_align, no autocast
+            # wrapper: run it in float32 under autocast, as its roi_align's wrapper does.
+            if x.dtype == torch.bfloat16 and x.device.type == "cpu":
+                x, proposals = x.float(), [b.float() for b in proposals]
             return torchvision.ops.roi_pool(x, proposals, p.output_size, p.spatial_scale)
         return torchvision.ops.roi_align(x, proposals, p.output_size, p.spatial_scale, p.sampling_ratio, p.aligned)
 

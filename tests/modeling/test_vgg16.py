@@ -25,6 +25,31 @@ def test_width_and_batch_norm():
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in b.features)
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_channels_last_computes_the_same_map_in_the_usual_layout(train):
+    """The NHWC path is a speed option: same map (float32 rounding aside), NCHW out, same gradients
+    and BatchNorm statistics, the same state dict (the weights keep their layout)."""
+    torch.manual_seed(0)
+    # float64: through 13 BatchNorm layers in training mode the first layer's gradient is the small
+    # difference of large terms, and float32's different summation orders move it by ~1 %.
+    plain = VGG16Backbone(width=0.125, batch_norm=True).double()
+    fast = VGG16Backbone(width=0.125, batch_norm=True, channels_last=True).double()
+    fast.load_state_dict(plain.state_dict())
+    plain.train(train), fast.train(train)
+    x = torch.randn(2, 3, 96, 160, dtype=torch.float64)
+    ya, yb = plain(x), fast(x)
+    assert yb.is_contiguous() and yb.shape == ya.shape == (2, 64, 3, 5)
+    torch.testing.assert_close(yb, ya)
+    (ya * ya).sum().backward()
+    (yb * yb).sum().backward()
+    for (name, pa), pb in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(pb.grad, pa.grad, msg=name)
+    for (name, a), b in zip(plain.state_dict().items(), fast.state_dict().values()):
+        assert b.is_contiguous(), name
+        torch.testing.assert_close(b, a, msg=name)
+    assert "channels_last=True" in repr(fast)
+
+
 def test_freeze_at_freezes_whole_stages():
     b = VGG16Backbone(width=0.0625, batch_norm=True, freeze_at=2)
     convs = [m for m in b.features if isinstance(m, torch.nn.Conv2d)]
