@@ -1,13 +1,16 @@
-"""PyTorch's CPU fast paths on the default model's training step: channels_last and torch.compile.
+"""PyTorch's CPU fast paths on the default model's training step: the backbone's layout and torch.compile.
 
-    python -m benchmarks.fast_paths [--rounds 6] [--threads 2] [--no-compile]      # from the checkout root
+    python -m benchmarks.fast_paths [--rounds 8] [--threads 2] [--amp off|bf16] [--no-compile]   # from the checkout root
 
 One process, the default config's model (as benchmarks/amp_step.py: 4 images of 300 x 300, two
-boxes each; forward + loss + backward + SGD step), in float32. Each variant is its own copy of the
-same weights; the variants alternate within each round, so all see the same machine state, and the
-table gives the medians and the ratio to the plain model paired per round. ``torch.compile`` of the
-backbone is timed twice: its first step (the compilation) and its steady steps. A fast path is worth
-adopting only if the steady gain repays the compile time within a default run (1500 steps).
+boxes each; forward + loss + backward + SGD step), in float32 or under bf16 autocast. Variants:
+the backbone's convolutions on channels-first activations (``channels_last=False``), on
+channels-last ones (the default), channels-last with the weights converted too, and ``torch.compile``
+of the default backbone. Each variant is its own copy of the same weights; the variants alternate
+within each round, so all see the same machine state, and the table gives the medians and the ratio
+to the channels-first model paired per round. ``torch.compile`` is timed twice: its first step (the
+compilation) and its steady steps; it is worth adopting only if the steady gain repays the compile
+time within a default run (1500 steps; every new padded image size compiles again).
 Run it with no other torch process on the machine.
 """
 
@@ -26,30 +29,37 @@ from detector.engine.step import train_step
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--amp", choices=["off", "bf16"], default="off")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    amp_dtype = torch.bfloat16 if args.amp == "bf16" else None
     base = build_default_model(["circle", "square", "triangle", "cross", "ring"]).train()
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(3, 300, 300, generator=g) for _ in range(4)]
     boxes = torch.tensor([[20.0, 30.0, 120.0, 160.0], [150.0, 40.0, 260.0, 200.0]])
     targets = [{"boxes": boxes, "labels": torch.tensor([1, 2]), "sample_seed": i} for i in range(4)]
 
-    variants: dict[str, torch.nn.Module] = {"plain": base}
-    variants["channels_last"] = copy.deepcopy(base).to(memory_format=torch.channels_last)
+    def variant(channels_last: bool) -> torch.nn.Module:
+        model = copy.deepcopy(base)
+        model.backbone.channels_last = channels_last
+        return model
+
+    variants: dict[str, torch.nn.Module] = {"channels-first": variant(False), "channels-last (default)": variant(True)}
+    variants["channels-last, weights too"] = variant(True).to(memory_format=torch.channels_last)
     compile_seconds = None
     if not args.no_compile:
-        compiled = copy.deepcopy(base)
+        compiled = variant(True)
         compiled.backbone = torch.compile(compiled.backbone)
         variants["compile(backbone)"] = compiled
     optimizers = {k: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for k, m in variants.items()}
 
     def step(name: str) -> float:
         start = time.perf_counter()
-        train_step(variants[name], images, targets, optimizers[name], iteration=0)
+        train_step(variants[name], images, targets, optimizers[name], iteration=0, amp_dtype=amp_dtype)
         return time.perf_counter() - start
 
     for name in variants:  # warm-up (and, for the compiled copy, the compilation)
@@ -61,16 +71,17 @@ def main() -> None:
     for _ in range(args.rounds):
         for name in variants:
             times[name].append(step(name))
-    plain = times["plain"]
-    print(f"threads={torch.get_num_threads()}  torch {torch.__version__}  cpu: {torch.cpu.get_capabilities().get('cpu_name')}")
-    print(f"| variant | step (median of {args.rounds}) | plain / variant, paired |")
+    reference = times["channels-first"]
+    print(f"threads={torch.get_num_threads()}  amp={args.amp}  torch {torch.__version__}  "
+          f"cpu capability: {torch.backends.cpu.get_cpu_capability()}")
+    print(f"| variant | step (median of {args.rounds}) | channels-first / variant, paired |")
     print("| --- | ---: | ---: |")
     for name, values in times.items():
-        ratios = [p / v for p, v in zip(plain, values)]
+        ratios = [p / v for p, v in zip(reference, values)]
         print(f"| {name} | {statistics.median(values) * 1000:.0f} ms | {statistics.median(ratios):.2f}x "
               f"({min(ratios):.2f}-{max(ratios):.2f}) |")
     if compile_seconds is not None:
-        gain = statistics.median(plain) - statistics.median(times["compile(backbone)"])
+        gain = statistics.median(times["channels-last (default)"]) - statistics.median(times["compile(backbone)"])
         print(f"torch.compile: first step {compile_seconds:.1f} s; steady gain {gain * 1000:.0f} ms/step"
               + (f", repaid after {compile_seconds / gain:.0f} steps" if gain > 0 else ", never repaid"))
 

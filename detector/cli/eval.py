@@ -49,7 +49,7 @@ from detector.evaluation import (
 from detector.evaluation.analysis import analyze
 from detector.evaluation.coco_evaluator import summarize
 from detector.evaluation.quantization import by_size, resized_gt_boxes
-from detector.evaluation.seeds import pooler_pairs, seed_groups
+from detector.evaluation.seeds import experiment_key, paired_comparison, pooler_pairs, seed_groups
 from detector.evaluation.plots import plot_all, plot_seed_groups
 from detector.evaluation.proposal_recall import counted_ground_truth, proposal_recall
 from detector.evaluation.report import format_markdown, format_table, json_safe
@@ -249,7 +249,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         })
         rows[-1]["dataset"] = str(dataset.source)
         if kind == "checkpoint":
-            seed_runs.append({"config": entry[2], "seed": entry[2].get("seed"), "label": label, **rows[-1],
+            seed_runs.append({"config": entry[2], "seed": entry[2].get("seed"), "label": label, "row": len(rows) - 1, **rows[-1],
                               "analysis": analysis})
 
     atomic_write_json(output_dir / "comparison.json", json_safe(rows))
@@ -260,7 +260,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     for line in notes:  # Fast R-CNN rows: the recall of the proposals they were given
         report(line)
     report_seeds(seed_runs, output_dir)
-    report_quantization_vs_ap(rows, quantized, output_dir)
+    report_quantization_vs_ap(rows, quantized, output_dir, runs=seed_runs)
     report(f"plots: {', '.join(str(p) for p in plots)}")
     report(f"output: {output_dir}")
     return rows
@@ -276,17 +276,76 @@ def _pct(value: float | None, *, signed: bool = False) -> str:
     return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
 
 
-def report_quantization_vs_ap(rows: list[dict], quantized: dict[int, tuple[str, dict]], output_dir: Path) -> None:
+def _seed_quantization_tables(rows: list[dict], quantized: dict[int, tuple[str, dict]], runs: list[dict]):
+    """The seed groups' version: one table per RoIPool group and other group that differ in the pooler.
+
+    The quantization columns are the RoIPool group's (they depend on the split, the stride, the bins
+    and the resize, not on the seed); the APs are mean +/- std over the seeds both groups have, and
+    the gap is the paired comparison of :func:`~detector.evaluation.seeds.paired_comparison`.
+    Returns the tables and the row indices they cover.
+    """
+    groups = seed_groups(runs, metrics=())
+    tables, covered = [], set()
+    for ga in groups:
+        pool_rows = {runs[m]["seed"]: runs[m]["row"] for m in ga["members"]}
+        if not all(r in quantized for r in pool_rows.values()):
+            continue
+        key = experiment_key(runs[ga["members"][0]]["config"], ignore=["model.pooler"])
+        for gb in groups:
+            other_rows = {runs[m]["seed"]: runs[m]["row"] for m in gb["members"]}
+            if gb is ga or any(r in quantized for r in other_rows.values()):
+                continue
+            if experiment_key(runs[gb["members"][0]]["config"], ignore=["model.pooler"]) != key:
+                continue
+            seeds = sorted(set(pool_rows) & set(other_rows), key=str)
+            if len(seeds) < 2:
+                continue
+            source, quant = quantized[pool_rows[seeds[0]]]
+            entries = []
+            for size, q in quant.items():
+                metric = SIZE_METRIC[size]
+                a = [rows[pool_rows[s]].get(metric) for s in seeds]
+                b = [rows[other_rows[s]].get(metric) for s in seeds]
+                entry = {"size": size, **q}
+                for name, values in (("AP_roipool", a), ("AP_other", b)):
+                    finite = [v for v in values if v is not None and v == v]
+                    mean = sum(finite) / len(finite) if finite else None
+                    std = (sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) ** 0.5 if len(finite) > 1 else None
+                    entry[name], entry[name + "_std"] = mean, std
+                paired = None
+                if all(v is not None and v == v for v in (*a, *b)):
+                    paired = paired_comparison(a, b)
+                entry["gap"] = None if paired is None else paired["mean_diff"]
+                entry["gap_std"] = None if paired is None else paired["std_diff"]
+                entry["gap_ci95"] = None if paired is None else [paired["ci95_low"], paired["ci95_high"]]
+                entries.append(entry)
+            tables.append({"roipool": rows[pool_rows[seeds[0]]]["model"], "other": rows[other_rows[seeds[0]]]["model"],
+                           "dataset": source, "seeds": seeds, "sizes": entries})
+            covered |= {(i, j) for i in pool_rows.values() for j in other_rows.values()}
+    return tables, covered
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    return _pct(mean) if std is None or std != std else f"{_pct(mean)} ± {_pct(std)}"
+
+
+def report_quantization_vs_ap(rows: list[dict], quantized: dict[int, tuple[str, dict]], output_dir: Path,
+                              runs: list[dict] | None = None) -> None:
     """Per object size: what RoIPool's quantization does to the split's boxes, next to the AP gap there.
 
     For every RoIPool checkpoint and every other checkpoint scored on the same split: the boxes of
     each COCO size bucket, RoIPool's mean origin shift, fraction cut away and fraction added (as
     ``roilens analyze`` measures them, at the checkpoint's stride, bins and resize), and both APs.
+    Checkpoints that differ only in their seed (``runs``, as :func:`report_seeds` groups them) give one
+    table per pair of groups instead, with the APs as mean ± std over the seeds and the gap paired by
+    seed with its 95 % bootstrap interval.
     """
-    tables = []
+    tables, covered = _seed_quantization_tables(rows, quantized, runs or [])
     for i, (source, quant) in quantized.items():
         for j, other in enumerate(rows):
             if j == i or j in quantized or other.get("dataset") != source or "checkpoint" not in other:
+                continue
+            if (i, j) in covered:
                 continue
             entries = []
             for size, q in quant.items():
@@ -299,13 +358,20 @@ def report_quantization_vs_ap(rows: list[dict], quantized: dict[int, tuple[str, 
     atomic_write_json(output_dir / "quantization_vs_ap.json", json_safe(tables))
     lines = []
     for t in tables:
-        lines += [f"RoIPool's quantization against the AP gap: {t['other']} - {t['roipool']} on {t['dataset']}",
+        seeded = "seeds" in t
+        lines += [f"RoIPool's quantization against the AP gap: {t['other']} - {t['roipool']} on {t['dataset']}"
+                  + (f", seeds {t['seeds']} (mean ± std; gap paired by seed, 95 % bootstrap interval)" if seeded else ""),
                   "| size | boxes | origin shift (px) | box cut away | region outside | AP RoIPool | AP other | gap |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for e in t["sizes"]:
+            if seeded:
+                ci = e["gap_ci95"]
+                aps = f"{_pm(e['AP_roipool'], e['AP_roipool_std'])} | {_pm(e['AP_other'], e['AP_other_std'])} | "
+                gap = _pct(e["gap"], signed=True) + ("" if ci is None else f" [{_pct(ci[0], signed=True)}, {_pct(ci[1], signed=True)}]")
+            else:
+                aps, gap = f"{_pct(e['AP_roipool'])} | {_pct(e['AP_other'])} | ", _pct(e["gap"], signed=True)
             lines.append(f"| {e['size']} | {e['count']} | {e['shift_px']:.1f} | {100 * e['lost']:.0f}% | "
-                         f"{100 * e['added']:.0f}% | {_pct(e['AP_roipool'])} | {_pct(e['AP_other'])} | "
-                         f"{_pct(e['gap'], signed=True)} |")
+                         f"{100 * e['added']:.0f}% | {aps}{gap} |")
     atomic_write_text(output_dir / "quantization_vs_ap.md", "\n".join(lines) + "\n")
     report("\n".join(lines))
 
