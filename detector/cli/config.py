@@ -15,7 +15,7 @@ import math
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,23 +133,44 @@ def validate_train_config(cfg: DictConfig) -> None:
             raise ConfigError(f"dataset.{split} must be a dataset node with a _target_ (see configs/dataset/)")
 
 
-def amp_mode(cfg: DictConfig) -> str:
-    """``solver.amp``: auto | off | bf16 | fp16 (one line otherwise); :func:`resolve_amp` picks the dtype.
-
-    An unquoted ``off`` in YAML (or ``solver.amp=false``) is the boolean False: that is off too.
-    """
-    value = _get(cfg, "solver.amp")
+def checked_amp_mode(value: Any, key: str = "solver.amp") -> str:
+    """auto | off | bf16 | fp16 (one line otherwise). An unquoted ``off`` in YAML (or ``=false``) is
+    the boolean False: that is off too."""
     value = "off" if value is False else value
     if not isinstance(value, str) or value not in AMP_MODES:
-        raise ConfigError(f"solver.amp must be auto, off, bf16 or fp16, got {value!r}")
+        raise ConfigError(f"{key} must be auto, off, bf16 or fp16, got {value!r}")
     return value
+
+
+def amp_mode(cfg: DictConfig) -> str:
+    """``solver.amp``: auto | off | bf16 | fp16 (one line otherwise); :func:`resolve_amp` picks the dtype."""
+    return checked_amp_mode(_get(cfg, "solver.amp"))
+
+
+def amp_dtype_for(mode: Any, device: torch.device, key: str = "solver.amp") -> torch.dtype | None:
+    """The autocast dtype of the setting ``key=mode`` on ``device`` (None = float32), logged in one line."""
+    choice = resolve_amp(checked_amp_mode(mode, key), device, key=key)
+    logging.getLogger("detector").log(logging.WARNING if choice.warn else logging.INFO, choice.reason)
+    return choice.dtype
 
 
 def amp_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``solver.amp`` on ``device`` (None = float32), logged in one line."""
-    choice = resolve_amp(amp_mode(cfg), device)
-    logging.getLogger("detector").log(logging.WARNING if choice.warn else logging.INFO, choice.reason)
-    return choice.dtype
+    return amp_dtype_for(amp_mode(cfg), device)
+
+
+def checkpoint_amp_dtype(amp: Any, stored: Mapping[str, Any], device: torch.device) -> torch.dtype | None:
+    """Evaluation's precision: ``amp`` when given, else (null) the one the checkpoint's run trained in.
+
+    ``stored`` is the checkpoint's training config; its ``solver.amp`` is resolved on this device by
+    training's rule, so a checkpoint evaluated with the defaults scores what its training's own
+    evaluation scored. A checkpoint without the key trained in float32.
+    """
+    if amp is not None:
+        return amp_dtype_for(amp, device, key="amp")
+    solver = stored.get("solver") if isinstance(stored, Mapping) else None
+    mode = solver.get("amp", "off") if isinstance(solver, Mapping) else "off"
+    return amp_dtype_for(mode, device, key="the checkpoint's solver.amp")
 
 
 def validate_model_config(cfg: DictConfig) -> None:

@@ -26,6 +26,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from detector.cli.config import (
     CONFIG_DIR,
+    checked_amp_mode,
+    checkpoint_amp_dtype,
     build_split,
     console_logging_for,
     model_from_checkpoint,
@@ -143,6 +145,8 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     if results_files and cfg.get("dataset") is None:
         raise ConfigError("results=... needs dataset=... (the ground truth the detections were made on)")
     voc_ious = _voc_ious(cfg.get("voc_iou", [0.5]))
+    if cfg.get("amp") is not None:
+        checked_amp_mode(cfg.amp, "amp")  # a bad value stops before any checkpoint is evaluated
     for key, minimum in (("batch_size", 1), ("num_workers", 0)):
         value = cfg.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -209,8 +213,9 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             evaluator = COCOEvaluator(
                 coco_gt=dataset.coco, label_to_cat_id=dataset.label_to_cat_id, output_dir=output_dir / name
             )
+            amp = checkpoint_amp_dtype(cfg.get("amp"), stored, device)  # null: the precision it trained in
             metrics = inference_on_dataset(
-                model, loader, evaluator, device=device, progress=bool(cfg.progress), desc=name
+                model, loader, evaluator, device=device, progress=bool(cfg.progress), desc=name, amp_dtype=amp
             )
             coco_eval, results, speed = evaluator.coco_eval, evaluator.results, metrics.get("images_per_second")
             pooler_cfg = stored["model"]["pooler"]

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from detector.cli.config import (
     CONFIG_DIR,
+    checkpoint_amp_dtype,
     check_output_dir_writable,
     model_from_checkpoint,
     report,
@@ -110,7 +111,13 @@ def infer(cfg: DictConfig) -> list[dict]:
         device = resolve_device(cfg.device)
         path = Path(str(cfg.checkpoint))
         trusted = [str(t) for t in (cfg.get("trusted_targets") or [])]
-        model, class_names = model_from_checkpoint(path, load_checkpoint(path), device, trusted_targets=trusted)
+        state = load_checkpoint(path)
+        net, class_names = model_from_checkpoint(path, state, device, trusted_targets=trusted)
+        amp = checkpoint_amp_dtype(cfg.get("amp"), state.get("config") or {}, device)
+
+        def model(tensors):  # in the precision of training's rule (amp=auto: bf16 where it is fast)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                return net(tensors)
 
     records, names = [], output_names(images)
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
@@ -121,7 +128,7 @@ def infer(cfg: DictConfig) -> list[dict]:
             tensors = [torch.from_numpy(read_rgb(p).transpose(2, 0, 1).copy()).float().div_(255.0) for p in chunk]
             outputs = model([t.to(device) for t in tensors])
             for k, (image_path, image, out) in enumerate(zip(chunk, tensors, outputs)):
-                out = {key: value.cpu() for key, value in out.items()}
+                out = {key: (value.cpu().float() if value.is_floating_point() else value.cpu()) for key, value in out.items()}
                 keep = out["scores"] >= score_thresh
                 canvas = draw_detections(image, empty, out, class_names, score_thresh=score_thresh)
                 Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(output_dir / names[start + k])

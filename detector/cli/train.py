@@ -212,7 +212,7 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
     # 5. The hooks, then the loop.
     writer = SummaryWriter(log_dir=str(output_dir / "tensorboard")) if ddp.is_main else None
     save = RunCheckpoints(cfg, ddp, state, output_dir, resolved=resolved, train_set=train_set)
-    evaluate = RunEvaluation(cfg, ddp, state.model, val_set, output_dir, device=device, writer=writer)
+    evaluate = RunEvaluation(cfg, ddp, state.model, val_set, output_dir, device=device, writer=writer, amp_dtype=amp)
     hooks = [
         DivergenceGuard(factor=float(cfg.solver.get("divergence_factor", 0.0)),
                         until=max(200, 2 * int(cfg.solver.warmup_iters))),
@@ -345,8 +345,9 @@ class RunEvaluation:
     """``evaluate(iteration) -> metrics`` on the val split, sharded over the ranks and gathered on rank 0."""
 
     def __init__(self, cfg: DictConfig, ddp, model, val_set: DetectionDataset, output_dir: Path, *,
-                 device: torch.device, writer) -> None:
+                 device: torch.device, writer, amp_dtype: torch.dtype | None = None) -> None:
         self.cfg, self.ddp, self.model, self.val_set = cfg, ddp, model, val_set
+        self.amp_dtype = amp_dtype  # the run's solver.amp: evaluated in the precision it trained in
         self.output_dir, self.device, self.writer = output_dir, device, writer
         shard = val_set if not ddp.enabled else torch.utils.data.Subset(val_set, range(ddp.rank, len(val_set), ddp.world_size))
         self.loader = build_detection_loader(
@@ -362,7 +363,8 @@ class RunEvaluation:
             gather=all_gather_objects if self.ddp.enabled else None,
         )
         metrics = inference_on_dataset(
-            self.model, self.loader, evaluator, device=self.device, progress=bool(self.cfg.progress) and self.ddp.is_main
+            self.model, self.loader, evaluator, device=self.device, progress=bool(self.cfg.progress) and self.ddp.is_main,
+            amp_dtype=self.amp_dtype,
         )
         if self.writer is not None:
             log_val_images(self.model, self.val_set, self.writer, it, self.device)

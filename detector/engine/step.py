@@ -52,33 +52,34 @@ class AmpChoice(NamedTuple):
     warn: bool  # the choice is the user's and slower than the alternative here
 
 
-def resolve_amp(mode: str, device: torch.device) -> AmpChoice:
+def resolve_amp(mode: str, device: torch.device, key: str = "solver.amp") -> AmpChoice:
     """The autocast dtype for ``solver.amp=mode`` on ``device``, and one line saying what and why.
 
     ``auto`` is bf16 where the device computes it in hardware (:func:`~detector.utils.env.fast_bf16`)
     and float32 elsewhere; bf16 keeps float32's exponent range, so it needs no loss scaling and
     changes no other setting. ``bf16`` on a device without fast bf16 runs (emulated, slower) and
     says so; ``fp16`` on a CPU runs through the GradScaler and says that it is meant for CUDA.
+    ``key`` names the setting in those lines (the evaluation's ``amp`` follows the same rule).
     """
     from detector.utils.env import fast_bf16
 
     if mode not in AMP_MODES:
-        raise ValueError(f"solver.amp must be one of {', '.join(AMP_MODES)}, got {mode!r}")
+        raise ValueError(f"{key} must be one of {', '.join(AMP_MODES)}, got {mode!r}")
     fast, why = fast_bf16(device)
     if mode == "auto":
         if fast:
-            return AmpChoice(torch.bfloat16, f"solver.amp=auto: bf16 autocast on {device.type} ({why}); "
-                                             f"solver.amp=off forces float32", False)
-        return AmpChoice(None, f"solver.amp=auto: float32 on {device.type} ({why})", False)
+            return AmpChoice(torch.bfloat16, f"{key}=auto: bf16 autocast on {device.type} ({why}); "
+                                             f"{key}=off forces float32", False)
+        return AmpChoice(None, f"{key}=auto: float32 on {device.type} ({why})", False)
     if mode == "bf16" and not fast:
-        return AmpChoice(torch.bfloat16, f"solver.amp=bf16: {why}; it runs, but solver.amp=off (float32) is "
+        return AmpChoice(torch.bfloat16, f"{key}=bf16: {why}; it runs, but {key}=off (float32) is "
                                          f"faster here", True)
     if mode == "fp16" and device.type == "cpu":
-        return AmpChoice(torch.float16, "solver.amp=fp16 on the CPU: float16 autocast with a GradScaler, as on "
+        return AmpChoice(torch.float16, f"{key}=fp16 on the CPU: float16 autocast with a GradScaler, as on "
                                         "CUDA; CPU float16 kernels are slow, it is meant for CUDA (auto, bf16 or off "
                                         "are the CPU's choices)", True)
     dtype = AMP_DTYPES[mode]
-    return AmpChoice(dtype, f"solver.amp={mode}: " + ("float32" if dtype is None else f"{mode} autocast on {device.type}"),
+    return AmpChoice(dtype, f"{key}={mode}: " + ("float32" if dtype is None else f"{mode} autocast on {device.type}"),
                      False)
 
 

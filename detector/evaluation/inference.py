@@ -37,6 +37,7 @@ def inference_on_dataset(
     device: torch.device | str,
     progress: bool = True,
     desc: str = "eval",
+    amp_dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` on every batch of ``data_loader`` and return ``evaluator``'s metrics.
 
@@ -53,6 +54,9 @@ def inference_on_dataset(
         device: where the model lives; images are moved there.
         progress: show a tqdm bar.
         desc: label of the bar.
+        amp_dtype: run the forward passes under ``torch.autocast`` in this dtype (bfloat16 /
+            float16; None = float32), as training does with ``solver.amp``. The model takes its
+            scores and box deltas in float32 either way.
 
     Returns:
         ``evaluator.evaluate()`` plus ``images_per_second``: end-to-end throughput of the loop (data
@@ -69,13 +73,18 @@ def inference_on_dataset(
         with tqdm(data_loader, total=total, desc=desc, unit="batch", disable=not progress) as bar:
             for images, targets in bar:
                 images = [image.to(device, non_blocking=True) for image in images]
-                if all("proposals" in t for t in targets):  # Fast R-CNN: the split's proposal file
-                    outputs = model(images, proposals=[t["proposals"].to(device) for t in targets])
-                else:
-                    outputs = model(images)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    if all("proposals" in t for t in targets):  # Fast R-CNN: the split's proposal file
+                        outputs = model(images, proposals=[t["proposals"].to(device) for t in targets])
+                    else:
+                        outputs = model(images)
                 # .cpu() waits for the GPU, so the timer below measures finished work, and the
                 # evaluator holding outputs for the whole dataset costs host memory, not GPU memory.
                 outputs = [{key: value.cpu() for key, value in out.items()} for out in outputs]
+                for out in outputs:  # float32 results whatever the autocast dtype
+                    for key in ("boxes", "scores"):
+                        if key in out and out[key].is_floating_point():
+                            out[key] = out[key].float()
                 evaluator.process(targets, outputs)
                 num_images += len(images)
         elapsed = time.perf_counter() - start

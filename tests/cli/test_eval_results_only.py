@@ -68,6 +68,10 @@ def test_voc_ap_at_chosen_ious(tmp_path):
     assert rows[0]["VOC_mAP50"] == pytest.approx(1.0) and rows[0]["VOC_mAP75"] == pytest.approx(0.0)
     with pytest.raises(ConfigError, match=r"voc_iou.*between 0 and 1"):
         evaluate(tmp_path, [f"dataset.val.images={FORMATS / 'coco_small'}", f"results=[{DT}]", "voc_iou=[1.5]"])
+    with pytest.raises(ConfigError, match=r"^amp must be auto, off, bf16 or fp16, got 'fast'$"):
+        evaluate(tmp_path, [f"dataset.val.images={FORMATS / 'coco_small'}", f"results=[{DT}]", "amp=fast",
+                            f"output_dir={tmp_path / 'amp'}"])
+    assert not (tmp_path / "amp" / "comparison.json").exists()  # stopped before scoring anything
 
 
 def test_a_results_file_is_scored_without_any_image(tmp_path):

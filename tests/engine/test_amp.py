@@ -239,3 +239,22 @@ def test_fast_rcnn_proposals_reach_the_pooler_unrounded(monkeypatch):
     expected = proposals[0] * torch.tensor([w / 1000, h / 128, w / 1000, h / 128])
     assert seen[0][0].dtype == torch.float32 and detections[0]["boxes"].dtype == torch.float32
     torch.testing.assert_close(seen[0][0], expected)  # bf16 would have moved x1 by over a pixel
+
+
+def test_evaluation_follows_the_checkpoints_precision_unless_told():
+    """amp=null (eval and infer's default): the checkpoint's own solver.amp, by training's rule, so the
+    defaults reproduce its training's evaluation; an explicit amp wins; a bad value is one line."""
+    from detector.cli.config import checkpoint_amp_dtype
+
+    cpu = torch.device("cpu")
+    assert checkpoint_amp_dtype(None, {"solver": {"amp": "off"}}, cpu) is None
+    assert checkpoint_amp_dtype(None, {"solver": {"amp": False}}, cpu) is None
+    assert checkpoint_amp_dtype(None, {"solver": {"amp": "bf16"}}, cpu) is torch.bfloat16
+    assert checkpoint_amp_dtype(None, {"solver": {}}, cpu) is None  # trained before solver.amp existed: float32
+    assert checkpoint_amp_dtype(None, {}, cpu) is None
+    assert checkpoint_amp_dtype("bf16", {"solver": {"amp": "off"}}, cpu) is torch.bfloat16
+    assert checkpoint_amp_dtype("off", {"solver": {"amp": "bf16"}}, cpu) is None
+    with pytest.raises(ConfigError, match=r"^amp must be auto, off, bf16 or fp16, got 'fast'$"):
+        checkpoint_amp_dtype("fast", {}, cpu)
+    with pytest.raises(ConfigError, match=r"^the checkpoint's solver\.amp must be auto, off, bf16 or fp16"):
+        checkpoint_amp_dtype(None, {"solver": {"amp": "__import__('os')"}}, cpu)

@@ -142,3 +142,29 @@ def test_inference_on_cuda_moves_outputs_to_cpu(coco_gt: COCO) -> None:
     metrics = inference_on_dataset(model, _loader(), evaluator, device="cuda", progress=False)
     assert metrics["AP"] == pytest.approx(1.0)
     assert all(v.device.type == "cpu" for p in evaluator._predictions.values() for v in p.values())
+
+
+def test_inference_runs_the_model_under_the_given_autocast_and_scores_float32(coco_gt: COCO) -> None:
+    """amp_dtype: the forward runs under torch.autocast in that dtype (a model's linear layers then
+    return bf16), and the evaluator receives float32 boxes and scores whatever the model returned."""
+
+    class Autocasting(FakeDetector):
+        def forward(self, images):
+            self.autocast_seen = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+            outputs = super().forward(images)
+            return [{**o, "boxes": o["boxes"].bfloat16(), "scores": o["scores"].bfloat16()} for o in outputs]
+
+    seen = []
+
+    class Recording(COCOEvaluator):
+        def process(self, inputs, outputs):
+            seen.extend((o["boxes"].dtype, o["scores"].dtype) for o in outputs)
+            super().process(inputs, outputs)
+
+    model = Autocasting()
+    evaluator = Recording(coco_gt=coco_gt, label_to_cat_id=LABEL_TO_CAT_ID)
+    metrics = inference_on_dataset(model, _loader(), evaluator, device="cpu", progress=False, amp_dtype=torch.bfloat16)
+    assert model.autocast_seen == (True, torch.bfloat16)
+    assert seen == [(torch.float32, torch.float32)] * 3 and metrics["AP"] == pytest.approx(1.0)
+    inference_on_dataset(model, _loader(), evaluator, device="cpu", progress=False)  # the default: float32
+    assert model.autocast_seen[0] is False
