@@ -102,6 +102,9 @@ def infer(cfg: DictConfig) -> list[dict]:
     refuse_overwriting_inputs(images, output_dir)
     check_output_dir_writable(output_dir)
     if Path(str(cfg.checkpoint)).suffix in EXPORTED:  # an exported program: onnxruntime or torch.export, on the CPU
+        if cfg.get("amp") not in (None, "off", False):
+            raise ConfigError(f"amp={cfg.amp} applies to checkpoints; {cfg.checkpoint} runs in the precision it was "
+                              f"exported in (leave amp unset)")
         exported, device = ExportedPredictor(str(cfg.checkpoint)), torch.device("cpu")
         class_names = exported.class_names
 

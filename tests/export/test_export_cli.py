@@ -31,8 +31,10 @@ def test_export_and_infer_command_lines(tmp_path, capsys):
     outputs = {}
     for source in (f"checkpoint={run / 'model_final.pth'}", f"checkpoint={tmp_path / 'm.pt2'}"):
         name = "model" if source.endswith(".pt2") else "checkpoint"
+        # amp=off: the exported program computes in float32, the checkpoint would follow its run's
+        # solver.amp (bf16 on a CPU that has it).
         r = run_in_process("infer", [source, f"input={tmp_path / 'photo.png'}", f"output_dir={tmp_path / name}",
-                                     "score_thresh=0.0", "progress=false", "device=cpu"], tmp_path, capsys)
+                                     "score_thresh=0.0", "progress=false", "device=cpu", "amp=off"], tmp_path, capsys)
         assert r.returncode == 0, r.stderr
         outputs[name] = json.loads((tmp_path / name / "detections.json").read_text())[0]["detections"]
     assert len(outputs["model"]) == len(outputs["checkpoint"])
@@ -40,6 +42,9 @@ def test_export_and_infer_command_lines(tmp_path, capsys):
     for a, b in zip(sorted(outputs["model"], key=key), sorted(outputs["checkpoint"], key=key)):
         assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-4)
         assert a["box"] == pytest.approx(b["box"], abs=0.011)  # the JSON's 2 decimals
+    r = run_in_process("infer", [f"checkpoint={tmp_path / 'm.pt2'}", f"input={tmp_path / 'photo.png'}", "amp=bf16",
+                                 f"output_dir={tmp_path / 'bf16'}"], tmp_path, capsys)
+    assert r.returncode == 1 and "amp=bf16 applies to checkpoints" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_in_process("infer", [f"checkpoint={tmp_path / 'nope.onnx'}", f"input={tmp_path / 'photo.png'}"], tmp_path, capsys)
     assert r.returncode == 1 and "nope.onnx: no such file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
