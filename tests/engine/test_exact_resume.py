@@ -118,8 +118,11 @@ def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(tmp_path):
     finish(train(f"output_dir={tmp_path / 'full'}"))
     killed = tmp_path / "killed"
     proc = train(f"output_dir={killed}", stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "model_0000008.pth").exists() and time.time() < deadline:
+    # Kill once last_checkpoint names the iteration-8 checkpoint: the checkpoint file appears (renamed
+    # into place) a moment before last_checkpoint is updated, and a kill in between rightly resumes
+    # from the previous one.
+    deadline, last = time.time() + 300, killed / "last_checkpoint"
+    while time.time() < deadline and not (last.exists() and last.read_text().strip() >= "model_0000008.pth"):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
