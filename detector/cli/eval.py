@@ -51,7 +51,7 @@ from detector.evaluation import (
 from detector.evaluation.analysis import analyze
 from detector.evaluation.coco_evaluator import summarize
 from detector.evaluation.quantization import by_size, resized_gt_boxes
-from detector.evaluation.seeds import experiment_key, paired_comparison, pooler_pairs, seed_groups
+from detector.evaluation.seeds import experiment_key, mean_std, paired_comparison, pooler_pairs, seed_groups
 from detector.evaluation.plots import plot_all, plot_seed_groups
 from detector.evaluation.proposal_recall import counted_ground_truth, proposal_recall
 from detector.evaluation.report import format_markdown, format_table, json_safe
@@ -313,10 +313,7 @@ def _seed_quantization_tables(rows: list[dict], quantized: dict[int, tuple[str, 
                 b = [rows[other_rows[s]].get(metric) for s in seeds]
                 entry = {"size": size, **q}
                 for name, values in (("AP_roipool", a), ("AP_other", b)):
-                    finite = [v for v in values if v is not None and v == v]
-                    mean = sum(finite) / len(finite) if finite else None
-                    std = (sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) ** 0.5 if len(finite) > 1 else None
-                    entry[name], entry[name + "_std"] = mean, std
+                    entry[name], entry[name + "_std"] = mean_std(values)
                 paired = None
                 if all(v is not None and v == v for v in (*a, *b)):
                     paired = paired_comparison(a, b)

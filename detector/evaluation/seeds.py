@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["RUN_ONLY_KEYS", "experiment_key", "paired_comparison", "pooler_pairs", "seed_groups"]
+__all__ = ["RUN_ONLY_KEYS", "experiment_key", "mean_std", "paired_comparison", "pooler_pairs", "seed_groups"]
 
 # Keys of a training config that say how a run was executed, not what was trained.
 RUN_ONLY_KEYS = frozenset({
@@ -50,7 +50,8 @@ def experiment_key(config: Mapping[str, Any], *, ignore: Iterable[str] = ()) -> 
     return json.dumps(c, sort_keys=True)
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the finite values (NaN where there are too few)."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite:
         return math.nan, math.nan
@@ -82,7 +83,7 @@ def seed_groups(
         group: dict[str, Any] = {"label": runs[members[0]]["label"], "members": members, "seeds": seeds}
         for m in metrics:
             values = [runs[i].get(m) for i in members]
-            mean, std = _mean_std(values)
+            mean, std = mean_std(values)
             group[m] = {"mean": mean, "std": std, "n": sum(1 for v in values if v is not None and math.isfinite(v))}
         groups.append(group)
     return groups
