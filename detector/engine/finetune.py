@@ -53,6 +53,7 @@ class FinetuneReport:
     unexpected: list[str] = field(default_factory=list)
     class_rows: dict[str, str] = field(default_factory=dict)  # new class -> checkpoint class copied
     new_classes: list[str] = field(default_factory=list)  # classes whose rows start fresh
+    mapped: list[str] = field(default_factory=list)  # predictor tensors whose rows were mapped by name
 
     def lines(self) -> list[str]:
         out = [f"loaded {len(self.loaded)} tensors"]
@@ -62,7 +63,7 @@ class FinetuneReport:
             if self.new_classes:
                 out.append(f"box predictor rows initialised fresh (classes the checkpoint lacks): {', '.join(self.new_classes)}")
         for name, old, new in self.reinitialised:
-            if name not in PREDICTOR_ROWS or not self.class_rows:
+            if name not in self.mapped:  # a mapped tensor's new shape is explained by the lines above
                 out.append(f"re-initialised (shape differs): {name}  checkpoint {list(old)}  model {list(new)}")
         for name in self.missing:
             out.append(f"missing in the checkpoint (kept as initialised): {name}")
@@ -107,10 +108,12 @@ def load_finetune_weights(
         if not isinstance(value, Tensor):
             report.unexpected.append(name)
             continue
+        mapped = None
         if by_name and name in PREDICTOR_ROWS:
-            update[name] = _map_rows(
-                value, target, PREDICTOR_ROWS[name], list(checkpoint_classes), list(model_classes), report
-            )
+            mapped = _map_rows(value, target, PREDICTOR_ROWS[name], list(checkpoint_classes), list(model_classes), report)
+        if mapped is not None:
+            update[name] = mapped
+            report.mapped.append(name)
             if tuple(value.shape) != tuple(target.shape):
                 report.reinitialised.append((name, tuple(value.shape), tuple(target.shape)))
             report.loaded.append(name)
@@ -131,10 +134,14 @@ def load_finetune_weights(
 
 def _map_rows(
     value: Tensor, target: Tensor, rows: int, old: list[str], new: list[str], report: FinetuneReport
-) -> Tensor:
-    """The model's predictor tensor with background and shared-class rows taken from the checkpoint."""
+) -> Tensor | None:
+    """The model's predictor tensor with background and shared-class rows taken from the checkpoint.
+
+    None when the tensors are not laid out as the class lists say (another input width ``D``, or
+    class lists of other lengths than the rows): then the rule for any other tensor applies.
+    """
     if value.shape[1:] != target.shape[1:] or value.shape[0] != rows * (len(old) + 1) or target.shape[0] != rows * (len(new) + 1):
-        return target.clone()  # another input width or a foreign layout: nothing to map
+        return None
     out = target.clone()
     out[:rows] = value[:rows]  # background
     report.class_rows.clear()

@@ -101,7 +101,10 @@ def test_missing_last_checkpoint_falls_back_or_stops(tmp_path):
     model = torch.nn.Linear(2, 2)
     for it in (2, 4):
         save_checkpoint(tmp_path / f"model_{it:07d}.pth", TrainState(model=model, iteration=it))
+    save_checkpoint(tmp_path / "model_final.pth", TrainState(model=model, iteration=8))
     (tmp_path / "last_checkpoint").write_text("model_0000006.pth\n")
+    assert find_last_checkpoint(tmp_path, fallback=True).name == "model_final.pth"  # a run's last file sorts last
+    (tmp_path / "model_final.pth").unlink()
     assert find_last_checkpoint(tmp_path, fallback=True).name == "model_0000004.pth"
     (tmp_path / "model_0000004.pth").write_bytes(b"truncated")
     assert find_last_checkpoint(tmp_path, fallback=True).name == "model_0000002.pth"
@@ -235,3 +238,23 @@ def test_the_divergence_guard_stops_a_climbing_loss_naming_the_lr_and_the_knob()
     loop = train_loop(model=quiet, state=TrainState(model=quiet, optimizer=opt, scheduler=sched), data_loader=loader,
                       max_iter=30, device=torch.device("cpu"), hooks=[DivergenceGuard(factor=0)])
     assert loop.done == 30
+
+
+def test_stop_signals_set_a_flag_and_a_second_ctrl_c_stops_at_once():
+    from detector.engine.trainer import _Stopped, _StopSignals
+
+    before = signal.getsignal(signal.SIGTERM)
+    with _StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.received == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)  # a second SIGTERM (a scheduler repeating itself): still the flag
+        assert signals.received == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C after a stop was asked: stop now
+    assert signal.getsignal(signal.SIGTERM) is before
+    with _StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGINT)  # a first Ctrl-C only asks (the loop checkpoints, then exits 130)
+        assert signals.received == signal.SIGINT
+    with _StopSignals(immediate=True), pytest.raises(_Stopped) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.value.signum == signal.SIGTERM

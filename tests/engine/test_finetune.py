@@ -64,6 +64,66 @@ def test_read_weights_file_forms(tmp_path):
     assert classes is None and set(weights) == set(model.state_dict())
     torch.save({"state_dict": model.state_dict()}, tmp_path / "lightning.pth")
     assert set(read_weights_file(tmp_path / "lightning.pth")[0]) == set(model.state_dict())
+    torch.save({"model_state_dict": model.state_dict(), "epoch": 3}, tmp_path / "script.pth")
+    weights, classes = read_weights_file(tmp_path / "script.pth")
+    assert classes is None and set(weights) == set(model.state_dict())
+
+
+def test_an_unknown_class_before_a_known_one_still_copies_the_known_rows():
+    torch.manual_seed(0)
+    old = tiny_model(class_names=["cat", "dog"])
+    new = tiny_model(class_names=["fish", "dog", "cat"])
+    report = load_finetune_weights(new, old.state_dict(), source="x", checkpoint_classes=["cat", "dog"],
+                                   model_classes=["fish", "dog", "cat"])
+    o, n = old.roi_heads.predictor, new.roi_heads.predictor
+    torch.testing.assert_close(n.cls_score.weight[[0, 2, 3]], o.cls_score.weight[[0, 2, 1]])
+    torch.testing.assert_close(n.bbox_pred.bias[8:16], torch.cat([o.bbox_pred.bias[8:12], o.bbox_pred.bias[4:8]]))
+    assert report.class_rows == {"dog": "dog", "cat": "cat"} and report.new_classes == ["fish"]
+    # Every line, as a user reads it: the predictor's shape change is explained by the class rows.
+    assert report.lines() == [
+        f"loaded {len(report.loaded)} tensors",
+        "box predictor rows copied by class name (+ background): dog, cat",
+        "box predictor rows initialised fresh (classes the checkpoint lacks): fish",
+    ]
+
+
+def test_report_lines_when_no_class_is_shared():
+    old = tiny_model(class_names=["cat"])
+    new = tiny_model(class_names=["fish"])
+    state = {k: v for k, v in old.state_dict().items() if k != "rpn.head.conv.weight"}
+    report = load_finetune_weights(new, {**state, "extra": torch.zeros(1)}, source="x", checkpoint_classes=["cat"],
+                                   model_classes=["fish"])
+    assert report.lines() == [
+        f"loaded {len(report.loaded)} tensors",
+        "box predictor rows copied by class name (+ background): none",
+        "box predictor rows initialised fresh (classes the checkpoint lacks): fish",
+        *[f"missing in the checkpoint (kept as initialised): {name}" for name in report.missing],
+        "unexpected in the checkpoint (ignored): extra",
+    ]
+    assert report.missing == ["rpn.head.conv.weight"]
+
+
+def test_predictor_rows_of_another_layout_are_not_mapped():
+    torch.manual_seed(0)
+    old = tiny_model(class_names=["a", "b"])
+    state = dict(old.state_dict())
+    # fc7 of another width: the class rows exist but their columns mean something else.
+    state["roi_heads.predictor.cls_score.weight"] = torch.randn(3, 7)
+    new = tiny_model(class_names=["a", "b"])
+    fresh = new.roi_heads.predictor.cls_score.weight.detach().clone()
+    report = load_finetune_weights(new, state, source="x", checkpoint_classes=["a", "b"], model_classes=["a", "b"])
+    torch.testing.assert_close(new.roi_heads.predictor.cls_score.weight, fresh)
+    assert ("roi_heads.predictor.cls_score.weight", (3, 7), tuple(fresh.shape)) in report.reinitialised
+    assert "re-initialised (shape differs): roi_heads.predictor.cls_score.weight  checkpoint [3, 7]  model " \
+        f"{list(fresh.shape)}" in report.lines()
+    assert "roi_heads.predictor.cls_score.weight" not in report.mapped and "roi_heads.predictor.cls_score.bias" in report.mapped
+    # Class names that do not describe the model (3 names, 2 classes): nothing is mapped by name and the
+    # rule for every other tensor applies (equal shapes load as they are).
+    new = tiny_model(class_names=["a", "b"])
+    report = load_finetune_weights(new, old.state_dict(), source="x", checkpoint_classes=["a", "b"],
+                                   model_classes=["a", "b", "c"])
+    torch.testing.assert_close(new.roi_heads.predictor.bbox_pred.weight, old.roi_heads.predictor.bbox_pred.weight)
+    assert report.mapped == [] and report.class_rows == {} and report.new_classes == []
 
 
 class Payload:
