@@ -51,3 +51,32 @@ def test_bad_files_are_one_clear_error(tmp_path):
     torch.save({"weights": 1}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="not a detector checkpoint"):
         load_checkpoint(tmp_path / "other.pth")
+
+
+def test_resume_keeps_this_runs_hyperparameters_and_the_checkpoints_buffers():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    saved = TrainState(model=model, optimizer=opt, iteration=7).state_dict()
+    # The resumed run's config says lr 0.05 and momentum 0.8 (a changed recipe): those win; the
+    # momentum buffers and the iteration come from the checkpoint.
+    fresh = torch.nn.Linear(3, 2)
+    opt2 = torch.optim.SGD(fresh.parameters(), lr=0.05, momentum=0.8, weight_decay=1e-4)
+    state = TrainState(model=fresh, optimizer=opt2)
+    state.load_state_dict(saved)
+    assert state.iteration == 7
+    assert opt2.param_groups[0]["lr"] == 0.05 and opt2.param_groups[0]["momentum"] == 0.8
+    assert opt2.param_groups[0]["params"] == list(fresh.parameters())
+    torch.testing.assert_close(opt2.state[fresh.weight]["momentum_buffer"], opt.state[model.weight]["momentum_buffer"])
+    # Parts this state lacks (no optimizer: evaluation; no GradScaler: a float32 run of an fp16
+    # checkpoint) are skipped, not an error.
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    saved["grad_scaler"] = scaler.state_dict()
+    weights_only = TrainState(model=torch.nn.Linear(3, 2))
+    weights_only.load_state_dict(saved)
+    torch.testing.assert_close(weights_only.model.weight, model.weight)
+    resumed_scaler = torch.amp.GradScaler("cpu", init_scale=2.0)
+    TrainState(model=torch.nn.Linear(3, 2), scaler=resumed_scaler).load_state_dict(saved)
+    assert resumed_scaler.get_scale() == 256.0

@@ -10,6 +10,7 @@ import torch
 from conftest import tiny_model
 from detector.engine.state import TrainState
 from detector.engine import load_finetune_weights, read_weights_file, save_checkpoint
+from detector.engine.finetune import PREDICTOR_ROWS
 from detector.errors import CheckpointError
 
 
@@ -40,6 +41,29 @@ def test_same_count_other_order_is_permuted_not_copied():
     new = tiny_model(class_names=["b", "a"])
     load_finetune_weights(new, old.state_dict(), source="x", checkpoint_classes=["a", "b"], model_classes=["b", "a"])
     torch.testing.assert_close(new.roi_heads.predictor.cls_score.weight[[1, 2]], old.roi_heads.predictor.cls_score.weight[[2, 1]])
+
+
+def test_every_tensor_is_accounted_for():
+    torch.manual_seed(0)
+    old = tiny_model(class_names=["a", "b"])
+    new = tiny_model(class_names=["b", "a"])
+    state = dict(old.state_dict())
+    del state["rpn.head.conv.weight"]  # early in the state dict: everything after it still loads
+    state["roi_heads.box_head.layers.1.bias"] = 3  # not a tensor (a hand-edited file)
+    report = load_finetune_weights(new, {**state, "extra.a": torch.zeros(1)}, source="x",
+                                   checkpoint_classes=["a", "b"], model_classes=["b", "a"])
+    own = list(new.state_dict())
+    assert report.missing == ["rpn.head.conv.weight"]
+    assert report.unexpected == ["roi_heads.box_head.layers.1.bias", "extra.a"]
+    assert report.loaded == [n for n in own if n not in ("rpn.head.conv.weight", "roi_heads.box_head.layers.1.bias")]
+    assert report.reinitialised == [] and sorted(report.mapped) == sorted(PREDICTOR_ROWS)  # same shapes, permuted rows
+    torch.testing.assert_close(new.roi_heads.box_head.layers[3].weight, old.roi_heads.box_head.layers[3].weight)
+    torch.testing.assert_close(new.rpn.head.anchor_deltas.weight, old.rpn.head.anchor_deltas.weight)
+    # Only one side's class names: nothing to map by, so the predictor loads by position.
+    new = tiny_model(class_names=["b", "a"])
+    report = load_finetune_weights(new, old.state_dict(), source="x", checkpoint_classes=None, model_classes=["b", "a"])
+    assert report.mapped == [] and report.class_rows == {}
+    torch.testing.assert_close(new.roi_heads.predictor.cls_score.weight, old.roi_heads.predictor.cls_score.weight)
 
 
 def test_without_class_names_mismatched_shapes_are_reinitialised_and_listed():

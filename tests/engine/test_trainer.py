@@ -71,3 +71,22 @@ def test_non_finite_loss_stops_with_a_clear_message(split):
     with pytest.raises(NonFiniteError, match=r"iteration 1: loss_roi_cls=inf is not finite.*base_lr.*last good checkpoint: none"):
         train_loop(model=model, state=TrainState(model=model, optimizer=opt, scheduler=sched), data_loader=loader,
                    max_iter=2, device=torch.device("cpu"))
+
+
+def test_periodic_evaluator_runs_on_its_period_and_at_the_end():
+    from types import SimpleNamespace
+
+    from detector.engine import PeriodicEvaluator
+
+    calls, writer = [], RecordingWriter()
+    hook = PeriodicEvaluator(period=5, evaluate=lambda it: calls.append(it) or {"AP": it / 100, "note": "x"}, writer=writer)
+    for done in range(1, 11):
+        loop = SimpleNamespace(done=done, final=done == 10, metrics=None, max_iter=10)
+        hook.after_step(loop)
+    assert calls == [5]  # iteration 10 is the last: after_train evaluates it, once
+    hook.after_train(loop)
+    assert calls == [5, 10] and loop.metrics == {"AP": 0.1, "note": "x"}
+    assert writer.scalars == [("val/AP", 5, 0.05), ("val/AP", 10, 0.1)]
+    only_end = PeriodicEvaluator(period=0, evaluate=lambda it: calls.append(it) or {}, writer=None)
+    only_end.after_step(SimpleNamespace(done=5, final=False, metrics=None))
+    assert calls == [5, 10]
