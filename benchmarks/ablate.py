@@ -109,8 +109,10 @@ def run_name(dataset: str, seed: int) -> str:
 def prepare_datasets(datasets: list[str], overrides: list[str]) -> None:
     """Draw the part's generated datasets once, before jobs that would draw them side by side."""
     from hydra import compose, initialize_config_dir
+    from detector.cli.config import register_resolvers
     from detector.cli.train import build_datasets  # building a generated split draws it, once
 
+    register_resolvers()  # the configs' ${repo_root:} and ${scaled_lr:...}, as the tools register them
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
         for dataset in datasets:
             build_datasets(compose("train", overrides=[f"dataset={dataset}", *overrides]))

@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from conftest import ROOT, TINY_MODEL
 
@@ -37,6 +38,9 @@ def grid(tmp_path_factory):
     }  # fmt: skip
     (tmp / "spec.yaml").write_text(yaml.safe_dump(spec))
     out = tmp / "out"
+    # As in a fresh `python benchmarks/ablate.py`: no resolver registered by the test session.
+    for name in ("repo_root", "scaled_lr", "fractions_of"):
+        OmegaConf.clear_resolver(name)
     assert ablate.main(["--spec", str(tmp / "spec.yaml"), "--out", str(out), "--part", "tiny", "--jobs", "2"]) == 0
     return tmp, out
 
@@ -163,3 +167,12 @@ def test_the_decision_rule_on_a_tiny_grid():
     r = ablate.decide(_result_rows({("base", "family/a"): [0.3], ("v", "family/a"): [0.5]}), variant="v",
                       tuning=["family/a"], heldout=[])
     assert not r["adopt"] and "at least 2 seeds" in r["reason"]
+
+
+def test_the_harness_registers_the_config_resolvers_itself():
+    # `python benchmarks/ablate.py` composes the configs in its own process before any tool runs: the
+    # resolvers behind dataset.root's ${repo_root:} must be its own doing, not a test session's.
+    for name in ("repo_root", "scaled_lr", "fractions_of"):
+        OmegaConf.clear_resolver(name)
+    ablate.prepare_datasets([], [])
+    assert all(OmegaConf.has_resolver(n) for n in ("repo_root", "scaled_lr", "fractions_of"))
