@@ -90,3 +90,41 @@ def test_periodic_evaluator_runs_on_its_period_and_at_the_end():
     only_end = PeriodicEvaluator(period=0, evaluate=lambda it: calls.append(it) or {}, writer=None)
     only_end.after_step(SimpleNamespace(done=5, final=False, metrics=None))
     assert calls == [5, 10]
+
+
+def test_check_finite_names_every_bad_parameter_and_buffer():
+    from detector.engine import check_finite
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    assert check_finite(model) == []
+    with torch.no_grad():
+        model[0].bias[1] = float("nan")
+        model[1].running_var[0] = float("inf")
+    model[1].num_batches_tracked.fill_(7)  # an integer buffer: never "non-finite"
+    assert check_finite(model) == ["0.bias", "1.running_var"]
+
+
+def test_log_metrics_line_and_scalars():
+    import logging
+
+    from detector.engine.hooks import log_metrics, logger
+
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    writer, lines, level = RecordingWriter(), Lines(), logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
+    try:
+        out = log_metrics({"AP": 0.25, "AP50": 0.5, "count": 3, "nan": float("nan"), "name": "x"}, writer, 40)
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    assert out["AP"] == 0.25
+    assert lines.messages == ["eval at iter 40: AP 0.2500  AP50 0.5000  nan nan"]
+    assert writer.scalars == [("val/AP", 40, 0.25), ("val/AP50", 40, 0.5), ("val/count", 40, 3)]
