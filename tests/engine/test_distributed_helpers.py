@@ -36,3 +36,35 @@ def test_helpers_without_a_process_group():
 def test_helpers_in_a_one_rank_group(one_rank_group):
     assert dist.get_world_size() == 1
     _check(torch.nn.BatchNorm1d(3))
+
+
+def test_replicas_agree_tells_swapped_and_nudged_weights_apart(monkeypatch):
+    # Another rank's fingerprint is faked by gathering this process's fingerprint of another model.
+    import copy
+
+    import detector.engine.distributed as d
+
+    def fingerprint(model):
+        seen = []
+        monkeypatch.setattr(d, "all_gather_objects", lambda obj: seen.append(obj) or [obj])
+        d.replicas_agree(model)
+        return seen[0]
+
+    def agree(model, other):
+        theirs = fingerprint(other)
+        monkeypatch.setattr(d, "all_gather_objects", lambda obj: [obj, theirs])
+        return d.replicas_agree(model)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    assert agree(model, copy.deepcopy(model))
+    swapped = copy.deepcopy(model)  # the same sum, another order: the weighted sum sees it
+    with torch.no_grad():
+        swapped[0].weight[0, 0], swapped[0].weight[0, 1] = model[0].weight[0, 1].item(), model[0].weight[0, 0].item()
+    assert not agree(model, swapped)
+    nudged = copy.deepcopy(model)  # a buffer (BatchNorm statistics) differs by a little
+    nudged[1].running_mean[1] += 1e-6
+    assert not agree(model, nudged)
+    bigger = copy.deepcopy(model)
+    bigger[0].bias.data[0] += 1.0
+    assert not agree(model, bigger)
