@@ -90,6 +90,34 @@ def test_periodic_evaluator_runs_on_its_period_and_at_the_end():
     only_end = PeriodicEvaluator(period=0, evaluate=lambda it: calls.append(it) or {}, writer=None)
     only_end.after_step(SimpleNamespace(done=5, final=False, metrics=None))
     assert calls == [5, 10]
+    every = PeriodicEvaluator(period=1, evaluate=lambda it: calls.append(it) or {}, writer=None)
+    every.after_step(SimpleNamespace(done=11, final=False, metrics=None))
+    assert calls == [5, 10, 11]
+
+
+def test_periodic_checkpointer_saves_on_its_period_at_the_end_and_on_a_stop():
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from detector.engine import PeriodicCheckpointer
+
+    saved = []
+    hook = PeriodicCheckpointer(period=3, save=lambda it: saved.append(it) or Path(f"model_{it:07d}.pth"))
+    for done in range(1, 7):
+        loop = SimpleNamespace(done=done, final=done == 6, last_checkpoint=None, max_iter=6)
+        hook.after_step(loop)
+    assert saved == [3]  # iteration 6 is the last: the final checkpoint is after_train's
+    hook.after_train(loop)
+    assert saved == [3, 6] and loop.last_checkpoint == Path("model_0000006.pth")
+    stopped = SimpleNamespace(done=4, final=False, last_checkpoint=None)
+    assert hook.on_stop(stopped) == Path("model_0000004.pth") and stopped.last_checkpoint == Path("model_0000004.pth")
+    every = PeriodicCheckpointer(period=1, save=lambda it: saved.append(it) or Path("x"))
+    every.after_step(SimpleNamespace(done=2, final=False, last_checkpoint=None))
+    assert saved[-1] == 2
+    never = PeriodicCheckpointer(period=0, save=lambda it: saved.append(it) or Path("x"))
+    count = len(saved)
+    never.after_step(SimpleNamespace(done=2, final=False, last_checkpoint=None))
+    assert len(saved) == count
 
 
 def test_check_finite_names_every_bad_parameter_and_buffer():
