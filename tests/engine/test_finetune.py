@@ -96,18 +96,18 @@ def test_read_weights_file_forms(tmp_path):
 def test_an_unknown_class_before_a_known_one_still_copies_the_known_rows():
     torch.manual_seed(0)
     old = tiny_model(class_names=["cat", "dog"])
-    new = tiny_model(class_names=["fish", "dog", "cat"])
+    new = tiny_model(class_names=["fish", "dog", "cat", "owl"])
     report = load_finetune_weights(new, old.state_dict(), source="x", checkpoint_classes=["cat", "dog"],
-                                   model_classes=["fish", "dog", "cat"])
+                                   model_classes=["fish", "dog", "cat", "owl"])
     o, n = old.roi_heads.predictor, new.roi_heads.predictor
     torch.testing.assert_close(n.cls_score.weight[[0, 2, 3]], o.cls_score.weight[[0, 2, 1]])
     torch.testing.assert_close(n.bbox_pred.bias[8:16], torch.cat([o.bbox_pred.bias[8:12], o.bbox_pred.bias[4:8]]))
-    assert report.class_rows == {"dog": "dog", "cat": "cat"} and report.new_classes == ["fish"]
+    assert report.class_rows == {"dog": "dog", "cat": "cat"} and report.new_classes == ["fish", "owl"]
     # Every line, as a user reads it: the predictor's shape change is explained by the class rows.
     assert report.lines() == [
         f"loaded {len(report.loaded)} tensors",
         "box predictor rows copied by class name (+ background): dog, cat",
-        "box predictor rows initialised fresh (classes the checkpoint lacks): fish",
+        "box predictor rows initialised fresh (classes the checkpoint lacks): fish, owl",
     ]
 
 
