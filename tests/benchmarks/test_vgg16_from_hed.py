@@ -29,7 +29,8 @@ def test_first_conv_on_normalised_rgb_equals_hed_on_caffe_bgr():
     hed_w = torch.as_tensor(arrays["block1/layers/conv2d/vars/0"], dtype=torch.float64).permute(3, 2, 0, 1)
     hed_b = torch.as_tensor(arrays["block1/layers/conv2d/vars/1"], dtype=torch.float64)
     expected = F.conv2d(caffe, hed_w, hed_b)  # no padding: the interior, where the fold is exact
-    normalised = (image - torch.tensor(MEAN, dtype=torch.float64)[None, :, None, None]) / torch.tensor(STD, dtype=torch.float64)[None, :, None, None]
+    mean, std = (torch.tensor(v, dtype=torch.float64)[None, :, None, None] for v in (MEAN, STD))
+    normalised = (image - mean) / std
     got = F.conv2d(normalised, state["features.0.weight"].double(), state["features.0.bias"].double())
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
     # Later convs: the Keras kernel transposed, nothing else.
