@@ -65,3 +65,13 @@ def test_scaled_lr_linear_in_batch_and_power_of_width():
     assert scaled_lr(**ref, ims_per_batch=16, width=0.5, width_exponent=1.0) == pytest.approx(0.04 * 4 / 4)
     with pytest.raises(ValueError, match="ims_per_batch"):
         scaled_lr(**ref, ims_per_batch=0, width=0.125)
+    # Each bad input is named in the message; without a width the rule is the linear scaling rule alone.
+    good = dict(reference_lr=0.04, ims_per_batch=4, reference_batch=4, width=0.5, reference_width=0.125)
+    for name in good:
+        with pytest.raises(ValueError, match=rf"scaled_lr: {name} must be > 0, got -1"):
+            scaled_lr(**{**good, name: -1})
+    assert scaled_lr(reference_lr=0.04, ims_per_batch=8, reference_batch=4) == pytest.approx(0.08)
+    assert scaled_lr(reference_lr=0.04, ims_per_batch=4, reference_batch=4, width=0.5) == pytest.approx(0.04)
+    # The width defaults are 1.0 (the real VGG16) on both sides.
+    assert scaled_lr(reference_lr=0.04, ims_per_batch=4, reference_batch=4, width=0.5, width_exponent=1.0) == pytest.approx(0.08)
+    assert scaled_lr(reference_lr=0.04, ims_per_batch=4, reference_batch=4, reference_width=0.5, width_exponent=1.0) == pytest.approx(0.02)
