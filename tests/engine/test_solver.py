@@ -38,6 +38,13 @@ def test_no_weight_decay_on_norm_and_bias():
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 1e-4 and len(decay["params"]) == 1  # the conv weight
     assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) == 3  # conv bias, bn w/b
+    assert decay["params"][0] is model[0].weight
+    assert decay["momentum"] == no_decay["momentum"] == 0.9 and decay["lr"] == 0.1
+    assert {id(p) for p in no_decay["params"]} == {id(model[0].bias), id(model[1].weight), id(model[1].bias)}
+    # A frozen parameter is left out, and the module's other parameters still count.
+    model[0].weight.requires_grad_(False)
+    decay, no_decay = build_optimizer(model, base_lr=0.1, momentum=0.9, weight_decay=1e-4).param_groups
+    assert decay["params"] == [] and any(p is model[0].bias for p in no_decay["params"])
 
 
 def test_start_iter_fast_forwards_a_fresh_schedule():
