@@ -82,3 +82,11 @@ def test_scaled_lr_linear_in_batch_and_power_of_width():
     # The width defaults are 1.0 (the real VGG16) on both sides.
     assert scaled_lr(reference_lr=0.04, ims_per_batch=4, reference_batch=4, width=0.5, width_exponent=1.0) == pytest.approx(0.08)
     assert scaled_lr(reference_lr=0.04, ims_per_batch=4, reference_batch=4, reference_width=0.5, width_exponent=1.0) == pytest.approx(0.02)
+
+
+def test_schedule_default_and_unknown_name():
+    from detector.engine.solver import WarmupSchedule
+
+    assert WarmupSchedule(max_iter=10, warmup_iters=0, warmup_factor=1.0)(5) == pytest.approx(0.5)  # cosine
+    with pytest.raises(ValueError, match=r"schedule must be 'cosine' or 'step', got 'linear'"):
+        WarmupSchedule(max_iter=10, warmup_iters=0, warmup_factor=1.0, schedule="linear")
