@@ -51,10 +51,14 @@ def test_start_iter_fast_forwards_a_fresh_schedule():
     model = torch.nn.Linear(2, 2)
     opt = build_optimizer(model, base_lr=0.1, momentum=0.9, weight_decay=0.0)
     sched = build_lr_scheduler(opt, max_iter=100, warmup_iters=0, warmup_factor=1.0, schedule="cosine", start_iter=50)
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05) and sched.get_last_lr() == [pytest.approx(0.05)] * 2
     opt.step()
     sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 51 / 100)))
+    # Resuming at iteration 1, inside the warmup: the lr of iteration 1, not of 0.
+    opt = build_optimizer(torch.nn.Linear(2, 2), base_lr=0.1, momentum=0.9, weight_decay=0.0)
+    build_lr_scheduler(opt, max_iter=100, warmup_iters=10, warmup_factor=0.1, schedule="step", steps=[80], start_iter=1)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * (0.1 * 0.9 + 0.1))
 
 
 def test_scaled_lr_linear_in_batch_and_power_of_width():
