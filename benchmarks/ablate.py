@@ -158,7 +158,10 @@ def _run_seed(out, spec, variant, overrides, datasets, threads, log, seed: int) 
 
 
 def aggregate(rows: list[dict]) -> dict[tuple[str, str], dict]:
-    """(variant, dataset) -> the mean of each metric over its seeds, with ``n`` and the AP range."""
+    """(variant, dataset) -> the mean and sample standard deviation of each metric over its seeds, with ``n``.
+
+    ``<metric>_std`` is None for one seed; ``AP_by_seed`` keeps the seeds' APs for paired differences.
+    """
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["variant"], r["dataset"]), []).append(r)
@@ -167,9 +170,10 @@ def aggregate(rows: list[dict]) -> dict[tuple[str, str], dict]:
         agg = {"variant": key[0], "dataset": key[1], "n": len(rs), "overrides": rs[0]["overrides"],
                "wall_s": _mean([r["wall_s"] for r in rs])}  # fmt: skip
         for m in METRICS:
-            agg[m] = _mean([r[m] for r in rs if r[m] is not None])
-        aps = [r["AP"] for r in rs if r["AP"] is not None]
-        agg["AP_range"] = (min(aps), max(aps)) if len(aps) > 1 else None
+            values = [r[m] for r in rs if r[m] is not None]
+            agg[m] = _mean(values)
+            agg[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        agg["AP_by_seed"] = {r.get("seed", 0): r["AP"] for r in rs if r["AP"] is not None}
         out[key] = agg
     return out
 
@@ -209,10 +213,20 @@ def decide(rows: list[dict], *, variant: str, tuning: list[str], heldout: list[s
 def _ap_cell(c: dict | None) -> str:
     if c is None:
         return "…"
-    if c["AP_range"] is None:
+    if c["AP_std"] is None:
         return _fmt(c["AP"])
-    lo, hi = c["AP_range"]
-    return f"{_fmt(c['AP'])} [{_fmt(lo)}–{_fmt(hi)}]"
+    return f"{_fmt(c['AP'])} ± {_fmt(c['AP_std'])}"
+
+
+def _gap_cell(a: dict | None, b: dict | None) -> str:
+    """``a - b`` in AP points; over the seeds both have, the mean ± std of the per-seed differences."""
+    if a is None or b is None or a["AP"] is None or b["AP"] is None:
+        return "…"
+    common = sorted(set(a["AP_by_seed"]) & set(b["AP_by_seed"]))
+    if len(common) < 2:
+        return f"{100 * (a['AP'] - b['AP']):+.1f}"
+    diffs = [a["AP_by_seed"][s] - b["AP_by_seed"][s] for s in common]
+    return f"{100 * statistics.mean(diffs):+.1f} ± {100 * statistics.stdev(diffs):.1f}"
 
 
 def _mean(values: list[float]) -> float | None:
@@ -226,7 +240,8 @@ def _fmt(v) -> str:
 def make_table(rows: list[dict], part: str, datasets: list[str], variants: list[str]) -> str:
     """Markdown: per variant the mean over ``datasets`` (only when all are done) and per-dataset AP.
 
-    Several seeds of a point are averaged first; their AP range is shown as ``mean [min–max]``.
+    Several seeds of a point are averaged first; a dataset's AP is then ``mean ± std`` (sample
+    standard deviation over the seeds).
     """
     by = aggregate(rows)
     names = [dataset_name(d) for d in datasets]
@@ -272,10 +287,37 @@ def goals_table(rows: list[dict], part: str, datasets: list[str]) -> str:
         best = max(scored, key=lambda r: r["AP"])
         old, pool = by.get(("old_defaults", d)), by.get(("roi_pool", d))
         ratio = f"{base['AP'] / best['AP']:.2f}" if best["AP"] > 0 else "—"
-        gap = f"{100 * (base['AP'] - pool['AP']):+.1f}" if pool and pool["AP"] is not None else "…"
+        gap = _gap_cell(base, pool)
         lines.append(f"| {dataset_name(d)} | {_ap_cell(base)} | {_fmt(best['AP'])} ({best['variant']}) | {ratio} | "
                      f"{_ap_cell(old)} | {_ap_cell(pool)} | {gap} |")
     return "\n".join(lines) + "\n\n"
+
+
+def decision_table(rows: list[dict], spec: dict) -> str:
+    """Per variant, the decision rule's verdict against ``base`` (README "Defaults"), once it can be taken.
+
+    Needs a spec with ``tuning`` and ``heldout`` parts; a variant without 2 seeds of itself and of
+    ``base`` on every dataset of both parts is left out (its row would only say so).
+    """
+    parts = spec["parts"]
+    if "tuning" not in parts or "heldout" not in parts:
+        return ""
+    lines = []
+    for variant in spec["variants"]:
+        if variant == "base":
+            continue
+        r = decide(rows, variant=variant, tuning=list(parts["tuning"]), heldout=list(parts["heldout"]))
+        if not r["adopt"] and r["reason"].endswith(f"needs at least 2 seeds of {variant} and base"):
+            continue
+        gains = ", ".join(f"{dataset_name(d)} {100 * g['gain']:+.1f} (±{100 * g['pooled_std']:.1f})"
+                          for d, g in r["per_dataset"].items())
+        lines.append(f"| {variant} | {'adopt' if r['adopt'] else 'keep base'} | {r['reason']} | {gains} |")
+    if not lines:
+        return ""
+    return "\n".join([
+        "### The decision rule: each variant against base", "",
+        "| variant | verdict | why | AP gain per dataset (pooled std), points |", "|---|---|---|---|", *lines, "",
+    ]) + "\n"
 
 
 def write_tables(out: Path, spec: dict) -> str:
@@ -283,7 +325,7 @@ def write_tables(out: Path, spec: dict) -> str:
     text = "".join(
         make_table(rows, part, datasets, list(spec["variants"])) + "\n" + goals_table(rows, part, datasets)
         for part, datasets in spec["parts"].items()
-    )
+    ) + decision_table(rows, spec)
     (out / "results.md").write_text(text, encoding="utf-8")
     return text
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 
 import pytest
 import yaml
@@ -124,7 +125,7 @@ def test_goals_table_compares_defaults_with_best_old_and_roipool():
     assert ablate.goals_table(rows, "x", ["family/c"]) == ""
 
 
-def test_more_seeds_run_only_the_new_ones_and_the_table_shows_their_range(grid):
+def test_more_seeds_run_only_the_new_ones_and_the_table_shows_their_spread(grid):
     tmp, out = grid
     assert ablate.main(["--spec", str(tmp / "spec.yaml"), "--out", str(out), "--part", "tiny",
                         "--variants", "lr_a", "--seeds", "0,1"]) == 0  # fmt: skip
@@ -135,8 +136,9 @@ def test_more_seeds_run_only_the_new_ones_and_the_table_shows_their_range(grid):
     assert yaml.safe_load(open(f"{seed1['run_dir']}/config.yaml"))["seed"] == 1
     agg = ablate.aggregate(rows)[("lr_a", "family/texture_imbalanced")]
     assert agg["n"] == 2 and agg["AP"] == pytest.approx(sum(r["AP"] for r in rows) / 2)
+    assert agg["AP_std"] == pytest.approx(statistics.stdev(r["AP"] for r in rows))
     line = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| lr_a |"))
-    assert "[" in line and "–" in line  # mean [min–max] over the two seeds
+    assert f"{100 * agg['AP']:.1f} ± {100 * agg['AP_std']:.1f}" in line  # mean ± sample std over the two seeds
 
 
 def _result_rows(points):
@@ -167,6 +169,38 @@ def test_the_decision_rule_on_a_tiny_grid():
     r = ablate.decide(_result_rows({("base", "family/a"): [0.3], ("v", "family/a"): [0.5]}), variant="v",
                       tuning=["family/a"], heldout=[])
     assert not r["adopt"] and "at least 2 seeds" in r["reason"]
+
+
+def test_seeded_cells_show_mean_and_std_and_the_gap_is_paired_by_seed():
+    def row(variant, dataset, seed, ap):
+        return {"variant": variant, "dataset": dataset, "seed": seed, "AP": ap, "AP50": ap, "AP75": ap, "APs": ap,
+                "wall_s": 1.0, "overrides": []}  # fmt: skip
+
+    # base 0.30 / 0.34 / 0.32 (mean 0.32, std 0.02); RoIPool 0.20 / 0.26 / 0.21: per-seed gaps 10, 8, 11
+    # points (mean 9.67, std 1.53) -- the unpaired means would give the same 9.7, but their spread
+    # (2.0 and 3.2) would not: the pairing is what the std column says.
+    rows = [row("base", "family/a", s, ap) for s, ap in enumerate([0.30, 0.34, 0.32])]
+    rows += [row("roi_pool", "family/a", s, ap) for s, ap in enumerate([0.20, 0.26, 0.21])]
+    text = ablate.goals_table(rows, "heldout", ["family/a"])
+    a = next(line for line in text.splitlines() if line.startswith("| a |"))
+    assert a == "| a | 32.0 ± 2.0 | 32.0 (base) | 1.00 | … | 22.3 ± 3.2 | +9.7 ± 1.5 |"
+    # Seeds that do not pair (RoIPool only on seed 0): the plain difference of the means.
+    text = ablate.goals_table(rows[:4], "heldout", ["family/a"])
+    assert next(line for line in text.splitlines() if line.startswith("| a |")).endswith("| 20.0 | +12.0 |")
+
+
+def test_the_decision_table_says_each_verdict_once_the_seeds_allow():
+    spec = {"parts": {"tuning": ["family/a"], "heldout": ["family/c"]},
+            "variants": {"base": [], "v": ["x=1"], "w": ["x=2"]}}  # fmt: skip
+    points = {("base", "family/a"): [0.30, 0.32, 0.34], ("base", "family/c"): [0.50, 0.52, 0.54],
+              ("v", "family/a"): [0.40, 0.42, 0.44], ("v", "family/c"): [0.51, 0.52, 0.53],
+              ("w", "family/a"): [0.40]}  # fmt: skip
+    text = ablate.decision_table(_result_rows(points), spec)
+    v = next(line for line in text.splitlines() if line.startswith("| v |"))
+    assert v.startswith("| v | adopt | tuning: mean gain +10.0 > pooled std 2.0;")
+    assert v.endswith("| a +10.0 (±2.0), c +0.0 (±1.6) |")
+    assert "| w |" not in text  # one seed of w: no verdict yet
+    assert ablate.decision_table(_result_rows(points), {**spec, "parts": {"tiny": ["family/a"]}}) == ""
 
 
 def test_the_harness_registers_the_config_resolvers_itself():
