@@ -366,6 +366,9 @@ def report_quantization_vs_ap(rows: list[dict], quantized: dict[int, tuple[str, 
                   "| size | boxes | origin shift (px) | box cut away | region outside | AP RoIPool | AP other | gap |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for e in t["sizes"]:
+            if not e["count"]:  # no box of this size on the split: nothing measured, nothing scored
+                lines.append(f"| {e['size']} | 0 | — | — | — | — | — | — |")
+                continue
             if seeded:
                 ci = e["gap_ci95"]
                 aps = f"{_pm(e['AP_roipool'], e['AP_roipool_std'])} | {_pm(e['AP_other'], e['AP_other_std'])} | "

@@ -101,6 +101,8 @@ def test_quantization_table_over_seeds_from_hand_made_rows(tmp_path):
     rows.append({"model": "other", "checkpoint": "x.pth", "dataset": "val.json", "AP": 0.9, "APs": 0.9})
     runs.append({"config": config("RoIAlign", solver={"max_iter": 9}), "seed": 0, "label": "other", "row": 5, **rows[-1]})
     quant = {size: {"count": 3, "shift_px": 1.0, "lost": 0.2, "added": 0.3} for size in ("small", "all")}
+    # A split without large boxes: analyze_quantization's means over no box are NaN, COCO's APl is -1 -> NaN.
+    quant["large"] = {"count": 0, "shift_px": float("nan"), "lost": float("nan"), "added": float("nan")}
     quantized = {0: ("val.json", quant), 1: ("val.json", quant)}
     report_quantization_vs_ap(rows, quantized, tmp_path, runs=runs)
     tables = json.loads((tmp_path / "quantization_vs_ap.json").read_text())
@@ -118,5 +120,6 @@ def test_quantization_table_over_seeds_from_hand_made_rows(tmp_path):
     # another config is in no group and keeps one table per RoIPool checkpoint.
     singles = sorted((t["roipool"], t["other"]) for t in tables if "seeds" not in t)
     assert singles == [("RoIPool", "other"), ("RoIPool", "other")]
-    assert "| small | 3 | 1.0 | 20% | 30% | 11.0 ± 1.4 | 43.0 ± 4.2 | +32.0 [+30.0, +34.0] |" in (
-        tmp_path / "quantization_vs_ap.md").read_text()
+    table = (tmp_path / "quantization_vs_ap.md").read_text()
+    assert "| small | 3 | 1.0 | 20% | 30% | 11.0 ± 1.4 | 43.0 ± 4.2 | +32.0 [+30.0, +34.0] |" in table
+    assert "| large | 0 | — | — | — | — | — | — |" in table and "nan" not in table
