@@ -11,7 +11,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import ROOT, TINY_MODEL
+from conftest import ROOT, TINY_MODEL, compose_config
 
 from benchmarks import ablate
 
@@ -210,3 +210,19 @@ def test_the_harness_registers_the_config_resolvers_itself():
         OmegaConf.clear_resolver(name)
     ablate.prepare_datasets([], [])
     assert all(OmegaConf.has_resolver(n) for n in ("repo_root", "scaled_lr", "fractions_of"))
+
+
+def test_the_round3_spec_sets_the_lr_its_variant_names_say():
+    """Every variant of the width x batch x rule grid composes, and its resolved lr is the one its name
+    promises: ``_rule`` = 0.04 * (batch / 4) * (0.125 / width), ``_flat`` = 0.04."""
+    spec = ablate.load_spec(ROOT / "benchmarks" / "ablation_round3.yaml")
+    assert spec["parts"] == ablate.load_spec(ROOT / "benchmarks" / "ablation.yaml")["parts"]
+    grid = [v for v in spec["variants"] if v.startswith("w")]
+    assert len(grid) == 4 * 3 * 2 - 2  # widths x batches x rule on/off, less the two defaults (= base)
+    for name in grid:
+        width, batch, rule = name.split("_")
+        cfg = compose_config("train", [*spec["budget"], *spec["variants"][name]])
+        assert cfg.model.backbone.width == float(width[1:]) and cfg.solver.ims_per_batch == int(batch[1:])
+        expected = 0.04 * (int(batch[1:]) / 4) * (0.125 / float(width[1:])) if rule == "rule" else 0.04
+        assert cfg.solver.base_lr == pytest.approx(expected), name
+        assert cfg.solver.max_iter == 900
