@@ -199,3 +199,19 @@ def test_gradcheck_round_and_floor():
 def test_bad_batch_index_is_one_clear_error():
     with pytest.raises(ValueError, match="batch indices must lie in"):
         roi_pool(torch.randn(1, 2, 5, 5), torch.tensor([[1.0, 0, 0, 8, 8]]), 2, 0.5)
+
+
+def test_the_module_is_the_function_with_its_own_settings():
+    """``RoIPool`` passes its scale and its quantization on, and its default is torchvision's round rule."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 10, 12, dtype=torch.float64)
+    boxes = torch.tensor([[0, 1.3, 2.6, 13.7, 15.2], [1, 3.5, 0.5, 17.5, 11.5]], dtype=torch.float64)
+    # Each setting changes the result on these boxes, so a module that dropped one could not pass.
+    assert not torch.equal(roi_pool(x, boxes, (2, 3), 0.5), roi_pool(x, boxes, (2, 3), 1.0))
+    assert not torch.equal(roi_pool(x, boxes, (2, 3), 0.5, quantization="round"),
+                           roi_pool(x, boxes, (2, 3), 0.5, quantization="floor"))
+    for quantization in ("round", "floor"):
+        module = RoIPool(output_size=(2, 3), spatial_scale=0.5, quantization=quantization)
+        assert torch.equal(module(x, boxes), roi_pool(x, boxes, (2, 3), 0.5, quantization=quantization))
+    default = RoIPool(output_size=(2, 3), spatial_scale=0.5)
+    assert torch.equal(default(x, boxes), torchvision.ops.roi_pool(x, boxes, (2, 3), 0.5))
