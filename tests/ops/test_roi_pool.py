@@ -215,3 +215,16 @@ def test_the_module_is_the_function_with_its_own_settings():
         assert torch.equal(module(x, boxes), roi_pool(x, boxes, (2, 3), 0.5, quantization=quantization))
     default = RoIPool(output_size=(2, 3), spatial_scale=0.5)
     assert torch.equal(default(x, boxes), torchvision.ops.roi_pool(x, boxes, (2, 3), 0.5))
+
+
+def test_the_function_defaults_to_scale_one_and_its_errors_name_the_values():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 10, 12)
+    boxes = torch.tensor([[0, 1.3, 2.6, 7.7, 9.2], [1, 3.5, 0.5, 11.5, 8.5]])
+    assert torch.equal(roi_pool(x, boxes, 2), roi_pool(x, boxes, 2, 1.0))
+    assert not torch.equal(roi_pool(x, boxes, 2), roi_pool(x, boxes, 2, 0.5))
+    bad = torch.tensor([[1, 0.0, 0.0, 4.0, 4.0], [2, 0.0, 0.0, 4.0, 4.0]])
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\] \(the input holds 2 images\), got 1\.\.2$"):
+        roi_pool(x, bad, 2)
+    with pytest.raises(ValueError, match=r"^quantization must be one of \('round', 'floor'\), got 'ceil'$"):
+        roi_pool(x, boxes, 2, quantization="ceil")
