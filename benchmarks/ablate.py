@@ -194,8 +194,8 @@ def decide(rows: list[dict], *, variant: str, tuning: list[str], heldout: list[s
     for d in [*tuning, *heldout]:
         a, b = values(variant, d), values(base, d)
         if len(a) < 2 or len(b) < 2:
-            return {"adopt": False, "reason": f"{dataset_name(d)}: needs at least 2 seeds of {variant} and {base}",
-                    "per_dataset": per}
+            return {"adopt": False, "decided": False, "per_dataset": per,
+                    "reason": f"{dataset_name(d)}: needs at least 2 seeds of {variant} and {base}"}
         gain = statistics.mean(a) - statistics.mean(b)
         per[d] = {"gain": gain, "pooled_std": math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)}
     gain = statistics.mean(per[d]["gain"] for d in tuning)
@@ -207,7 +207,7 @@ def decide(rows: list[dict], *, variant: str, tuning: list[str], heldout: list[s
         reason = f"held-out: loses beyond its spread on {', '.join(dataset_name(d) for d in losing)}"
     else:
         reason = f"tuning: mean gain {100 * gain:+.1f} > pooled std {100 * noise:.1f}; no held-out loss beyond its spread"
-    return {"adopt": gain > noise and not losing, "reason": reason, "per_dataset": per}
+    return {"adopt": gain > noise and not losing, "decided": True, "reason": reason, "per_dataset": per}
 
 
 def _ap_cell(c: dict | None) -> str:
@@ -225,8 +225,10 @@ def _gap_cell(a: dict | None, b: dict | None) -> str:
     common = sorted(set(a["AP_by_seed"]) & set(b["AP_by_seed"]))
     if len(common) < 2:
         return f"{100 * (a['AP'] - b['AP']):+.1f}"
-    diffs = [a["AP_by_seed"][s] - b["AP_by_seed"][s] for s in common]
-    return f"{100 * statistics.mean(diffs):+.1f} ± {100 * statistics.stdev(diffs):.1f}"
+    from detector.evaluation.seeds import paired_comparison  # the evaluator's own paired statistics
+
+    r = paired_comparison([b["AP_by_seed"][s] for s in common], [a["AP_by_seed"][s] for s in common])
+    return f"{100 * r['mean_diff']:+.1f} ± {100 * r['std_diff']:.1f}"
 
 
 def _mean(values: list[float]) -> float | None:
@@ -307,7 +309,7 @@ def decision_table(rows: list[dict], spec: dict) -> str:
         if variant == "base":
             continue
         r = decide(rows, variant=variant, tuning=list(parts["tuning"]), heldout=list(parts["heldout"]))
-        if not r["adopt"] and r["reason"].endswith(f"needs at least 2 seeds of {variant} and base"):
+        if not r["decided"]:
             continue
         gains = ", ".join(f"{dataset_name(d)} {100 * g['gain']:+.1f} (±{100 * g['pooled_std']:.1f})"
                           for d, g in r["per_dataset"].items())
