@@ -1,12 +1,13 @@
-"""Every mode of the seed's operators, as one ONNX file with free map size and RoI count, run by
-onnxruntime, equals the eager operator on maps of several sizes (the smallest below the output size)."""
+"""The seed's operators in a covering set of their modes (every pair of settings, `pooler_modes.py`), as
+one ONNX file with free map size and RoI count, run by onnxruntime, equals the eager operator on maps of
+several sizes (the smallest below the output size)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pooler_modes import MODES, make_pooler
+from pooler_modes import COVERING_MODES as MODES, make_pooler
 
 ort = pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.slow
@@ -38,7 +39,7 @@ def _inputs(height, width, seed):
     return features, torch.cat([batch, boxes], 1)
 
 
-def test_every_operator_mode_runs_in_onnxruntime_as_eager(tmp_path):
+def test_every_pair_of_operator_settings_runs_in_onnxruntime_as_eager(tmp_path):
     model = EveryMode().eval()
     example = _inputs(*MAP_SIZES[0], seed=0)
     dims = ({0: torch.export.Dim("images", min=1, max=8), 2: torch.export.Dim("height", min=2, max=256),
