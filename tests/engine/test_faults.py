@@ -258,3 +258,113 @@ def test_stop_signals_set_a_flag_and_a_second_ctrl_c_stops_at_once():
     with _StopSignals(immediate=True), pytest.raises(_Stopped) as stop:
         os.kill(os.getpid(), signal.SIGTERM)
     assert stop.value.signum == signal.SIGTERM
+
+
+class _SignalAt:
+    """A hook that sends this process a signal after the given iteration (as a cluster or Ctrl-C would)."""
+
+    def __init__(self, done, signum):
+        self.done, self.signum = done, signum
+
+    def after_step(self, loop):
+        if loop.done == self.done:
+            os.kill(os.getpid(), self.signum)
+
+    def on_stop(self, loop):
+        return None
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_in_process_finishes_the_next_step_saves_logs_and_stops(tmp_path, signum, code):
+    import logging
+
+    from detector.engine import MetricLogger, TrainingInterrupted
+    from detector.engine.hooks import logger
+
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    saved = []
+
+    def save(it):
+        saved.append(tmp_path / f"model_{it:07d}.pth")
+        return saved[-1]
+
+    model = Flaky(bad=set())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = build_lr_scheduler(opt, max_iter=10, warmup_iters=0, warmup_factor=1.0, schedule="step", steps=[])
+    loader = [([torch.zeros(3, 8, 8)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])]
+    state = TrainState(model=model, optimizer=opt, scheduler=sched)
+    # The signal arrives after iteration 2 (inside a hook): iteration 3 still runs, then the loop stops.
+    hooks = [_SignalAt(2, signum), MetricLogger(period=1, progress=False), PeriodicCheckpointer(period=0, save=save)]
+    lines, level = Lines(), logger.level
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
+    try:
+        with pytest.raises(TrainingInterrupted) as stop:
+            train_loop(model=model, state=state, data_loader=loader, max_iter=10, device=torch.device("cpu"), hooks=hooks)
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    name = signal.Signals(signum).name
+    assert str(stop.value) == f"{name} at iteration 3/10: checkpoint {saved[-1]} written; resume=true continues the run"
+    assert stop.value.exit_code == code and state.iteration == 3 and model.calls == 3
+    assert saved == [tmp_path / "model_0000003.pth"]  # the stop's checkpoint, not a final one
+    assert model.w.item() == pytest.approx(1 - 0.1 * 3)  # the third step was applied before stopping
+    # The stopped iteration is logged like any other (on_stop replaces after_step there).
+    assert [m.split("  ")[0] for m in lines.messages if m.startswith("iter ")] == ["iter 1/10", "iter 2/10", "iter 3/10"]
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # the caller's handlers are back
+
+    # Without a checkpointer the line says that nothing was saved.
+    model = Flaky(bad=set())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = build_lr_scheduler(opt, max_iter=10, warmup_iters=0, warmup_factor=1.0, schedule="step", steps=[])
+    with pytest.raises(TrainingInterrupted, match=rf"^{name} at iteration 2/10: nothing saved$"):
+        train_loop(model=model, state=TrainState(model=model, optimizer=opt, scheduler=sched), data_loader=loader,
+                   max_iter=10, device=torch.device("cpu"), hooks=[_SignalAt(1, signum)])
+
+
+def test_the_divergence_guard_rules_step_by_step():
+    """Its defaults (factor 10, window 10, until iteration 200 included) and what it ignores, on hand-fed losses."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from detector.engine import DivergedError, DivergenceGuard
+
+    state = SimpleNamespace(optimizer=SimpleNamespace(param_groups=[{"initial_lr": 0.08, "lr": 0.02}]))
+
+    def feed(guard, losses, start=1, applied=True, last=None):
+        for done, loss in enumerate(losses, start):
+            guard.after_step(SimpleNamespace(done=done, values={"loss": loss}, applied=applied, lr=0.02, state=state,
+                                             last_checkpoint=last))
+
+    guard = DivergenceGuard()
+    feed(guard, [1.0] * 10)  # the reference: the mean of the first 10 steps
+    feed(guard, [1e6], start=11, applied=False)  # a skipped (non-finite-policy) step is not a loss the run made
+    # The last 10 steps' mean is (9 + 100) / 10 = 10.9 > 10 x 1.0: stop, naming the lr, its base and the checkpoint.
+    with pytest.raises(DivergedError, match=r"^iteration 12: the loss grew from 1 \(mean of the first 10 steps\) to 10\.9, "
+                                            r"more than 10x, at lr 0\.02; .*lower solver\.base_lr \(e\.g\. solver\.base_lr=0\.02\); "
+                                            r"last checkpoint: ckpt\.pth$"):
+        feed(guard, [100.0], start=12, last=Path("ckpt.pth"))
+    # Iteration 200 is still watched, 201 no longer.
+    guard = DivergenceGuard()
+    feed(guard, [1.0] * 10)
+    with pytest.raises(DivergedError, match="^iteration 200:"):
+        feed(guard, [1000.0], start=200)
+    guard = DivergenceGuard()
+    feed(guard, [1.0] * 10)
+    feed(guard, [1000.0] * 20, start=201)
+    # A window of one: the reference is the first loss; factor 1: any rise stops.
+    with pytest.raises(DivergedError, match="^iteration 2: the loss grew from 1 .* to 1.5, more than 1x"):
+        feed(DivergenceGuard(factor=1, window=1), [1.0, 1.5])
+    feed(DivergenceGuard(factor=0, window=1), [1.0, 1e9])  # 0: off
+    feed(DivergenceGuard(window=1), [1.0, 9.9, 5.0])  # below 10x: runs on
