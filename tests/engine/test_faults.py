@@ -113,6 +113,25 @@ def test_missing_last_checkpoint_falls_back_or_stops(tmp_path):
         find_last_checkpoint(tmp_path, fallback=True)
 
 
+def test_resume_or_load_reads_the_marker_falls_back_and_never_resumes_a_new_run(tmp_path):
+    from detector.engine.checkpoint import resume_or_load
+
+    model = torch.nn.Linear(2, 2)
+    for it in (2, 4):
+        save_checkpoint(tmp_path / f"model_{it:07d}.pth", TrainState(model=model, iteration=it))
+    assert resume_or_load(tmp_path, resume=False) == (None, None)  # resume=false never reads the folder
+    for resume in (True, "auto"):
+        path, state = resume_or_load(tmp_path, resume=resume)
+        assert path.name == "model_0000004.pth" and state["iteration"] == 4
+    (tmp_path / "model_0000004.pth").unlink()  # the marker now names a missing file: the newest complete one
+    for resume in (True, "auto"):
+        path, state = resume_or_load(tmp_path, resume=resume)
+        assert path.name == "model_0000002.pth" and state["iteration"] == 2
+    assert resume_or_load(tmp_path / "empty", resume="auto") == (None, None)
+    with pytest.raises(ConfigError, match=r"^resume must be true, false or auto, got 'yes'$"):
+        resume_or_load(tmp_path, resume="yes")
+
+
 def test_resume_true_without_a_checkpoint_and_resume_auto(tmp_path):
     with pytest.raises(ConfigError, match="resume=true but .* has no checkpoint.*resume=auto"):
         _train(tmp_path, tmp_path / "a", ["resume=true", "solver.max_iter=1"])
