@@ -93,7 +93,8 @@ def load_checkpoint(path: str | Path) -> dict:
 
     Read with ``torch.load(weights_only=True)``: everything a checkpoint holds (weights, optimizer
     and scheduler state, the config as a plain dict, class names) is tensors and plain types, and a
-    file that holds anything else is refused rather than unpickled.
+    file that holds anything else is refused rather than unpickled. A ``format`` newer than
+    ``CHECKPOINT_FORMAT`` (a later schema) is refused with one line rather than misread.
     """
     path = Path(path)
     if not path.is_file():
@@ -101,6 +102,12 @@ def load_checkpoint(path: str | Path) -> dict:
     state = _torch_load(path)
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a detector checkpoint (no 'model' entry)")
+    written = state.get("format", CHECKPOINT_FORMAT)  # files of the first versions carry no number: format 1
+    if not isinstance(written, int) or isinstance(written, bool) or not 1 <= written <= CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} has checkpoint format {written!r}; this version of detector reads formats 1 to {CHECKPOINT_FORMAT}: "
+            f"a newer detector wrote it, upgrade to read it"
+        )
     return state
 
 

@@ -80,3 +80,31 @@ def test_resume_keeps_this_runs_hyperparameters_and_the_checkpoints_buffers():
     resumed_scaler = torch.amp.GradScaler("cpu", init_scale=2.0)
     TrainState(model=torch.nn.Linear(3, 2), scaler=resumed_scaler).load_state_dict(saved)
     assert resumed_scaler.get_scale() == 256.0
+
+
+def test_the_format_number_is_written_and_a_newer_one_refused(tmp_path):
+    from detector.engine import CHECKPOINT_FORMAT
+
+    model = torch.nn.Linear(3, 2)
+    path = save_checkpoint(tmp_path / "model_0000001.pth", TrainState(model=model, iteration=1))
+    assert load_checkpoint(path)["format"] == CHECKPOINT_FORMAT == 1
+    legacy = {"model": model.state_dict(), "iteration": 1}  # the first files carried no number
+    torch.save(legacy, tmp_path / "legacy.pth")
+    assert load_checkpoint(tmp_path / "legacy.pth")["iteration"] == 1
+    for bad in (CHECKPOINT_FORMAT + 1, 0, "1", True):
+        torch.save({**legacy, "format": bad}, tmp_path / "other.pth")
+        with pytest.raises(CheckpointError, match=rf"other\.pth has checkpoint format {bad!r}; .* reads formats 1 to 1: .*upgrade"):
+            load_checkpoint(tmp_path / "other.pth")
+
+
+def test_prune_keeps_the_newest_by_iteration_never_the_final_one(tmp_path):
+    from detector.engine.checkpoint import prune_checkpoints
+
+    # 10,000,000 sorts before 9,999,999 as text: the order must be the iteration's.
+    names = ["model_0000005.pth", "model_9999999.pth", "model_10000000.pth", "model_final.pth"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    assert prune_checkpoints(tmp_path, 0) == [] and len(list(tmp_path.iterdir())) == 4  # 0 keeps everything
+    assert [p.name for p in prune_checkpoints(tmp_path, 2)] == ["model_0000005.pth"]
+    assert [p.name for p in prune_checkpoints(tmp_path, 1)] == ["model_9999999.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_10000000.pth", "model_final.pth"]

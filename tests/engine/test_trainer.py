@@ -156,3 +156,21 @@ def test_log_metrics_line_and_scalars():
     assert out["AP"] == 0.25
     assert lines.messages == ["eval at iter 40: AP 0.2500  AP50 0.5000  nan nan"]
     assert writer.scalars == [("val/AP", 40, 0.25), ("val/AP50", 40, 0.5), ("val/count", 40, 3)]
+
+
+def test_the_progress_bar_counts_a_resumed_run_and_the_eta_reads_as_hours_minutes_seconds():
+    from types import SimpleNamespace
+
+    from detector.engine.hooks import _fmt_seconds
+
+    assert MetricLogger().period == 20 and MetricLogger().progress  # the documented defaults
+    for progress in (True, False):
+        hook = MetricLogger(period=2, progress=progress)
+        for done in (3, 4, 5):  # a run resumed at iteration 2 of 5
+            hook.after_step(SimpleNamespace(done=done, max_iter=5, start_iter=2, applied=True, values={"loss": 1.0},
+                                            final=done == 5, lr=0.1, skipped=0))
+        assert (hook._bar.total, hook._bar.disable, hook._bar.desc) == (5, not progress, "train")
+        assert hook._bar.n == (5 if progress else 2)  # from the resumed iteration; a disabled bar does not count
+        hook.close()
+    assert [_fmt_seconds(s) for s in (0, 59, 61, 3599, 3725, 3 * 3600 + 59 * 60 + 59, 86400)] == [
+        "0:00:00", "0:00:59", "0:01:01", "0:59:59", "1:02:05", "3:59:59", "24:00:00"]
