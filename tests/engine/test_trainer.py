@@ -169,7 +169,8 @@ def test_the_progress_bar_counts_a_resumed_run_and_the_eta_reads_as_hours_minute
         for done in (3, 4, 5):  # a run resumed at iteration 2 of 5
             hook.after_step(SimpleNamespace(done=done, max_iter=5, start_iter=2, applied=True, values={"loss": 1.0},
                                             final=done == 5, lr=0.1, skipped=0))
-        assert (hook._bar.total, hook._bar.disable, hook._bar.desc) == (5, not progress, "train")
+        assert (hook._bar.total, hook._bar.disable) == (5, not progress)
+        assert not progress or hook._bar.desc == "train"  # (a disabled bar keeps no description)
         assert hook._bar.n == (5 if progress else 2)  # from the resumed iteration; a disabled bar does not count
         hook.close()
     assert [_fmt_seconds(s) for s in (0, 59, 61, 3599, 3725, 3 * 3600 + 59 * 60 + 59, 86400)] == [
