@@ -154,6 +154,34 @@ def test_shared_and_large_rectangles_match_torchvision():
         torch.testing.assert_close(_grad(roi_pool, x, rois, k, 1.0, grad), _grad(torchvision.ops.roi_pool, x, rois, k, 1.0, grad))
 
 
+def test_bins_of_255_256_and_257_cells_send_tied_gradients_to_the_first_like_torchvision():
+    # The winner's rank within a bin counts down from its cell count s: at s = 256 it no longer fits a
+    # byte (the index type's edge). Ties at the first cell and a later one: the first wins.
+    for h, w in ((15, 17), (16, 16), (1, 256), (257, 1)):
+        x = torch.zeros(1, 1, h, w, dtype=torch.float64)
+        x.view(-1)[[0, 5, -1]] = 2.0
+        rois = torch.tensor([[0, 0, 0, w - 1, h - 1]], dtype=torch.float64)
+        grad = torch.ones(1, 1, 1, 1, dtype=torch.float64)
+        ours = _grad(roi_pool, x, rois, 1, 1.0, grad)
+        assert torch.equal(ours, _grad(torchvision.ops.roi_pool, x, rois, 1, 1.0, grad)), (h, w)
+        assert ours.view(-1)[0] == 1 and ours.sum() == 1, (h, w)
+
+
+def test_plus_inf_cells_and_boxes_off_the_map_are_torchvisions():
+    x = torch.randn(2, 2, 6, 7, dtype=torch.float64)
+    x[0, 1, 2, 3] = float("inf")  # the maximum of every bin that holds it, as in torchvision
+    rois = torch.tensor([[0, 0.0, 0, 6, 5], [1, 50, 50, 60, 60], [0, -30, -30, -10, -10]], dtype=torch.float64)
+    for k in (1, 2):
+        ours = roi_pool(x, rois, k, 1.0)
+        assert torch.equal(ours, torchvision.ops.roi_pool(x, rois, k, 1.0))
+        assert ours[0, 1].max() == float("inf") and not ours[1:].any()  # off the map: every bin empty, 0
+        grad = torch.rand(3, 2, k, k, dtype=torch.float64)
+        torch.testing.assert_close(_grad(roi_pool, x, rois, k, 1.0, grad), _grad(torchvision.ops.roi_pool, x, rois, k, 1.0, grad))
+    # Only boxes off the map: no rectangle at all.
+    off = rois[1:]
+    assert torch.equal(_grad(roi_pool, x, off, 2, 1.0, torch.ones(2, 2, 2, 2, dtype=torch.float64)), torch.zeros_like(x))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_corners_just_below_a_half_round_like_c(dtype):
     # floor(|x| + 0.5) rounds the float just below 0.5 up to 1; C's round (torchvision's) gives 0.
