@@ -374,14 +374,24 @@ def test_the_divergence_guard_rules_step_by_step():
                                             r"more than 10x, at lr 0\.02; .*lower solver\.base_lr \(e\.g\. solver\.base_lr=0\.02\); "
                                             r"last checkpoint: ckpt\.pth$"):
         feed(guard, [100.0], start=12, last=Path("ckpt.pth"))
-    # Iteration 200 is still watched, 201 no longer.
+    # Iteration 200 is still watched, 201 no longer; no checkpoint yet: the line ends at the knob.
     guard = DivergenceGuard()
     feed(guard, [1.0] * 10)
-    with pytest.raises(DivergedError, match="^iteration 200:"):
+    with pytest.raises(DivergedError, match=r"^iteration 200: .*\(e\.g\. solver\.base_lr=0\.02\)$"):
         feed(guard, [1000.0], start=200)
+    # Exactly 10x is not more than 10x (reference 2: (9 x 2 + 182) / 10 = 20).
+    guard = DivergenceGuard()
+    feed(guard, [2.0] * 10)
+    feed(guard, [182.0], start=11)
+    with pytest.raises(DivergedError, match="^iteration 12: the loss grew from 2 .* to 38"):
+        feed(guard, [182.0], start=12)
     guard = DivergenceGuard()
     feed(guard, [1.0] * 10)
     feed(guard, [1000.0] * 20, start=201)
+    # No schedule (no initial_lr): the suggestion is a quarter of the lr in use.
+    state = SimpleNamespace(optimizer=SimpleNamespace(param_groups=[{"lr": 0.02}]))
+    with pytest.raises(DivergedError, match=r"solver\.base_lr=0\.005\)$"):
+        feed(DivergenceGuard(window=1), [1.0, 11.0])
     # A window of one: the reference is the first loss; factor 1: any rise stops.
     with pytest.raises(DivergedError, match="^iteration 2: the loss grew from 1 .* to 1.5, more than 1x"):
         feed(DivergenceGuard(factor=1, window=1), [1.0, 1.5])
