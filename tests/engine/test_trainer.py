@@ -175,3 +175,50 @@ def test_the_progress_bar_counts_a_resumed_run_and_the_eta_reads_as_hours_minute
         hook.close()
     assert [_fmt_seconds(s) for s in (0, 59, 61, 3599, 3725, 3 * 3600 + 59 * 60 + 59, 86400)] == [
         "0:00:00", "0:00:59", "0:01:01", "0:59:59", "1:02:05", "3:59:59", "24:00:00"]
+
+
+def test_metric_logger_lines_scalars_and_eta_on_a_clock(monkeypatch):
+    """Hand-fed steps of a run resumed at iteration 4 of 9, logging every 2, one step skipped, a fake clock."""
+    import logging
+    from types import SimpleNamespace
+
+    from detector.engine import hooks as hooks_module
+
+    clock = iter([100.0, 104.0, 110.0, 112.5])  # the first step (t0), then each logged one
+    monkeypatch.setattr(hooks_module.time, "perf_counter", lambda: next(clock))
+
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    writer, lines, level = RecordingWriter(), Lines(), hooks_module.logger.level
+    hooks_module.logger.addHandler(lines)
+    hooks_module.logger.setLevel(logging.INFO)
+    hook = MetricLogger(period=2, writer=writer, progress=False)
+    steps = {5: 1.0, 6: 3.0, 7: None, 8: 5.0, 9: 7.0}  # None: a non-finite step, skipped
+    try:
+        for done, loss in steps.items():
+            values = {} if loss is None else {"loss_a": loss / 2, "loss": loss}
+            hook.after_step(SimpleNamespace(done=done, max_iter=9, start_iter=4, applied=loss is not None, values=values,
+                                            final=done == 9, lr=0.1 if done < 8 else 0.01, skipped=int(done >= 7)))
+    finally:
+        hooks_module.logger.removeHandler(lines)
+        hooks_module.logger.setLevel(level)
+        hook.close()
+    # Each line: the mean of the last 2 applied steps; s/it and eta from the clock (elapsed / steps since the resume).
+    assert lines.messages == [
+        "iter 6/9  lr 0.10000  loss_a 1.0000  loss 2.0000  (2.00 s/it, eta 0:00:06)",
+        "iter 8/9  lr 0.01000  loss_a 2.0000  loss 4.0000  (2.50 s/it, eta 0:00:02)",
+        "iter 9/9  lr 0.01000  loss_a 3.0000  loss 6.0000  (2.50 s/it, eta 0:00:00)",  # the last step, off the period
+    ]
+    assert writer.scalars == [
+        ("train/loss_a", 6, 1.0), ("train/loss", 6, 2.0), ("train/lr", 6, 0.1),
+        ("train/nonfinite_skips", 7, 1),
+        ("train/loss_a", 8, 2.0), ("train/loss", 8, 4.0), ("train/lr", 8, 0.01),
+        ("train/loss_a", 9, 3.0), ("train/loss", 9, 6.0), ("train/lr", 9, 0.01),
+    ]
+    assert hook.summary == {"loss_a": 3.0, "loss": 6.0}
