@@ -167,9 +167,10 @@ def test_the_progress_bar_counts_a_resumed_run_and_the_eta_reads_as_hours_minute
     for progress in (True, False):
         hook = MetricLogger(period=2, progress=progress)
         for done in (3, 4, 5):  # a run resumed at iteration 2 of 5
-            hook.after_step(SimpleNamespace(done=done, max_iter=5, start_iter=2, applied=True, values={"loss": 1.0},
-                                            final=done == 5, lr=0.1, skipped=0))
+            hook.after_step(SimpleNamespace(done=done, max_iter=5, start_iter=2, applied=True,
+                                            values={"loss_rpn_cls": 0.25, "loss": 1.0}, final=done == 5, lr=0.1, skipped=0))
         assert (hook._bar.total, hook._bar.disable) == (5, not progress)
+        assert not progress or hook._bar.postfix == "loss=1.000, lr=0.1000, rpn_cls=0.250"
         assert not progress or hook._bar.desc == "train"  # (a disabled bar keeps no description)
         assert hook._bar.n == (5 if progress else 2)  # from the resumed iteration; a disabled bar does not count
         hook.close()
@@ -222,3 +223,12 @@ def test_metric_logger_lines_scalars_and_eta_on_a_clock(monkeypatch):
         ("train/loss_a", 9, 3.0), ("train/loss", 9, 6.0), ("train/lr", 9, 0.01),
     ]
     assert hook.summary == {"loss_a": 3.0, "loss": 6.0}
+
+
+def test_a_loader_without_a_batch_is_one_line():
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = build_lr_scheduler(opt, max_iter=2, warmup_iters=0, warmup_factor=1.0)
+    with pytest.raises(ValueError, match=r"^the training data loader yields no batch \(fewer images than the batch size\?\)$"):
+        train_loop(model=model, state=TrainState(model=model, optimizer=opt, scheduler=sched), data_loader=[],
+                   max_iter=2, device=torch.device("cpu"))
