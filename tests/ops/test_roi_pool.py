@@ -167,6 +167,22 @@ def test_bins_of_255_256_and_257_cells_send_tied_gradients_to_the_first_like_tor
         assert ours.view(-1)[0] == 1 and ours.sum() == 1, (h, w)
 
 
+@pytest.mark.parametrize("chunk", [1, 40, 333])
+def test_work_split_into_chunks_gives_the_same_numbers(monkeypatch, chunk):
+    # The CPU path bounds its temporaries by working through rectangles and RoIs in chunks of about
+    # _CPU_CHUNK_ELEMENTS elements; the tests' maps fit one chunk, so shrink it: one rectangle or RoI
+    # at a time, a few, and chunks that end inside a group.
+    import importlib
+
+    module = importlib.import_module("detector.ops.roi_pool")  # (the package's `roi_pool` is the function)
+    x = torch.randint(-2, 3, (2, 4, 18, 25)).double().relu()  # ties too
+    rois = _rois(40, torch.float64, seed=5)
+    grad = torch.rand(40, 4, 3, 3, dtype=torch.float64)
+    monkeypatch.setattr(module, "_CPU_CHUNK_ELEMENTS", chunk)
+    assert torch.equal(roi_pool(x, rois, 3, 1 / 32), torchvision.ops.roi_pool(x, rois, 3, 1 / 32))
+    torch.testing.assert_close(_grad(roi_pool, x, rois, 3, 1 / 32, grad), _grad(torchvision.ops.roi_pool, x, rois, 3, 1 / 32, grad))
+
+
 def test_plus_inf_cells_and_boxes_off_the_map_are_torchvisions():
     x = torch.randn(2, 2, 6, 7, dtype=torch.float64)
     x[0, 1, 2, 3] = float("inf")  # the maximum of every bin that holds it, as in torchvision
