@@ -258,3 +258,27 @@ def test_evaluation_follows_the_checkpoints_precision_unless_told():
         checkpoint_amp_dtype("fast", {}, cpu)
     with pytest.raises(ConfigError, match=r"^the checkpoint's solver\.amp must be auto, off, bf16 or fp16"):
         checkpoint_amp_dtype(None, {"solver": {"amp": "__import__('os')"}}, cpu)
+
+
+def test_every_amp_choice_and_its_line_with_the_capability_faked(monkeypatch):
+    import detector.utils.env as env
+    from detector.engine.step import resolve_amp
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(env, "fast_bf16", lambda device: (True, "AVX512-BF16"))
+    assert resolve_amp("auto", cpu) == (torch.bfloat16, "solver.amp=auto: bf16 autocast on cpu (AVX512-BF16); "
+                                                        "solver.amp=off forces float32", False)
+    assert resolve_amp("bf16", cpu) == (torch.bfloat16, "solver.amp=bf16: bf16 autocast on cpu", False)
+    assert resolve_amp("off", cpu) == (None, "solver.amp=off: float32", False)
+    assert resolve_amp("auto", cpu, key="amp").reason.startswith("amp=auto: bf16")  # evaluation's setting
+    monkeypatch.setattr(env, "fast_bf16", lambda device: (False, "no AMX or AVX512-BF16"))
+    assert resolve_amp("auto", cpu) == (None, "solver.amp=auto: float32 on cpu (no AMX or AVX512-BF16)", False)
+    assert resolve_amp("bf16", cpu) == (torch.bfloat16, "solver.amp=bf16: no AMX or AVX512-BF16; it runs, but "
+                                                        "solver.amp=off (float32) is faster here", True)
+    assert resolve_amp("fp16", cpu) == (torch.float16, "solver.amp=fp16 on the CPU: float16 autocast with a GradScaler, as "
+                                                       "on CUDA; CPU float16 kernels are slow, it is meant for CUDA (auto, "
+                                                       "bf16 or off are the CPU's choices)", True)
+    for choice in (resolve_amp(m, cpu) for m in ("auto", "off")):
+        assert choice.warn is False
+    with pytest.raises(ValueError, match=r"^solver\.amp must be one of auto, off, bf16, fp16, got 'fast'$"):
+        resolve_amp("fast", cpu)

@@ -287,6 +287,9 @@ class _SignalAt:
 
     def after_step(self, loop):
         if loop.done == self.done:
+            # The loop's handler must be in place (or the signal would end the test run itself).
+            handler = signal.getsignal(self.signum)
+            assert type(getattr(handler, "__self__", None)).__name__ == "_StopSignals", handler
             os.kill(os.getpid(), self.signum)
 
     def on_stop(self, loop):
