@@ -68,7 +68,8 @@ def test_skip_policy_drops_counts_and_stops_after_the_limit():
     model = Flaky(bad={2, 4})
     _loop(model, 5, nonfinite="skip", max_nonfinite_skips=2)
     assert model.w.item() == pytest.approx(1 - 0.1 * 3)  # 3 of 5 steps applied, the NaN ones dropped
-    with pytest.raises(NonFiniteError, match=r"iteration 4: 2 non-finite steps skipped, more than solver\.max_nonfinite_skips=1"):
+    with pytest.raises(NonFiniteError, match=r"^iteration 4: 2 non-finite steps skipped, more than solver\.max_nonfinite_skips=1; "
+                                             r"last good checkpoint: none$"):
         _loop(Flaky(bad={2, 4}), 5, nonfinite="skip", max_nonfinite_skips=1)
 
 
@@ -400,3 +401,120 @@ def test_the_divergence_guard_rules_step_by_step():
         feed(DivergenceGuard(factor=1, window=1), [1.0, 1.5])
     feed(DivergenceGuard(factor=0, window=1), [1.0, 1e9])  # 0: off
     feed(DivergenceGuard(window=1), [1.0, 9.9, 5.0])  # below 10x: runs on
+
+
+class _Lines:
+    """The loop's log lines (its logger does not propagate to pytest's caplog once logging is configured)."""
+
+    def __init__(self, name="detector.engine.trainer"):
+        import logging
+
+        class Handler(logging.Handler):
+            def emit(handler, record):
+                self.messages.append(record.getMessage())
+
+        self.logger, self.handler, self.messages = logging.getLogger(name), Handler(logging.INFO), []
+
+    def __enter__(self):
+        self.level = self.logger.level
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel("INFO")
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+
+
+def test_a_skipped_step_is_logged_with_its_non_finite_terms():
+    with _Lines() as lines:
+        _loop(Flaky(bad={2}), 3, nonfinite="skip")
+    assert lines.messages == ["iteration 2: non-finite loss {'loss_roi_cls': nan, 'loss': nan}, step skipped (1 so far)"]
+
+
+def test_the_step_options_reach_every_step_and_another_ranks_stop_is_everyones():
+    """In one process, with a fake all-reduce: autocast and the reduce the options name are used at each
+    step, and a stop flag that comes back from the reduce (another rank got SIGTERM) stops this rank too."""
+    from detector.engine import TrainingInterrupted
+
+    class Recording(Flaky):
+        def forward(self, images, targets):
+            self.seen = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+            return super().forward(images, targets)
+
+    sent = []
+
+    def reduce(values):  # the mean over 16 ranks if one got SIGTERM (15) during this rank's step 3
+        sent.append(dict(values))
+        return {**values, "loss": values["loss"] / 2, "_signal": 15.0 / 16 if len(sent) == 3 else values["_signal"]}
+
+    model = Recording(bad=set())
+    with pytest.raises(TrainingInterrupted, match=r"^SIGTERM at iteration 3/6: checkpoint .*model_3 written") as stop:
+        _loop(model, 6, save=lambda it: f"model_{it}", checkpoint_period=0, amp_dtype=torch.bfloat16, reduce=reduce)
+    assert stop.value.exit_code == 143 and model.calls == 3
+    assert model.seen == (True, torch.bfloat16)
+    assert [v["_signal"] for v in sent] == [0.0, 0.0, 0.0] and all("loss_roi_cls" in v for v in sent)
+    # The flag is not a loss: it is taken out before the hooks see the values.
+    loop = _loop(Recording(bad=set()), 2, reduce=lambda v: {**v, "loss": 0.5})
+    assert sorted(loop.values) == ["loss", "loss_roi_cls"] and loop.values["loss"] == 0.5
+
+
+class _OnFinalEvaluation:
+    """An evaluation hook interrupted during the final evaluation: by a signal, or by a KeyboardInterrupt raised in it."""
+
+    def __init__(self, signum=None):
+        self.signum = signum
+
+    def after_step(self, loop):
+        pass
+
+    def after_train(self, loop):
+        if self.signum is None:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), self.signum)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (None, 130)])
+def test_a_stop_during_the_final_evaluation_says_training_is_complete(tmp_path, signum, code):
+    from pathlib import Path
+
+    from detector.engine import TrainingInterrupted
+
+    name = "SIGINT" if signum is None else signal.Signals(signum).name
+    final = PeriodicCheckpointer(period=2, save=lambda it: Path(f"model_{'final' if it == 3 else it}.pth"))
+    model = Flaky(bad=set())
+
+    def run(hooks):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sched = build_lr_scheduler(opt, max_iter=3, warmup_iters=0, warmup_factor=1.0, schedule="step", steps=[])
+        loader = [([torch.zeros(3, 8, 8)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])]
+        with pytest.raises(TrainingInterrupted) as stop:
+            train_loop(model=model, state=TrainState(model=model, optimizer=opt, scheduler=sched), data_loader=loader,
+                       max_iter=3, device=torch.device("cpu"), hooks=hooks)
+        assert stop.value.exit_code == code
+        return str(stop.value)
+
+    # The final checkpoint is written, then the evaluation is interrupted.
+    assert run([final, _OnFinalEvaluation(signum)]) == (f"{name} during the final evaluation: training is complete "
+                                                       f"(model_final.pth written); resume=true runs the evaluation")
+    # Interrupted before the final checkpoint (only a periodic one exists), or with no checkpointer at all.
+    assert run([_OnFinalEvaluation(signum), final]) == f"{name} during the final evaluation: training is complete"
+    assert run([_OnFinalEvaluation(signum)]) == f"{name} during the final evaluation: training is complete"
+
+
+def test_a_float16_step_the_scaler_skips_moves_the_schedule_without_a_warning():
+    class Huge(Flaky):
+        def forward(self, images, targets):  # finite, but 1e35 x the scale (65536, then 32768) overflows float32
+            return {"loss_roi_cls": self.w * 1e35}
+
+    model = Huge(bad=set())
+    scaler = torch.amp.GradScaler("cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loop = _loop(model, 2, scaler=scaler, amp_dtype=torch.float16)
+    assert loop.done == 2 and model.w.item() == 1.0  # both updates skipped by the scaler, the iterations counted
+    assert scaler.get_scale() == 65536 / 4
+    assert not [w for w in caught if "lr_scheduler" in str(w.message)]
