@@ -108,3 +108,16 @@ def test_prune_keeps_the_newest_by_iteration_never_the_final_one(tmp_path):
     assert [p.name for p in prune_checkpoints(tmp_path, 2)] == ["model_0000005.pth"]
     assert [p.name for p in prune_checkpoints(tmp_path, 1)] == ["model_9999999.pth"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model_10000000.pth", "model_final.pth"]
+
+
+def test_class_names_are_read_only_from_a_non_empty_list_of_strings():
+    from detector.engine.checkpoint import checkpoint_class_names
+
+    def stored(names):
+        return {"model": {}, "extra": {"dataset": {"class_names": names}}}
+
+    assert checkpoint_class_names(stored(["cat", "dog"])) == ["cat", "dog"]
+    for bad in ([], ["cat", 3], "cat", None, {"a": 1}):
+        assert checkpoint_class_names(stored(bad)) is None, bad
+    for state in ({"model": {}}, {"extra": None}, {"extra": {"dataset": ["cat"]}}, ["cat"]):
+        assert checkpoint_class_names(state) is None, state

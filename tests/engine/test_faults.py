@@ -406,19 +406,19 @@ def test_the_divergence_guard_rules_step_by_step():
 class _Lines:
     """The loop's log lines (its logger does not propagate to pytest's caplog once logging is configured)."""
 
-    def __init__(self, name="detector.engine.trainer"):
+    def __init__(self, name="detector.engine.trainer", level="INFO"):
         import logging
 
         class Handler(logging.Handler):
             def emit(handler, record):
                 self.messages.append(record.getMessage())
 
-        self.logger, self.handler, self.messages = logging.getLogger(name), Handler(logging.INFO), []
+        self.logger, self.handler, self.messages, self.wanted = logging.getLogger(name), Handler(level), [], level
 
     def __enter__(self):
         self.level = self.logger.level
         self.logger.addHandler(self.handler)
-        self.logger.setLevel("INFO")
+        self.logger.setLevel(self.wanted)
         return self
 
     def __exit__(self, *exc):
@@ -512,9 +512,12 @@ def test_a_float16_step_the_scaler_skips_moves_the_schedule_without_a_warning():
 
     model = Huge(bad=set())
     scaler = torch.amp.GradScaler("cpu")
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, _Lines("detector.engine.step", "DEBUG") as lines:
         warnings.simplefilter("always")
         loop = _loop(model, 2, scaler=scaler, amp_dtype=torch.float16)
+    assert lines.messages == [  # at debug level: how float16 finds its scale, not a fault
+        f"iteration {i}: float16 gradients overflowed at scale {a}; the GradScaler skipped the update and lowered the "
+        f"scale to {b}" for i, a, b in ((1, 65536, 32768), (2, 32768, 16384))]
     assert loop.done == 2 and model.w.item() == 1.0  # both updates skipped by the scaler, the iterations counted
     assert scaler.get_scale() == 65536 / 4
     assert not [w for w in caught if "lr_scheduler" in str(w.message)]
