@@ -521,3 +521,18 @@ def test_a_float16_step_the_scaler_skips_moves_the_schedule_without_a_warning():
     assert loop.done == 2 and model.w.item() == 1.0  # both updates skipped by the scaler, the iterations counted
     assert scaler.get_scale() == 65536 / 4
     assert not [w for w in caught if "lr_scheduler" in str(w.message)]
+
+
+def test_the_marker_is_authoritative_and_the_fallback_orders_by_iteration(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    for it in (2, 9_999_999, 10_000_000):
+        save_checkpoint(tmp_path / f"model_{it:07d}.pth", TrainState(model=model, iteration=it))
+    (tmp_path / "last_checkpoint").write_text("model_0000002.pth\n")  # an older one, on purpose: it wins
+    for fallback in (False, True):
+        assert find_last_checkpoint(tmp_path, fallback=fallback).name == "model_0000002.pth"
+    (tmp_path / "last_checkpoint").write_text("model_0000006.pth\n")  # missing
+    assert find_last_checkpoint(tmp_path) is None  # without fallback, by default: a missing file is none
+    with _Lines("detector.engine.checkpoint", "WARNING") as lines:
+        assert find_last_checkpoint(tmp_path, fallback=True).name == "model_10000000.pth"  # not by name
+    assert lines.messages == [f"{tmp_path / 'last_checkpoint'} names model_0000006.pth, which is missing: resuming from "
+                              f"model_10000000.pth, the newest complete checkpoint"]
