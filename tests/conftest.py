@@ -78,3 +78,29 @@ def run_in_process(command: str, args: list[str], cwd: Path, capsys) -> "Command
 class CommandResult:
     def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+class LogLines:
+    """``with LogLines("detector.engine.trainer") as lines:`` collects that logger's messages at ``level``
+    and above (the package's loggers do not propagate to pytest's caplog once logging is configured)."""
+
+    def __init__(self, name: str, level: str = "INFO") -> None:
+        import logging
+
+        collected: list[str] = []
+
+        class Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                collected.append(record.getMessage())
+
+        self.logger, self.handler, self.level, self.messages = logging.getLogger(name), Handler(level), level, collected
+
+    def __enter__(self) -> "LogLines":
+        self._previous = self.logger.level
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(self.level)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self._previous)

@@ -14,7 +14,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import ROOT, TINY_MODEL, compose_config, run_in_process
+from conftest import ROOT, TINY_MODEL, LogLines, compose_config, run_in_process
 from detector.engine.state import TrainState
 from detector.engine import (
     NonFiniteError, PeriodicCheckpointer, StepOptions, build_lr_scheduler, find_last_checkpoint, load_checkpoint, remove_stale_temporaries,
@@ -302,18 +302,7 @@ class _SignalAt:
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_in_process_finishes_the_next_step_saves_logs_and_stops(tmp_path, signum, code):
-    import logging
-
     from detector.engine import MetricLogger, TrainingInterrupted
-    from detector.engine.hooks import logger
-
-    class Lines(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.INFO)
-            self.messages = []
-
-        def emit(self, record):
-            self.messages.append(record.getMessage())
 
     saved = []
 
@@ -328,16 +317,9 @@ def test_a_signal_in_process_finishes_the_next_step_saves_logs_and_stops(tmp_pat
     state = TrainState(model=model, optimizer=opt, scheduler=sched)
     # The signal arrives after iteration 2 (inside a hook): iteration 3 still runs, then the loop stops.
     hooks = [_SignalAt(2, signum), MetricLogger(period=1, progress=False), PeriodicCheckpointer(period=0, save=save)]
-    lines, level = Lines(), logger.level
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    logger.addHandler(lines)
-    logger.setLevel(logging.INFO)
-    try:
-        with pytest.raises(TrainingInterrupted) as stop:
-            train_loop(model=model, state=state, data_loader=loader, max_iter=10, device=torch.device("cpu"), hooks=hooks)
-    finally:
-        logger.removeHandler(lines)
-        logger.setLevel(level)
+    with LogLines("detector.engine.trainer") as lines, pytest.raises(TrainingInterrupted) as stop:
+        train_loop(model=model, state=state, data_loader=loader, max_iter=10, device=torch.device("cpu"), hooks=hooks)
     name = signal.Signals(signum).name
     assert str(stop.value) == f"{name} at iteration 3/10: checkpoint {saved[-1]} written; resume=true continues the run"
     assert stop.value.exit_code == code and state.iteration == 3 and model.calls == 3
@@ -403,31 +385,8 @@ def test_the_divergence_guard_rules_step_by_step():
     feed(DivergenceGuard(window=1), [1.0, 9.9, 5.0])  # below 10x: runs on
 
 
-class _Lines:
-    """The loop's log lines (its logger does not propagate to pytest's caplog once logging is configured)."""
-
-    def __init__(self, name="detector.engine.trainer", level="INFO"):
-        import logging
-
-        class Handler(logging.Handler):
-            def emit(handler, record):
-                self.messages.append(record.getMessage())
-
-        self.logger, self.handler, self.messages, self.wanted = logging.getLogger(name), Handler(level), [], level
-
-    def __enter__(self):
-        self.level = self.logger.level
-        self.logger.addHandler(self.handler)
-        self.logger.setLevel(self.wanted)
-        return self
-
-    def __exit__(self, *exc):
-        self.logger.removeHandler(self.handler)
-        self.logger.setLevel(self.level)
-
-
 def test_a_skipped_step_is_logged_with_its_non_finite_terms():
-    with _Lines() as lines:
+    with LogLines("detector.engine.trainer") as lines:
         _loop(Flaky(bad={2}), 3, nonfinite="skip")
     assert lines.messages == ["iteration 2: non-finite loss {'loss_roi_cls': nan, 'loss': nan}, step skipped (1 so far)"]
 
@@ -512,7 +471,7 @@ def test_a_float16_step_the_scaler_skips_moves_the_schedule_without_a_warning():
 
     model = Huge(bad=set())
     scaler = torch.amp.GradScaler("cpu")
-    with warnings.catch_warnings(record=True) as caught, _Lines("detector.engine.step", "DEBUG") as lines:
+    with warnings.catch_warnings(record=True) as caught, LogLines("detector.engine.step", "DEBUG") as lines:
         warnings.simplefilter("always")
         loop = _loop(model, 2, scaler=scaler, amp_dtype=torch.float16)
     assert lines.messages == [  # at debug level: how float16 finds its scale, not a fault
@@ -532,7 +491,7 @@ def test_the_marker_is_authoritative_and_the_fallback_orders_by_iteration(tmp_pa
         assert find_last_checkpoint(tmp_path, fallback=fallback).name == "model_0000002.pth"
     (tmp_path / "last_checkpoint").write_text("model_0000006.pth\n")  # missing
     assert find_last_checkpoint(tmp_path) is None  # without fallback, by default: a missing file is none
-    with _Lines("detector.engine.checkpoint", "WARNING") as lines:
+    with LogLines("detector.engine.checkpoint", "WARNING") as lines:
         assert find_last_checkpoint(tmp_path, fallback=True).name == "model_10000000.pth"  # not by name
     assert lines.messages == [f"{tmp_path / 'last_checkpoint'} names model_0000006.pth, which is missing: resuming from "
                               f"model_10000000.pth, the newest complete checkpoint"]

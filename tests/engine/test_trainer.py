@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import LogLines, tiny_model
 from detector.data import CocoDetection, build_detection_loader, build_train_augmentation, generate_synthetic_coco
 from detector.engine import MetricLogger, TrainState, build_lr_scheduler, build_optimizer, train_loop
 from detector.utils.env import seed_all
@@ -133,26 +133,11 @@ def test_check_finite_names_every_bad_parameter_and_buffer():
 
 
 def test_log_metrics_line_and_scalars():
-    import logging
+    from detector.engine.hooks import log_metrics
 
-    from detector.engine.hooks import log_metrics, logger
-
-    class Lines(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.INFO)
-            self.messages = []
-
-        def emit(self, record):
-            self.messages.append(record.getMessage())
-
-    writer, lines, level = RecordingWriter(), Lines(), logger.level
-    logger.addHandler(lines)
-    logger.setLevel(logging.INFO)
-    try:
+    writer = RecordingWriter()
+    with LogLines("detector.engine.trainer") as lines:
         out = log_metrics({"AP": 0.25, "AP50": 0.5, "count": 3, "nan": float("nan"), "name": "x"}, writer, 40)
-    finally:
-        logger.removeHandler(lines)
-        logger.setLevel(level)
     assert out["AP"] == 0.25
     assert lines.messages == ["eval at iter 40: AP 0.2500  AP50 0.5000  nan nan"]
     assert writer.scalars == [("val/AP", 40, 0.25), ("val/AP50", 40, 0.5), ("val/count", 40, 3)]
@@ -180,7 +165,6 @@ def test_the_progress_bar_counts_a_resumed_run_and_the_eta_reads_as_hours_minute
 
 def test_metric_logger_lines_scalars_and_eta_on_a_clock(monkeypatch):
     """Hand-fed steps of a run resumed at iteration 4 of 9, logging every 2, one step skipped, a fake clock."""
-    import logging
     from types import SimpleNamespace
 
     from detector.engine import hooks as hooks_module
@@ -188,28 +172,15 @@ def test_metric_logger_lines_scalars_and_eta_on_a_clock(monkeypatch):
     clock = iter([100.0, 104.0, 110.0, 112.5])  # the first step (t0), then each logged one
     monkeypatch.setattr(hooks_module.time, "perf_counter", lambda: next(clock))
 
-    class Lines(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.INFO)
-            self.messages = []
-
-        def emit(self, record):
-            self.messages.append(record.getMessage())
-
-    writer, lines, level = RecordingWriter(), Lines(), hooks_module.logger.level
-    hooks_module.logger.addHandler(lines)
-    hooks_module.logger.setLevel(logging.INFO)
+    writer = RecordingWriter()
     hook = MetricLogger(period=2, writer=writer, progress=False)
     steps = {5: 1.0, 6: 3.0, 7: None, 8: 5.0, 9: 7.0}  # None: a non-finite step, skipped
-    try:
+    with LogLines("detector.engine.trainer") as lines:
         for done, loss in steps.items():
             values = {} if loss is None else {"loss_a": loss / 2, "loss": loss}
             hook.after_step(SimpleNamespace(done=done, max_iter=9, start_iter=4, applied=loss is not None, values=values,
                                             final=done == 9, lr=0.1 if done < 8 else 0.01, skipped=int(done >= 7)))
-    finally:
-        hooks_module.logger.removeHandler(lines)
-        hooks_module.logger.setLevel(level)
-        hook.close()
+    hook.close()
     # Each line: the mean of the last 2 applied steps; s/it and eta from the clock (elapsed / steps since the resume).
     assert lines.messages == [
         "iter 6/9  lr 0.10000  loss_a 1.0000  loss 2.0000  (2.00 s/it, eta 0:00:06)",
