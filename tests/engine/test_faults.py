@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_MODEL, LogLines, compose_config, run_in_process
+from detector.engine.hooks import Hook
 from detector.engine.state import TrainState
 from detector.engine import (
     NonFiniteError, PeriodicCheckpointer, StepOptions, build_lr_scheduler, find_last_checkpoint, load_checkpoint, remove_stale_temporaries,
@@ -280,7 +281,7 @@ def test_stop_signals_set_a_flag_and_a_second_ctrl_c_stops_at_once():
     assert stop.value.signum == signal.SIGTERM
 
 
-class _SignalAt:
+class _SignalAt(Hook):
     """A hook that sends this process a signal after the given iteration (as a cluster or Ctrl-C would)."""
 
     def __init__(self, done, signum):
@@ -292,12 +293,6 @@ class _SignalAt:
             handler = signal.getsignal(self.signum)
             assert type(getattr(handler, "__self__", None)).__name__ == "_StopSignals", handler
             os.kill(os.getpid(), self.signum)
-
-    def on_stop(self, loop):
-        return None
-
-    def close(self):
-        pass
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -418,22 +413,16 @@ def test_the_step_options_reach_every_step_and_another_ranks_stop_is_everyones()
     assert sorted(loop.values) == ["loss", "loss_roi_cls"] and loop.values["loss"] == 0.5
 
 
-class _OnFinalEvaluation:
+class _OnFinalEvaluation(Hook):
     """An evaluation hook interrupted during the final evaluation: by a signal, or by a KeyboardInterrupt raised in it."""
 
     def __init__(self, signum=None):
         self.signum = signum
 
-    def after_step(self, loop):
-        pass
-
     def after_train(self, loop):
         if self.signum is None:
             raise KeyboardInterrupt
         os.kill(os.getpid(), self.signum)
-
-    def close(self):
-        pass
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (None, 130)])
