@@ -36,11 +36,10 @@ def _covering_overlaps(gt: Tensor, proposals: Tensor) -> Tensor:
     if len(gt) == 0 or len(proposals) == 0:
         return out
     iou = box_iou(proposals.double(), gt.double())  # [P, G]
+    # Each round uses up one proposal and one object, so every round finds an unused pair (IoU >= 0).
     for _ in range(min(len(proposals), len(gt))):
         best_per_gt, best_proposal = iou.max(dim=0)  # [G]
         g = int(best_per_gt.argmax())
-        if best_per_gt[g] < 0:
-            break
         out[g] = best_per_gt[g]
         iou[best_proposal[g], :] = -1  # this proposal is used
         iou[:, g] = -1  # this object is covered
