@@ -107,20 +107,17 @@ def predictions_to_coco_results(
     return results
 
 
-def _empty_results_coco(coco_gt: COCO) -> COCO:
-    """A detections 'COCO' with the ground truth's images and categories and no annotations.
+def _empty_results_coco() -> COCO:
+    """A detections 'COCO' without annotations.
 
     ``COCO.loadRes`` indexes ``anns[0]`` and so raises on an empty list, but ``COCOeval`` itself
-    handles images without detections fine; building the empty set by hand lets a detector that
-    finds nothing score 0 through the same code path as any other (and get the same -1 for area
-    ranges without ground truth).
+    handles images without detections fine (it reads the detections only by image and category
+    id, and takes the images and categories from the ground truth); building the empty set by hand
+    lets a detector that finds nothing score 0 through the same code path as any other (and get the
+    same -1 for area ranges without ground truth).
     """
     coco_dt = COCO()
-    coco_dt.dataset = {
-        "images": list(coco_gt.dataset.get("images", [])),
-        "categories": copy.deepcopy(coco_gt.dataset.get("categories", [])),
-        "annotations": [],
-    }
+    coco_dt.dataset = {"annotations": []}
     coco_dt.createIndex()
     return coco_dt
 
@@ -185,7 +182,7 @@ def make_cocoeval(
             # caller's results (and the coco_results.json written from them) stay clean.
             coco_dt = coco_gt.loadRes([dict(r) for r in results])
         else:
-            coco_dt = _empty_results_coco(coco_gt)
+            coco_dt = _empty_results_coco()
         ignored = {a["id"] for a in original.dataset.get("annotations", [])
                    if a.get("ignore", 0) or a.get("difficult", 0)}
         coco_eval = _COCOevalWithIgnore(coco_gt, coco_dt, iouType="bbox", ignored_ids=ignored, not_scored=not_scored)

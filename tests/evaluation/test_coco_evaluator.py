@@ -150,6 +150,19 @@ def test_empty_results_score_zero_without_crash(coco_gt: COCO) -> None:
     assert {k: metrics[k] for k in METRIC_KEYS} == {key: 0.0 for key in METRIC_KEYS}
 
 
+def test_img_ids_restrict_the_evaluation_to_those_images(coco_gt: COCO, capsys) -> None:
+    # Detections for image 20 only: over every image, the objects of 10 and 30 are misses; restricted
+    # to image 20 (one large "cat"), AP is 1 and the other area ranges and "dog" have no ground truth.
+    results = predictions_to_coco_results({20: _predictions()[20]}, LABEL_TO_CAT_ID)
+    everything = evaluate_coco(coco_gt, results)
+    assert everything["AP"] < 0.5
+    only = evaluate_coco(coco_gt, results, img_ids=[20], verbose=True)
+    assert only["AP"] == pytest.approx(1.0) and only["APl"] == pytest.approx(1.0)
+    assert math.isnan(only["APs"]) and math.isnan(only["APm"])
+    assert "Average Precision" in capsys.readouterr().out
+    assert evaluate_coco(coco_gt, [], img_ids=[20])["AP"] == 0.0
+
+
 def test_area_range_without_gt_is_nan(tmp_path: Path) -> None:
     coco_gt = _write_gt(tmp_path / "large_only.json", {20: GT[20]})
     preds = {20: _predictions()[20]}

@@ -305,3 +305,22 @@ def test_sample_points_needs_a_fixed_grid():
         sample_points((0.0, 0.0, 64.0, 64.0), 2, 1 / 32, 0, True)
     xs, ys = sample_points((0.0, 0.0, 64.0, 64.0), 2, 1 / 32, 1, True)  # one point per bin: its centre
     torch.testing.assert_close(xs, torch.tensor([0.5, 1.5], dtype=torch.float64))
+
+
+def test_roi_align_samples_needs_a_fixed_grid_and_keeps_its_shape_without_boxes():
+    x = torch.rand(1, 3, 8, 8, requires_grad=True)
+    for ratio in (0, -1):
+        with pytest.raises(ValueError, match=r"^roi_align_samples needs a fixed sampling_ratio >= 1$"):
+            roi_align_samples(x, torch.zeros(0, 5), 2, 1.0, ratio, True)
+    out = roi_align_samples(x, torch.zeros(0, 5), (2, 3), 1.0, 2, True)
+    assert out.shape == (0, 3, 4, 6)
+    out.sum().backward()  # the empty batch stays connected to the graph
+    assert x.grad is not None and not x.grad.any()
+
+
+def test_roi_align_samples_is_refused_while_exporting(monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.modules["detector.ops.roi_align"], "exporting", lambda: True)
+    with pytest.raises(ValueError, match="^roi_align_samples is an inspection tool; it is not exported$"):
+        roi_align_samples(torch.rand(1, 1, 4, 4), torch.tensor([[0.0, 0, 0, 2, 2]]), 2, 1.0, 2, True)
