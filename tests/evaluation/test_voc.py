@@ -206,3 +206,58 @@ def test_devkit_overlap_in_its_one_based_inclusive_frame():
     # A partial overlap with unequal sides: (2, 3, 11, 8) -> (3, 4, 11, 8) is 9 x 5; against (1, 1, 9, 9) the
     # overlap is 7 x 5 = 35 of 45 + 81 - 35.
     assert devkit_iou(torch.tensor([[2.0, 3.0, 11.0, 8.0]]), a[:1]).item() == pytest.approx(35 / 91, abs=1e-7)
+
+
+def test_class_pr_counts_iou_exactly_at_the_threshold_and_returns_the_true_positives_ious():
+    import torch
+
+    from detector.evaluation.voc import voc_class_pr
+
+    gt = {1: (torch.tensor([[0.0, 0, 10, 10]], dtype=torch.float64), torch.tensor([False]))}
+    # continuous frame: [0, 0, 10, 5] covers exactly half of the box -> IoU 0.5
+    recall, precision, ious = voc_class_pr([(1, 0.9, [0, 0, 10, 5])], gt, protocol="continuous")
+    assert list(recall) == [1.0] and list(precision) == [1.0] and ious == [0.5]
+    recall, _, ious = voc_class_pr([(1, 0.9, [0, 0, 10, 5])], gt, iou_thresh=0.51, protocol="continuous")
+    assert list(recall) == [0.0] and ious == []
+    # the devkit's 1-based inclusive pixels give whole-pixel boxes the same widths: the same 0.5
+    _, _, ious = voc_class_pr([(1, 0.9, [0, 0, 10, 5])], gt)
+    assert ious == [0.5]
+    with pytest.raises(ValueError, match=r"^protocol must be one of \('devkit', 'continuous'\), got 'coco'$"):
+        voc_class_pr([], gt, protocol="coco")
+
+
+def test_class_pr_images_without_objects_and_score_ties():
+    import torch
+
+    from detector.evaluation.voc import voc_class_pr
+
+    box = torch.tensor([[0.0, 0, 10, 10]], dtype=torch.float64)
+    gt = {1: (box, torch.tensor([False])), 2: (box, torch.tensor([False])), 3: (torch.zeros(0, 4), torch.zeros(0, dtype=torch.bool))}
+    # equal scores keep their given order (MATLAB's stable sort): the miss on image 3 (no objects), then the
+    # hit on image 9 (not in the ground truth at all), then the two hits.
+    dets = [(3, 0.5, [0, 0, 10, 10]), (9, 0.5, [0, 0, 10, 10]), (1, 0.5, [0, 0, 10, 10]), (2, 0.9, [0, 0, 10, 10])]
+    recall, precision, ious = voc_class_pr(dets, gt)
+    assert list(recall) == [0.5, 0.5, 0.5, 1.0]
+    assert list(precision) == pytest.approx([1.0, 1 / 2, 1 / 3, 2 / 4])
+    assert ious == [1.0, 1.0]
+    # no countable object: recall stays 0 rather than dividing by zero
+    recall, precision, _ = voc_class_pr([(3, 0.5, [0, 0, 10, 10])], {3: gt[3]})
+    assert list(recall) == [0.0] and list(precision) == [0.0]
+
+
+def test_map_counts_a_class_without_detections_as_zero_and_leaves_out_a_difficult_only_class():
+    gt = GT + [(1, 2, [0, 0, 5, 5], False), (1, 3, [0, 0, 5, 5], True)]
+    dets = DETS + [(1, 3, 0.9, [0, 0, 5, 5])]
+    m, per_class = voc_map(dets, gt)
+    assert per_class == {1: pytest.approx(1 / 3 + 2 / 9), 2: 0.0}
+    assert m == pytest.approx((1 / 3 + 2 / 9) / 2)
+    assert math.isnan(voc_map(dets, [(1, 3, [0, 0, 5, 5], True)])[0])
+
+
+def test_map_at_an_iou_of_one_third_in_both_frames():
+    # [0, 0, 10, 10] against [5, 0, 15, 10]: 50 / 150 in either frame
+    gt = [(1, 1, [0, 0, 10, 10], False)]
+    det = [(1, 1, 0.9, [5, 0, 15, 10])]
+    for protocol in ("devkit", "continuous"):
+        assert voc_map(det, gt, iou_thresh=1 / 3, protocol=protocol)[0] == pytest.approx(1.0)
+        assert voc_map(det, gt, iou_thresh=0.34, protocol=protocol)[0] == 0.0
