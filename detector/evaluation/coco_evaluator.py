@@ -111,15 +111,12 @@ def _empty_results_coco() -> COCO:
     """A detections 'COCO' without annotations.
 
     ``COCO.loadRes`` indexes ``anns[0]`` and so raises on an empty list, but ``COCOeval`` itself
-    handles images without detections fine (it reads the detections only by image and category
-    id, and takes the images and categories from the ground truth); building the empty set by hand
-    lets a detector that finds nothing score 0 through the same code path as any other (and get the
-    same -1 for area ranges without ground truth).
+    handles images without detections fine (it looks the detections up by image and category id,
+    and takes the images and categories from the ground truth); an empty ``COCO()`` lets a detector
+    that finds nothing score 0 through the same code path as any other (and get the same -1 for
+    area ranges without ground truth).
     """
-    coco_dt = COCO()
-    coco_dt.dataset = {"annotations": []}
-    coco_dt.createIndex()
-    return coco_dt
+    return COCO()
 
 
 def _check_results(coco_gt: COCO, results: Sequence[Mapping[str, Any]]) -> None:

@@ -186,6 +186,101 @@ def test_foreign_image_id_raises_dataset_error(coco_gt: COCO) -> None:
         evaluate_coco(coco_gt, results)
 
 
+def test_foreign_image_ids_are_named_in_one_line_up_to_five(coco_gt: COCO) -> None:
+    def results(ids):
+        return [{"image_id": i, "category_id": 3, "bbox": [0.0, 0.0, 1.0, 1.0], "score": 1.0} for i in ids]
+
+    with pytest.raises(DatasetError) as error:
+        evaluate_coco(coco_gt, results([10, 105, 101, 102, 103, 104]))
+    assert str(error.value) == (
+        "detections refer to 5 image id(s) not in the ground truth (101, 102, 103, 104, 105); "
+        "were they made on a different annotation file?"
+    )
+    with pytest.raises(DatasetError) as error:
+        evaluate_coco(coco_gt, results([106, 101, 102, 103, 104, 105]))
+    assert "(101, 102, 103, 104, 105, ...);" in str(error.value)
+
+
+def test_results_from_plain_lists_and_the_two_one_line_errors() -> None:
+    preds = {5: {"boxes": [[1.0, 2.0, 4.0, 8.0]], "labels": [2], "scores": [0.5]}}
+    assert predictions_to_coco_results(preds, LABEL_TO_CAT_ID) == [
+        {"image_id": 5, "category_id": 7, "bbox": [1.0, 2.0, 3.0, 6.0], "score": 0.5}
+    ]
+    with pytest.raises(DatasetError) as error:
+        predictions_to_coco_results({5: {"boxes": [[1.0, 2.0, 4.0, 8.0]], "labels": [3], "scores": [0.5]}},
+                                    LABEL_TO_CAT_ID)
+    assert str(error.value) == (
+        "model predicted label 3 but the dataset maps only labels [1, 2] to COCO categories; "
+        "does the model's num_classes match the dataset?"
+    )
+    with pytest.raises(AssertionError, match="^boxes/labels/scores length mismatch$"):
+        predictions_to_coco_results({5: {"boxes": [[1.0, 2.0, 4.0, 8.0]], "labels": [], "scores": [0.5]}},
+                                    LABEL_TO_CAT_ID)
+
+
+@pytest.mark.parametrize("flag", ["ignore", "difficult"])
+def test_ignore_and_difficult_objects_are_neither_misses_nor_false_positives(tmp_path: Path, flag: str) -> None:
+    # Image 10's "dog" is flagged: missing it costs nothing, and neither does a detection on it.
+    coco_gt = _write_gt(tmp_path / "gt.json")
+    for ann in coco_gt.dataset["annotations"]:
+        if ann["image_id"] == 10 and ann["category_id"] == 7:
+            ann[flag] = 1
+    coco_gt.createIndex()
+    preds = _predictions()
+    missing = {i: {k: v[:1] if i == 10 else v for k, v in p.items()} for i, p in preds.items()}
+    results = predictions_to_coco_results(missing, LABEL_TO_CAT_ID)
+    assert evaluate_coco(coco_gt, results)["AP"] == pytest.approx(1.0)
+    # a flagged box that is detected is not a false positive either (all of it, and at score 0.1)
+    low = predictions_to_coco_results(preds, LABEL_TO_CAT_ID)
+    for r in low:
+        if r["image_id"] == 10 and r["category_id"] == 7:
+            r["score"] = 0.1
+    assert evaluate_coco(coco_gt, low)["AP"] == pytest.approx(1.0)
+    # and evaluating does not wear the flags off: a second evaluation of the same ground truth agrees
+    assert evaluate_coco(coco_gt, results)["AP"] == pytest.approx(1.0)
+    assert sum(a.get(flag, 0) for a in coco_gt.dataset["annotations"]) == 1
+    # without the flag the same detections miss an object
+    for ann in coco_gt.dataset["annotations"]:
+        ann.pop(flag, None)
+    coco_gt.createIndex()
+    assert evaluate_coco(coco_gt, results)["AP"] < 0.9
+
+
+def test_sharded_evaluation_gathers_every_ranks_images(coco_gt: COCO, tmp_path: Path) -> None:
+    preds = _predictions()
+    whole = COCOEvaluator(coco_gt=coco_gt, label_to_cat_id=LABEL_TO_CAT_ID)
+    whole.process([{"image_id": i} for i in preds], list(preds.values()))
+    expected = whole.evaluate()
+    other_rank = {30: preds[30]}  # what the other rank processed, as all_gather_objects returns it
+    seen = []
+
+    def gather(obj):
+        seen.append(obj)
+        return [obj, other_rank]
+
+    shard = COCOEvaluator(coco_gt=coco_gt, label_to_cat_id=LABEL_TO_CAT_ID, gather=gather, output_dir=tmp_path)
+    assert shard.summary == "" and shard.results == [] and shard.coco_eval is None
+    shard.process([{"image_id": 10}, {"image_id": 20}], [preds[10], preds[20]])
+    got = shard.evaluate()
+    assert set(seen[0]) == {10, 20}
+    assert got == expected and got["num_images"] == 3
+    assert shard.results == _strict_json(tmp_path / "coco_results.json") and len(shard.results) == 5
+    assert shard.coco_eval is not None and shard.summary == whole.summary
+
+
+def test_nothing_processed_is_nan_everywhere_and_reset_forgets(coco_gt: COCO) -> None:
+    evaluator = COCOEvaluator(coco_gt=coco_gt, label_to_cat_id=LABEL_TO_CAT_ID)
+    got = evaluator.evaluate()
+    assert all(math.isnan(got[k]) for k in COCO_KEYS) and got["num_images"] == 0 and got["num_detections"] == 0
+    assert evaluator.summary == "" and evaluator.results == [] and evaluator.coco_eval is None
+    evaluator.process([{"image_id": 10}], [_predictions()[10]])
+    evaluator.evaluate()
+    assert evaluator.summary and evaluator.results and evaluator.coco_eval is not None
+    evaluator.reset()
+    assert evaluator.summary == "" and evaluator.results == [] and evaluator.coco_eval is None
+    assert evaluator.evaluate()["num_images"] == 0
+
+
 def _strict_json(path: Path):
     def reject(token: str):
         raise ValueError(f"non-standard JSON token {token} in {path}")
