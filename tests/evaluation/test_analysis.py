@@ -69,3 +69,60 @@ def test_ignore_flags_are_voc_difficult_and_survive_evaluation():
     assert coco.dataset["annotations"][1]["ignore"] == 1
     r = analyze(make_cocoeval(coco, dets))
     assert r["VOC_mAP50"] == pytest.approx(1.0) and r["VOC07_mAP50"] == pytest.approx(1.0)
+
+
+def _voc_case():
+    """Three cats in image 1 found as hit, miss, hit (the third never): VOC07 6/11, VOC area 1/3 + 2/9
+    (tests/evaluation/test_voc.py works these out by hand)."""
+    images = [{"id": 1, "width": 200, "height": 200, "file_name": "1.jpg"}]
+    gt = [[0, 0, 10, 10], [20, 0, 10, 10], [40, 0, 10, 10]]
+    anns = [{"id": i + 1, "image_id": 1, "category_id": 3, "bbox": b, "area": 100, "iscrowd": 0} for i, b in enumerate(gt)]
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": anns, "categories": [{"id": 3, "name": "cat"}]}
+    coco.createIndex()
+    dets = [{"image_id": 1, "category_id": 3, "bbox": b, "score": s}
+            for b, s in (([0, 0, 10, 10], 0.9), ([60, 60, 10, 10], 0.8), ([20, 0, 10, 10], 0.7))]
+    return coco, dets
+
+
+def test_voc_columns_are_the_11_point_and_the_area_map_at_each_threshold():
+    coco, dets = _voc_case()
+    r = analyze(make_cocoeval(coco, dets), voc_ious=(0.75,))
+    assert r["VOC07_mAP50"] == pytest.approx(6 / 11) and r["VOC_mAP50"] == pytest.approx(1 / 3 + 2 / 9)
+    assert r["VOC07_mAP75"] == pytest.approx(6 / 11) and r["VOC_mAP75"] == pytest.approx(1 / 3 + 2 / 9)
+    # the second hit shifted by 3 px: IoU 7 / 13 = 0.54, a hit at 0.5 and a miss at 0.75
+    dets[2]["bbox"] = [23, 0, 10, 10]
+    r = analyze(make_cocoeval(coco, dets), voc_ious=(0.75,))
+    assert r["VOC_mAP50"] == pytest.approx(1 / 3 + 2 / 9) and r["VOC_mAP75"] == pytest.approx(1 / 3)
+    assert r["tp_ious"] == [pytest.approx(1.0), pytest.approx(7 / 13)]
+
+
+def test_voc_columns_of_a_plain_cocoeval_treat_crowd_as_difficult():
+    from pycocotools.cocoeval import COCOeval
+
+    from detector.evaluation.analysis import voc_metrics
+
+    coco, dets = _voc_case()
+    coco.dataset["annotations"][2]["iscrowd"] = 1  # the object never found: a crowd region, not a miss
+    coco.createIndex()
+    plain = COCOeval(coco, coco.loadRes(dets), iouType="bbox")
+    r = voc_metrics(plain)
+    # hit, miss, hit over 2 countable objects: recall 1/2, 1/2, 1 -> area 1/2 + 1/2 * 2/3; 11-point (6 + 5 * 2/3) / 11
+    assert r == {"VOC07_mAP50": pytest.approx((6 + 5 * 2 / 3) / 11), "VOC_mAP50": pytest.approx(0.5 + 1 / 3)}
+
+
+def test_per_class_sizes_curves_and_the_thresholds_they_read():
+    coco = tiny_gt()
+    # the dog of image 2 (large) is missed; everything else is found exactly
+    dets = [d for d in results(coco) if not (d["image_id"] == 2 and d["category_id"] == 7)]
+    r = analyze(make_cocoeval(coco, dets), class_names={3: "cat"})
+    assert r["per_class"]["cat"] == {"AP": pytest.approx(1.0), "AP50": pytest.approx(1.0)}
+    assert r["per_class"]["7"]["AP"] == pytest.approx(0.5, abs=0.01)  # a name missing from class_names: the id
+    # areas: cats 900 and 600 (small), dogs 4800 (medium, found) and 18000 (large, missed)
+    assert r["ap_by_size"] == {"small": pytest.approx(1.0), "medium": pytest.approx(1.0), "large": pytest.approx(0.0)}
+    assert r["iou_thresholds"] == pytest.approx([0.5 + 0.05 * i for i in range(10)])
+    curve = r["pr_curves"]["0.50"]
+    assert curve["recall"] == pytest.approx([i / 100 for i in range(101)])
+    # mean over the two classes: cat 1 everywhere; dog 1 up to recall 0.5, then no precision (0)
+    assert curve["precision"][50] == pytest.approx(1.0) and curve["precision"][51] == pytest.approx(0.5)
+    assert r["mean_tp_iou"] == pytest.approx(1.0) and len(r["tp_ious"]) == 3
