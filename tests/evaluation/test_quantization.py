@@ -48,3 +48,66 @@ def test_region_is_exactly_the_cells_the_operator_reads(rule):
             features[0, 0, row, col] = 1.0
             read = roi_pool(features, rois, (k, k), 1 / 32, quantization=rule).max().item() == 1.0
             assert read == (x1 <= col < x2 and y1 <= row < y2), (row, col)
+
+
+def test_round_rule_sizes_many_boxes_and_the_bad_rule_message():
+    boxes = torch.cat([SEED_BOX, SEED_BOX + 32]).float()  # float32 in: the geometry is float64
+    q = quantize_boxes(boxes, stride=32, output_size=7, rule="round")
+    assert q.region.dtype == torch.float64 and q.region.shape == (2, 4)
+    assert q.quantized_origin.tolist() == [[9, 7], [10, 8]] and q.quantized_size.tolist() == [[9, 6], [9, 6]]
+    with pytest.raises(ValueError, match=r"^rule must be one of \('round', 'floor'\), got 'ceil'$"):
+        quantize_boxes(SEED_BOX, stride=32, output_size=7, rule="ceil")
+
+
+def test_a_box_of_no_width_loses_everything():
+    q = quantize_boxes(torch.tensor([[40.0, 40.0, 40.0, 100.0]]), stride=32, output_size=7, rule="round")
+    assert q.lost.tolist() == [1.0] and q.added.tolist() == [1.0]
+
+
+def test_size_buckets_are_cocos_area_ranges():
+    from detector.evaluation.quantization import size_bucket
+
+    assert [size_bucket(a) for a in (0, 1023.9, 1024, 9215.9, 9216, 1e6)] == [
+        "small", "small", "medium", "medium", "large", "large"]
+
+
+def test_summarize_is_mean_median_and_90th_percentile():
+    import math
+
+    from detector.evaluation.quantization import summarize
+
+    # torch's median of an even count is the lower middle value; the quantile interpolates linearly
+    assert summarize(torch.tensor([4.0, 1.0, 3.0, 2.0])) == {"mean": 2.5, "median": 2.0, "p90": pytest.approx(3.7)}
+    assert all(math.isnan(v) for v in summarize(torch.zeros(0)).values())
+
+
+def test_resized_ground_truth_and_the_shift_per_size():
+    from types import SimpleNamespace
+
+    from detector.evaluation.quantization import by_size, resized_gt_boxes
+
+    imgs = {1: {"id": 1, "width": 100, "height": 50}, 2: {"id": 2, "width": 200, "height": 200}}
+    anns = [
+        {"id": 1, "image_id": 1, "bbox": [10, 5, 20, 10], "iscrowd": 0},  # small (200 px^2)
+        {"id": 2, "image_id": 2, "bbox": [0, 0, 100, 100], "iscrowd": 0, "difficult": 1},  # large; difficult counts
+        {"id": 3, "image_id": 2, "bbox": [0, 0, 50, 50], "iscrowd": 1},  # crowd: left out
+        {"id": 4, "image_id": 2, "bbox": [0, 0, 50, 50], "iscrowd": 0, "ignore": 1},  # ignore: left out
+        {"id": 5, "image_id": 3, "bbox": [0, 0, 50, 50], "iscrowd": 0},  # an image not in this split
+        {"id": 6, "image_id": 2, "bbox": [100, 100, 40, 40], "iscrowd": 0},  # medium (1600)
+    ]
+    coco = SimpleNamespace(dataset={"annotations": anns}, imgs=imgs)
+    boxes, buckets = resized_gt_boxes(coco, lambda h, w: (2 * h, 3 * w))  # x scaled by 3, y by 2
+    assert buckets == ["small", "large", "medium"]  # by the original area, before any resize
+    assert boxes.dtype == torch.float64
+    assert boxes.tolist() == [[30, 10, 90, 30], [0, 0, 300, 200], [300, 200, 420, 280]]
+    stats = by_size(boxes, buckets, stride=32, output_size=7, rule="round")
+    assert {k: v["count"] for k, v in stats.items()} == {"small": 1, "medium": 1, "large": 1, "all": 3}
+    q = quantize_boxes(boxes, stride=32, output_size=7, rule="round")
+    shift = q.shift.norm(dim=1)
+    assert stats["small"]["shift_px"] == pytest.approx(float(shift[0]))
+    assert stats["medium"]["lost"] == pytest.approx(float(q.lost[2]))
+    assert stats["large"]["added"] == pytest.approx(float(q.added[1]))
+    assert stats["all"]["shift_px"] == pytest.approx(float(shift.mean()))
+    assert stats["all"]["lost"] == pytest.approx(float(q.lost.mean()))
+    empty = by_size(boxes[:1], ["small"], stride=32, output_size=7)
+    assert empty["large"]["count"] == 0 and empty["large"]["lost"] != empty["large"]["lost"]  # NaN
