@@ -67,7 +67,7 @@ def test_experiment_key_ignores_key_order_and_missing_or_odd_ignore_paths():
     b = {"data": Path("d/train.json"), "model": {"pooler": "align", "backbone": {"depth": 16, "width": 0.25}}}
     assert experiment_key(a) == experiment_key(b) and '"data": "d/train.json"' in experiment_key(a)
     # a path whose parent is not a mapping, or whose leaf is absent, removes nothing
-    for ignore in (["model.pooler.kind"], ["model.roi_heads.sampler"], ["nothing.at.all"]):
+    for ignore in (["model.pooler.kind"], ["model.roi_heads.sampler"], ["model.backbone.missing"], ["nothing.at.all"]):
         assert experiment_key(a, ignore=ignore) == experiment_key(a)
     assert experiment_key(a, ignore=["model.backbone.depth"]) == experiment_key(
         {"data": Path("d/train.json"), "model": {"pooler": "align", "backbone": {"width": 0.25}}})
