@@ -59,9 +59,11 @@ def test_round_rule_sizes_many_boxes_and_the_bad_rule_message():
         quantize_boxes(SEED_BOX, stride=32, output_size=7, rule="ceil")
 
 
-def test_a_box_of_no_width_loses_everything():
-    q = quantize_boxes(torch.tensor([[40.0, 40.0, 40.0, 100.0]]), stride=32, output_size=7, rule="round")
-    assert q.lost.tolist() == [1.0] and q.added.tolist() == [1.0]
+def test_boxes_of_no_width_or_height_lose_everything_and_a_sub_pixel_box_nothing():
+    boxes = torch.tensor([[40.0, 40.0, 40.0, 100.0], [40.0, 40.0, 100.0, 40.0], [40.0, 40.0, 40.5, 40.5]])
+    q = quantize_boxes(boxes, stride=32, output_size=7, rule="round")
+    assert q.lost.tolist() == [1.0, 1.0, 0.0]  # the region (cells 1..1, 32..64 px) covers the 0.25 px^2 box
+    assert q.added.tolist()[:2] == [1.0, 1.0] and q.added[2].item() == pytest.approx(1 - 0.25 / 32 ** 2)
 
 
 def test_size_buckets_are_cocos_area_ranges():
