@@ -279,6 +279,11 @@ def test_nothing_processed_is_nan_everywhere_and_reset_forgets(coco_gt: COCO) ->
     evaluator.reset()
     assert evaluator.summary == "" and evaluator.results == [] and evaluator.coco_eval is None
     assert evaluator.evaluate()["num_images"] == 0
+    with pytest.raises(AssertionError, match="^one output per target expected$"):
+        evaluator.process([{"image_id": 10}], [])
+    # outputs as plain lists (not tensors) are taken as they are
+    evaluator.process([{"image_id": 20}], [{"boxes": [[20.0, 30.0, 140.0, 140.0]], "labels": [1], "scores": [0.5]}])
+    assert evaluator.evaluate()["AP"] == pytest.approx(1.0)
 
 
 def _strict_json(path: Path):
