@@ -173,7 +173,10 @@ def test_seed_groups_draw_the_mean_and_sample_std(tmp_path: Path, figures):
     assert segment[:, 1] == pytest.approx([0.7 - math.sqrt(0.02), 0.7 + math.sqrt(0.02)])
     assert list(pool.lines[0].get_ydata()) == [0.5, 0.2]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["roi_align (n=2)", "roi_pool (n=1)"]
+    assert ax.get_ylim() == (0, 1)
     ax = figures[1].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["small (< 32²)", "medium", "large (> 96²)"]
+    assert ax.get_ylim() == (0, 1)
     _same([h for _, h, _ in _bars(ax)], [0.2, 0.2, None, 0.0, 0.1, 0.9])
     assert [x for x, _, _ in _bars(ax)] == pytest.approx([-0.2, 0.8, 1.8, 0.2, 1.2, 2.2])
 
