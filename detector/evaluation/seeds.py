@@ -39,7 +39,7 @@ RUN_ONLY_KEYS = frozenset({
 def experiment_key(config: Mapping[str, Any], *, ignore: Iterable[str] = ()) -> str:
     """The config as a canonical string, without :data:`RUN_ONLY_KEYS` and the ``ignore`` paths (dotted)."""
     c = {k: v for k, v in config.items() if k not in RUN_ONLY_KEYS}
-    c = json.loads(json.dumps(c, sort_keys=True, default=str))
+    c = json.loads(json.dumps(c, default=str))  # plain JSON values (paths as strings); sorted once, below
     for path in ignore:
         *parents, leaf = path.split(".")
         node: Any = c

@@ -113,5 +113,8 @@ def test_resized_ground_truth_and_the_shift_per_size():
     assert stats["large"]["added"] == pytest.approx(float(q.added[1]))
     assert stats["all"]["shift_px"] == pytest.approx(float(shift.mean()))
     assert stats["all"]["lost"] == pytest.approx(float(q.lost.mean()))
+    floor = by_size(boxes, buckets, stride=32, output_size=2, rule="floor")
+    q = quantize_boxes(boxes, stride=32, output_size=2, rule="floor")
+    assert floor["all"]["added"] == pytest.approx(float(q.added.mean()))
     empty = by_size(boxes[:1], ["small"], stride=32, output_size=7)
     assert empty["large"]["count"] == 0 and empty["large"]["lost"] != empty["large"]["lost"]  # NaN

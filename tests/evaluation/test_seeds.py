@@ -125,7 +125,8 @@ def test_bootstrap_interval_is_the_25_and_975_percentiles_of_resampled_means():
 def test_pooler_pairs_skip_groups_that_differ_elsewhere_and_metrics_with_missing_values():
     runs = [_run("RoIPool", 0, 0.20, width=0.5), _run("RoIPool", 1, 0.22, width=0.5),  # another width first
             _run("RoIPool", 0, 0.20), _run("RoIPool", 1, 0.24),
-            _run("RoIAlign", 5, 0.9), _run("RoIAlign", 6, 0.9),  # same config, no common seed
+            _run("RoIAlign", 5, 0.9), _run("RoIAlign", 6, 0.9),  # another RPN: not a pooler pair
+            _run("RoIMax", 5, 0.9), _run("RoIMax", 6, 0.9),  # a pooler pair without a common seed
             _run("RoIAlign", 0, 0.50), _run("RoIAlign", 1, 0.56)]
     for run in runs[4:6]:
         run["config"]["model"]["rpn"] = "other"
