@@ -324,3 +324,33 @@ def test_roi_align_samples_is_refused_while_exporting(monkeypatch):
     monkeypatch.setattr(sys.modules["detector.ops.roi_align"], "exporting", lambda: True)
     with pytest.raises(ValueError, match="^roi_align_samples is an inspection tool; it is not exported$"):
         roi_align_samples(torch.rand(1, 1, 4, 4), torch.tensor([[0.0, 0, 0, 2, 2]]), 2, 1.0, 2, True)
+
+
+@pytest.mark.parametrize("reduction", ["avg", "max"])
+def test_boxes_without_samples_and_empty_batches_on_an_all_zero_map(reduction):
+    # A map that sums to 0 (ReLU output, padding) must not turn the empty results' graph link into 0 / 0.
+    x = torch.zeros(1, 2, 8, 8, requires_grad=True)
+    inverted = torch.tensor([[0, 30.0, 30.0, 20.0, 10.0]])
+    for out in (roi_align(x, inverted, 2, 1 / 8, -1, True, reduction=reduction),
+                roi_align(x, torch.zeros(0, 5), 2, 1 / 8, -1, True, reduction=reduction),
+                roi_align_samples(x, torch.zeros(0, 5), 2, 1 / 8, 2, True)):
+        x.grad = None
+        out.sum().backward()
+        assert not out.isnan().any() and torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_the_index_type_is_int32_exactly_while_every_index_fits():
+    from detector.ops.sparse_map import plan_chunks
+
+    cpu = torch.device("cpu")
+
+    def dtype(**sizes):
+        args = {"num_rois": 1, "a": 1, "b": 1, "kernel": None, "channels": 1, "taps": 1, "num_cells": 1, "device": cpu}
+        return plan_chunks(**{**args, **sizes})[1]
+
+    # the backward's (chunk, cell) keys: chunks x cells; the taps: RoIs x rows x columns x taps per sample
+    assert dtype(num_cells=2**31 - 1) == torch.int32 and dtype(num_cells=2**31) == torch.int64
+    two_chunks = {"num_rois": 2, "channels": 2**20}  # one RoI per chunk of 2**20 elements
+    assert dtype(**two_chunks, num_cells=2**30 - 1) == torch.int32 and dtype(**two_chunks, num_cells=2**30) == torch.int64
+    assert dtype(num_rois=2**15, a=2**8, b=2**8, taps=1, channels=2**20) == torch.int64  # 2**31 taps
+    assert dtype(num_rois=2**15 - 1, a=2**8, b=2**8, taps=1, channels=2**20) == torch.int32
