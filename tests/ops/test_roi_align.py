@@ -354,3 +354,12 @@ def test_the_index_type_is_int32_exactly_while_every_index_fits():
     assert dtype(**two_chunks, num_cells=2**30 - 1) == torch.int32 and dtype(**two_chunks, num_cells=2**30) == torch.int64
     assert dtype(num_rois=2**15, a=2**8, b=2**8, taps=1, channels=2**20) == torch.int64  # 2**31 taps
     assert dtype(num_rois=2**15 - 1, a=2**8, b=2**8, taps=1, channels=2**20) == torch.int32
+
+
+def test_the_functions_defaults_are_torchvisions():
+    # spatial_scale 1, adaptive sampling, aligned=False, average: torchvision.ops.roi_align with its own defaults
+    from torchvision.ops import roi_align as tv_roi_align
+
+    x = torch.randn(1, 3, 12, 12, dtype=torch.float64)
+    boxes = torch.tensor([[0, 1.0, 2.0, 9.5, 7.0], [0, 0.5, 0.5, 3.0, 11.0]], dtype=torch.float64)
+    torch.testing.assert_close(roi_align(x, boxes, 2), tv_roi_align(x, boxes, 2))
