@@ -363,3 +363,25 @@ def test_the_functions_defaults_are_torchvisions():
     x = torch.randn(1, 3, 12, 12, dtype=torch.float64)
     boxes = torch.tensor([[0, 1.0, 2.0, 9.5, 7.0], [0, 0.5, 0.5, 3.0, 11.0]], dtype=torch.float64)
     torch.testing.assert_close(roi_align(x, boxes, 2), tv_roi_align(x, boxes, 2))
+
+
+def test_the_module_passes_every_setting_on():
+    x = torch.randn(1, 2, 16, 16, dtype=torch.float64)
+    boxes = torch.tensor([[0, 3.3, 2.1, 40.0, 51.7], [0, 10.0, 12.0, 30.5, 20.0]], dtype=torch.float64)
+    settings = [dict(sampling_ratio=s, aligned=a, reduction=r, sample_layout=lay)
+                for s in (1, 3) for a in (False, True) for r in ("avg", "max") for lay in ("centered", "interior")]
+    outputs = []
+    for kw in settings:
+        module = RoIAlign(output_size=(2, 3), spatial_scale=1 / 4, **kw)
+        out = module(x, boxes)
+        torch.testing.assert_close(out, roi_align(x, boxes, (2, 3), 1 / 4, **kw), rtol=0, atol=0)
+        outputs.append(out)
+    # each setting changes the numbers here (from 3 interior samples, aligned, averaged), so a module
+    # that dropped one would be caught above
+    by = {tuple(kw.values()): out for kw, out in zip(settings, outputs)}
+    base = (3, True, "avg", "interior")
+    for flipped in ((1, True, "avg", "interior"), (3, False, "avg", "interior"), (3, True, "max", "interior"),
+                    (3, True, "avg", "centered")):
+        assert not torch.equal(by[flipped], by[base]), flipped
+    with pytest.raises(ValueError, match=r"^sample_layout must be one of \('centered', 'interior'\), got 'grid'$"):
+        RoIAlign(output_size=2, spatial_scale=1.0, sampling_ratio=2, aligned=True, sample_layout="grid")
