@@ -169,13 +169,19 @@ def test_a_box_on_the_small_medium_border_is_one_true_positive():
     assert r["tp_ious"] == [1.0]
 
 
-def test_more_than_ten_detections_per_image_count_up_to_one_hundred():
+def _row_of_objects(n):
+    """One 400 x 400 image holding ``n`` 20 x 20 objects of class "a" in a row, 10 px apart."""
     images = [{"id": 1, "width": 400, "height": 400, "file_name": "1.jpg"}]
     anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [30 * i, 0, 20, 20], "area": 400, "iscrowd": 0}
-            for i in range(12)]
+            for i in range(n)]
     coco = COCO()
     coco.dataset = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}]}
     coco.createIndex()
+    return coco, anns
+
+
+def test_more_than_ten_detections_per_image_count_up_to_one_hundred():
+    coco, anns = _row_of_objects(12)
     dets = [{"image_id": 1, "category_id": 1, "bbox": a["bbox"], "score": 1 - a["id"] / 100} for a in anns]
     r = analyze(make_cocoeval(coco, dets))
     assert r["per_class"]["a"]["AP"] == pytest.approx(1.0) and r["ap_by_size"]["small"] == pytest.approx(1.0)
@@ -184,12 +190,7 @@ def test_more_than_ten_detections_per_image_count_up_to_one_hundred():
 def test_the_voc_protocol_reaches_the_11_point_levels():
     # 10 objects, 3 found first: recall exactly 3/10. The devkit's 4th level is 0.30000000000000004 and
     # misses it (3/11); the continuous protocol's 0.3 counts it (4/11).
-    images = [{"id": 1, "width": 400, "height": 400, "file_name": "1.jpg"}]
-    anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [30 * i, 0, 20, 20], "area": 400, "iscrowd": 0}
-            for i in range(10)]
-    coco = COCO()
-    coco.dataset = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}]}
-    coco.createIndex()
+    coco, anns = _row_of_objects(10)
     dets = [{"image_id": 1, "category_id": 1, "bbox": a["bbox"], "score": 1.0} for a in anns[:3]]
     ev = make_cocoeval(coco, dets)
     assert analyze(ev)["VOC07_mAP50"] == pytest.approx(3 / 11)
