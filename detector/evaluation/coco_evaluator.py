@@ -107,18 +107,6 @@ def predictions_to_coco_results(
     return results
 
 
-def _empty_results_coco() -> COCO:
-    """A detections 'COCO' without annotations.
-
-    ``COCO.loadRes`` indexes ``anns[0]`` and so raises on an empty list, but ``COCOeval`` itself
-    handles images without detections fine (it looks the detections up by image and category id,
-    and takes the images and categories from the ground truth); an empty ``COCO()`` lets a detector
-    that finds nothing score 0 through the same code path as any other (and get the same -1 for
-    area ranges without ground truth).
-    """
-    return COCO()
-
-
 def _check_results(coco_gt: COCO, results: Sequence[Mapping[str, Any]]) -> None:
     """Fail with one line instead of pycocotools' bare ``AssertionError`` on foreign image ids."""
     known = set(coco_gt.getImgIds())
@@ -179,7 +167,10 @@ def make_cocoeval(
             # caller's results (and the coco_results.json written from them) stay clean.
             coco_dt = coco_gt.loadRes([dict(r) for r in results])
         else:
-            coco_dt = _empty_results_coco()
+            # loadRes indexes anns[0] and so raises on an empty list, but COCOeval looks detections up
+            # by image and category id (images and categories come from the ground truth): an empty
+            # COCO() lets a detector that finds nothing score 0 through the same path as any other.
+            coco_dt = COCO()
         ignored = {a["id"] for a in original.dataset.get("annotations", [])
                    if a.get("ignore", 0) or a.get("difficult", 0)}
         coco_eval = _COCOevalWithIgnore(coco_gt, coco_dt, iouType="bbox", ignored_ids=ignored, not_scored=not_scored)
