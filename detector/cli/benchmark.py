@@ -2,6 +2,7 @@
 
     python tools/benchmark.py ops                  # RoI operators at the training shape, CPU (+ CUDA)
     python tools/benchmark.py ops --repeat 9 --device cpu
+    python tools/benchmark.py ops --device cuda --dtype bfloat16   # a bf16 map, float32 RoIs
     python tools/benchmark.py train                # training step vs torchvision's FasterRCNN (tools/benchmark_train.py)
     python tools/benchmark.py train --split        # ... and where our step's time goes
 
@@ -14,6 +15,11 @@ within the same run (moments apart): on a shared machine it moves less than the 
 Forward+backward is timed twice: with the upstream gradient made inside the timed region
 (``ones_like``, as before; a fresh tensor of the output's size, whose first touch both operators pay)
 and with it made before the clock starts ("given": the operator's own work alone).
+
+``--dtype bfloat16``: the map in bfloat16, the RoIs in float32 (as the detector's autocast delivers
+them). Our operators take that pair directly (float32 geometry, bf16 taps); torchvision's run under
+``torch.autocast`` as its own detector does, through its autocast wrappers (a float32 copy of the map,
+float32 pooling, the result cast back), or on the bf16 pair directly where its kernel takes it.
 """
 
 from __future__ import annotations
@@ -29,14 +35,14 @@ import torchvision
 from detector.ops import roi_align, roi_pool
 
 
-def training_shape(device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def training_shape(device: torch.device, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     features = torch.randn(2, 512, 18, 25, generator=g)
     xy = torch.rand(1024, 2, generator=g) * torch.tensor([760.0, 540.0])
     wh = torch.rand(1024, 2, generator=g) * 320 + 8
     batch = (torch.arange(1024) // 512).float()[:, None]
     rois = torch.cat([batch, xy, (xy + wh).clamp(max=torch.tensor([800.0, 576.0]))], dim=1)
-    return features.to(device), rois.to(device)
+    return features.to(device, dtype), rois.to(device)
 
 
 def _time(fn: Callable[[], torch.Tensor], features: torch.Tensor, grad: torch.Tensor | str | None) -> float:
@@ -54,19 +60,41 @@ def _time(fn: Callable[[], torch.Tensor], features: torch.Tensor, grad: torch.Te
     return time.perf_counter() - t
 
 
-def bench_ops(device: torch.device, repeat: int) -> tuple[list[tuple[str, float, float, float]], dict[str, float]]:
+def _under_autocast(device: torch.device, dtype: torch.dtype, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """``fn`` under ``torch.autocast`` when the map is half precision: how torchvision's detector calls
+    its RoI ops (its autocast wrappers pool in float32 and cast the result back)."""
+    if dtype == torch.float32:
+        return fn
+
+    def wrapped() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype):
+            return fn()
+
+    return wrapped
+
+
+def bench_ops(
+    device: torch.device, repeat: int, dtype: torch.dtype = torch.float32
+) -> tuple[list[tuple[str, float, float, float]], dict[str, float]]:
     """Rows (mode, median fwd s, median fwd+bwd s, median fwd+bwd s with the gradient given) and, per
     roi_align mode, the paired f+b ratio to avg."""
-    features, rois = training_shape(device)
+    features, rois = training_shape(device, dtype=dtype)
     features.requires_grad_(True)
     s = 1 / 32
+    tv_align = _under_autocast(device, dtype, lambda: torchvision.ops.roi_align(features, rois, 7, s, 2, True))
+    if dtype != torch.float32 and device.type == "cpu":
+        # torchvision's roi_pool has no bf16 CPU kernel and, unlike its roi_align, no CPU autocast
+        # wrapper: float32 pooling and a cast back, as its roi_align's wrapper does.
+        tv_pool = lambda: torchvision.ops.roi_pool(features.float(), rois, 7, s).to(dtype)  # noqa: E731
+    else:
+        tv_pool = _under_autocast(device, dtype, lambda: torchvision.ops.roi_pool(features, rois, 7, s))
     modes: dict[str, Callable[[], torch.Tensor]] = {
-        "torchvision roi_align (avg, centered)": lambda: torchvision.ops.roi_align(features, rois, 7, s, 2, True),
+        "torchvision roi_align (avg, centered)": tv_align,
         "roi_align avg centered": lambda: roi_align(features, rois, 7, s, 2, True),
         "roi_align avg interior": lambda: roi_align(features, rois, 7, s, 2, True, sample_layout="interior"),
         "roi_align max centered": lambda: roi_align(features, rois, 7, s, 2, True, reduction="max"),
         "roi_align max interior": lambda: roi_align(features, rois, 7, s, 2, True, reduction="max", sample_layout="interior"),
-        "torchvision roi_pool": lambda: torchvision.ops.roi_pool(features, rois, 7, s),
+        "torchvision roi_pool": tv_pool,
         "roi_pool round": lambda: roi_pool(features, rois, 7, s),
         "roi_pool floor": lambda: roi_pool(features, rois, 7, s, quantization="floor"),
     }
@@ -88,7 +116,10 @@ def bench_ops(device: torch.device, repeat: int) -> tuple[list[tuple[str, float,
     return rows, paired
 
 
-def report_ops(rows: list[tuple[str, float, float, float]], device: torch.device, paired: dict[str, float] | None = None) -> str:
+def report_ops(
+    rows: list[tuple[str, float, float, float]], device: torch.device, paired: dict[str, float] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> str:
     by = {name: (f, fb, fg) for name, f, fb, fg in rows}
     ref_align = by["torchvision roi_align (avg, centered)"]
     ref_pool = by["torchvision roi_pool"]
@@ -96,7 +127,8 @@ def report_ops(rows: list[tuple[str, float, float, float]], device: torch.device
     lines = [
         f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
         f"torch {torch.__version__}, torchvision {torchvision.__version__}",
-        "shape: 2 x 512 x 18 x 25 features (stride 32), 1024 RoIs, 7x7 output, sampling ratio 2, aligned",
+        "shape: 2 x 512 x 18 x 25 features (stride 32), 1024 RoIs, 7x7 output, sampling ratio 2, aligned"
+        + ("" if dtype == torch.float32 else f"; map {str(dtype).removeprefix('torch.')}, RoIs float32, torchvision under autocast"),
         "speed-up = torchvision's time / ours (higher is better); vs avg = ours / our avg-centered",
         "f+b: the upstream gradient made in the timed region (ones_like); given: made before the clock",
         f"{'mode':<40} {'fwd ms':>8} {'f+b ms':>8} {'given ms':>9} {'speed-up fwd':>13} {'speed-up f+b':>13}"
@@ -121,6 +153,7 @@ def main() -> None:
     parser.add_argument("what", choices=["ops", "train"], help="what to benchmark")
     parser.add_argument("--repeat", type=int, default=5, help="ops: timed runs per mode (median reported)")
     parser.add_argument("--device", choices=["all", "cpu", "cuda"], default=None, help="ops: all (default); train: cpu (default) or cuda")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="ops: the feature map's dtype")
     train = parser.add_argument_group("train (the setting of issue 11 by default)")
     train.add_argument("--width", type=float, default=0.25, help="VGG16 channel multiplier")
     train.add_argument("--size", type=int, default=320, help="image size (min_size = max_size)")
@@ -156,8 +189,9 @@ def main() -> None:
     elif args.device == "cuda":
         raise SystemExit("error: --device cuda but no CUDA GPU is available")
     for device in devices:
-        rows, paired = bench_ops(device, args.repeat)
-        print(report_ops(rows, device, paired))
+        dtype = getattr(torch, args.dtype)
+        rows, paired = bench_ops(device, args.repeat, dtype)
+        print(report_ops(rows, device, paired, dtype))
         print()
 
 
