@@ -3,13 +3,17 @@
 # the CUDA tests, the operators' benchmark with a float32 and a bfloat16 map, the training benchmark
 # (ours against torchvision's FasterRCNN) in float32 and bf16, and the default run on the GPU.
 #
-#     bash benchmarks/cuda_check.sh [OUT_DIR]     # logs under OUT_DIR (default: outputs/cuda_check)
+#     bash benchmarks/cuda_check.sh [OUT_DIR [STEP ...]]   # logs under OUT_DIR (default: outputs/cuda_check)
+#
+# STEPs (default: all): tests ops_float32 ops_bfloat16 train_float32 train_bf16 default_run.
 #
 # Each step has its own time limit so that one slow step leaves the others their time. Where the
 # project's packages are missing, put their wheels in .whl/ first: they are installed under
 # /tmp/site (the machine's own torch and torchvision are used as they are).
 set -u
 out=${1:-${OUT:-outputs/cuda_check}}
+shift $(( $# > 0 ? 1 : 0 ))
+steps=" ${*:-tests ops_float32 ops_bfloat16 train_float32 train_bf16 default_run} "
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 py=${PYTHON:-python3}
@@ -19,6 +23,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $out/NAME.log, print the tail
     local name=$1 limit=$2; shift 2
+    [[ $steps == *" $name "* ]] || return 0
     local t0=$SECONDS
     timeout "$limit" "$@" >"$out/$name.log" 2>&1
     local rc=$?
@@ -38,8 +43,8 @@ step tests 90 $py -m pytest -q -n 0 -p no:cacheprovider -k "cuda" tests/ops test
 step ops_float32 75 $py tools/benchmark.py ops --device cuda --repeat 20
 step ops_bfloat16 75 $py tools/benchmark.py ops --device cuda --repeat 20 --dtype bfloat16
 wait
-step train_float32 90 $py tools/benchmark.py train --device cuda --rounds 20 --amp off --split
-step train_bf16 90 $py tools/benchmark.py train --device cuda --rounds 20 --amp bf16 --split
+step train_float32 90 $py tools/benchmark.py train --device cuda --rounds 20 --amp off
+step train_bf16 90 $py tools/benchmark.py train --device cuda --rounds 20 --amp bf16
 step default_run 150 $py tools/train.py output_dir=/tmp/cuda_default_run progress=false
 cp /tmp/cuda_default_run/metrics.json "$out/default_run_metrics.json" 2>/dev/null
 true

@@ -16,7 +16,9 @@ Options beyond ``torchvision.ops.roi_align`` (which these defaults equal):
 
 This module is the public API; the work is split by concern:
     :mod:`detector.ops.roi_align_geometry`  RoIs in cells, sample positions, interpolation taps;
-    :mod:`detector.ops.sparse_map`          the autograd kernel that applies the taps to features.
+    :mod:`detector.ops.sparse_map`          the autograd kernel that applies the taps to features;
+    :mod:`detector.ops.roi_align_torchvision`  on CUDA, the fixed-grid modes as calls of torchvision's
+                                            fused kernel (faster there; the gather kernel is on the CPU).
 
 Three things a call can compute from the same taps (``_Mode``): ``avg`` (each bin's samples folded
 into one row of taps), ``max`` (one row per sample, max-pooled per bin), and ``samples`` (one row per
@@ -35,6 +37,7 @@ from torch import Tensor, nn
 
 from detector.ops._utils import BoxesType, boxes_to_rois, check_roi_inputs, pair
 from detector.ops.dense import exporting, roi_align_dense
+from detector.ops.roi_align_torchvision import roi_align_by_torchvision
 from detector.ops.roi_align_geometry import (
     LAYOUTS,
     RoIGeometry,
@@ -129,18 +132,31 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
             raise ValueError("roi_align_samples is an inspection tool; it is not exported")
         return roi_align_dense(input, rois, output_size, spatial_scale, sampling_ratio, aligned, mode, sample_layout)
     with torch.no_grad():
-        geometry = roi_geometry(rois, output_size, spatial_scale, sampling_ratio, aligned)
-        batch_idx = geometry.batch_idx
+        batch_idx = rois[:, 0].long()
         if bool(((batch_idx < 0) | (batch_idx >= num_images)).any()):
             raise ValueError(
                 f"boxes' batch indices must lie in [0, {num_images - 1}] (the input holds {num_images} "
                 f"images), got {int(batch_idx.min())}..{int(batch_idx.max())}"
             )
+    if uses_torchvision_kernel(input.device, sampling_ratio, mode, sample_layout):
+        return roi_align_by_torchvision(input, rois, output_size, spatial_scale, sampling_ratio, aligned, mode, sample_layout)
+    with torch.no_grad():
+        geometry = roi_geometry(rois, output_size, spatial_scale, sampling_ratio, aligned)
     if mode == "max" and not geometry.uniform_grid:
         groups = geometry.grid_groups()
         pieces = [_align(input, geometry.select(idx), output_size, sample_layout, mode) for idx in groups]
         return torch.cat(pieces)[torch.argsort(torch.cat(groups))]
     return _align(input, geometry, output_size, sample_layout, mode)
+
+
+def uses_torchvision_kernel(device: torch.device, sampling_ratio: int, mode: _Mode, sample_layout: str) -> bool:
+    """Whether a call runs torchvision's fused kernel (:mod:`detector.ops.roi_align_torchvision`).
+
+    On CUDA, every mode it can express: any fixed grid, and the adaptive grid of avg with centered
+    samples (torchvision's own op). The CPU keeps the gather kernel, several times faster there
+    (docs/operators.md); an adaptive max or interior layout has per-RoI grids torchvision cannot take.
+    """
+    return device.type == "cuda" and (sampling_ratio > 0 or (mode == "avg" and sample_layout == "centered"))
 
 
 def _align(input: Tensor, g: RoIGeometry, output_size: tuple[int, int], layout: str, mode: _Mode) -> Tensor:

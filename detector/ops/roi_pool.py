@@ -128,13 +128,18 @@ def roi_pool(
             f"boxes' batch indices must lie in [0, {num_images - 1}] (the input holds {num_images} "
             f"images), got {int(rois[:, 0].min())}..{int(rois[:, 0].max())}"
         )
+    if input.is_cuda and quantization == "round" and not exporting():
+        # torchvision's own rule: its kernel on the boxes as given (in float32 at least, as its
+        # autocast wrapper runs it), without the window's dozen small launches.
+        dtype = torch.promote_types(input.dtype, torch.float32)
+        return _tv_roi_pool(input.to(dtype), rois.to(dtype), size, spatial_scale).to(input.dtype)
     with torch.no_grad():
         x0, y0, w, h = _window(rois, size, spatial_scale, quantization)
         if exporting():  # fixed shapes for an exported program (detector.ops.dense)
             return roi_pool_dense(input, *_bins(x0, y0, w, h, size, quantization), rois[:, 0].long())
     if input.is_cuda:
-        # torchvision's CUDA kernel, fed the window as a box in cell units: its rounded width is
-        # then exactly w, and its bins are the ones computed below for the CPU.
+        # The floor rule on torchvision's CUDA kernel, fed the window as a box in cell units: its
+        # rounded width is then exactly w, and its bins are the ones computed below for the CPU.
         # In float32 at least: cell numbers above 256 are not integers in bfloat16 (2048 in float16),
         # and a max is exact through the round trip (rounding is monotonic).
         cells = torch.stack([rois[:, 0], x0, y0, x0 + w - 1, y0 + h - 1], dim=1)

@@ -111,12 +111,25 @@ def test_module_repr_and_bad_options():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_cpu():
+    """Every mode on both devices, values and gradients (CUDA runs torchvision's kernel where it can);
+    a bf16 map on CUDA against float32 on the CPU within bf16's precision."""
     x = torch.randn(2, 8, 18, 25)
     rois = _random_rois(40, 2, torch.float32, 0)
-    for reduction in ("avg", "max"):
-        cpu = roi_align(x, rois, 7, 1 / 32, 2, True, reduction=reduction)
-        gpu = roi_align(x.cuda(), rois.cuda(), 7, 1 / 32, 2, True, reduction=reduction)
-        torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
+
+    def run(device, dtype, reduction, layout, aligned, ratio):
+        xd = x.detach().to(device, dtype).requires_grad_(True)
+        out = roi_align(xd, rois.to(device), 7, 1 / 32, ratio, aligned, reduction=reduction, sample_layout=layout)
+        out.backward(torch.linspace(-1, 1, out.numel(), device=device).reshape(out.shape).to(dtype))
+        return out.float().cpu(), xd.grad.float().cpu()
+
+    for setting in itertools.product(["avg", "max"], ["centered", "interior"], [False, True], [0, 2]):
+        out, grad = run("cpu", torch.float32, *setting)
+        torch.testing.assert_close(run("cuda", torch.float32, *setting), (out, grad), rtol=1e-4, atol=1e-4)
+        out_bf16, grad_bf16 = run("cuda", torch.bfloat16, *setting)
+        torch.testing.assert_close(out_bf16, out, rtol=2e-2, atol=5e-2)
+        assert (grad_bf16 - grad).norm() <= 0.02 * grad.norm(), setting
+    samples = roi_align_samples(x, rois, 7, 1 / 32, 2, True, sample_layout="interior")
+    torch.testing.assert_close(roi_align_samples(x.cuda(), rois.cuda(), 7, 1 / 32, 2, True, sample_layout="interior").cpu(), samples)
 
 
 def _inside_rois(n, num_images, seed, extent=(400.0, 288.0)):

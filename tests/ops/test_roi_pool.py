@@ -88,11 +88,23 @@ def test_list_boxes_empty_and_module():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_cpu():
+    """Both rules on both devices, values and gradients; a bf16 map too: its values exactly (a max is
+    exact in any dtype), its gradient within bf16's accumulation (the CPU sums in bf16, CUDA in float32)."""
     x = torch.randn(2, 8, 18, 25)
     rois = _rois(30)
-    for q in ("round", "floor"):
-        torch.testing.assert_close(roi_pool(x.cuda(), rois.cuda(), 7, 1 / 32, quantization=q).cpu(),
-                                   roi_pool(x, rois, 7, 1 / 32, quantization=q))
+    for q, dtype in itertools.product(("round", "floor"), (torch.float32, torch.bfloat16)):
+        results = []
+        for device in ("cpu", "cuda"):
+            xd = x.detach().to(device, dtype).requires_grad_(True)
+            out = roi_pool(xd, rois.to(device), 7, 1 / 32, quantization=q)
+            out.backward(torch.linspace(-1, 1, out.numel(), device=device).reshape(out.shape).to(dtype))
+            results.append((out.cpu(), xd.grad.float().cpu()))
+        (cpu, cpu_grad), (gpu, gpu_grad) = results
+        assert torch.equal(gpu, cpu), (q, dtype)
+        if dtype == torch.float32:
+            torch.testing.assert_close(gpu_grad, cpu_grad)
+        else:
+            assert (gpu_grad - cpu_grad).norm() <= 0.02 * cpu_grad.norm(), q
 
 
 def test_floor_quantizes_in_float64_for_half_precision_maps():
