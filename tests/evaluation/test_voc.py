@@ -163,6 +163,14 @@ def test_results_files_are_in_the_devkits_one_based_frame(tmp_path):
     out = write_voc_results(results, ds, tmp_path / "voc")
     assert (out / "comp4_det_test_cat.txt").read_text() == "000005 0.750000 31.0 41.0 150.0 160.0\n"
     assert (out / "comp4_det_test_person.txt").read_text() == ""  # every class gets its file
+    # Several detections of a class: one line each; a folder that does not exist yet, and one already
+    # written (an evaluation run again) is written over.
+    results.append({"image_id": image_id, "category_id": cat, "bbox": [0.0, 1.0, 9.0, 19.0], "score": 0.5})
+    for _ in range(2):
+        out = write_voc_results(results, ds, tmp_path / "new" / "voc")
+        assert (out / "comp4_det_test_cat.txt").read_text() == (
+            "000005 0.750000 31.0 41.0 150.0 160.0\n000005 0.500000 1.0 2.0 9.0 20.0\n"
+        )
 
 
 def test_matlab_colon_operator_builds_the_devkit_levels():
@@ -252,6 +260,9 @@ def test_map_counts_a_class_without_detections_as_zero_and_leaves_out_a_difficul
     assert per_class == {1: pytest.approx(1 / 3 + 2 / 9), 2: 0.0}
     assert m == pytest.approx((1 / 3 + 2 / 9) / 2)
     assert math.isnan(voc_map(dets, [(1, 3, [0, 0, 5, 5], True)])[0])
+    # The difficult-only class first: it is skipped, and the classes after it are still scored.
+    m_first, per_class_first = voc_map(dets, [(1, 3, [0, 0, 5, 5], True)] + gt)
+    assert per_class_first == per_class and m_first == pytest.approx(m)
 
 
 def test_map_at_an_iou_of_one_third_in_both_frames():
