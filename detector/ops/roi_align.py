@@ -37,7 +37,6 @@ from torch import Tensor, nn
 
 from detector.ops._utils import BoxesType, boxes_to_rois, check_roi_inputs, pair
 from detector.ops.dense import exporting, roi_align_dense
-from detector.ops.roi_align_torchvision import roi_align_by_torchvision
 from detector.ops.roi_align_geometry import (
     LAYOUTS,
     RoIGeometry,
@@ -48,6 +47,7 @@ from detector.ops.roi_align_geometry import (
     tap_products,
     taps,
 )
+from detector.ops.roi_align_torchvision import roi_align_by_torchvision
 from detector.ops.sparse_map import SparseRoIAlign, plan_chunks
 
 __all__ = ["RoIAlign", "roi_align", "roi_align_samples", "sample_points"]

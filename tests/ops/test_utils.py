@@ -23,6 +23,8 @@ def test_per_image_lists_become_rois_with_their_image_index():
     assert three.dtype == torch.float32
     assert three.tolist() == [[0, 1, 2, 3, 4], [0, 5, 6, 7, 8], [2, 9, 10, 11, 12]]
     assert boxes_to_rois([], x).shape == (0, 5) and boxes_to_rois([], x).dtype == torch.float64
+    # The boxes take the asked dtype whatever their own (float64 boxes, float32 asked).
+    assert boxes_to_rois([a.double()], x, dtype=torch.float32).dtype == torch.float32
     # [K, 5] as given, in the asked dtype (default: the input's).
     rois = torch.tensor([[1.0, 1, 2, 3, 4]])
     assert boxes_to_rois(rois, x).dtype == torch.float64 and boxes_to_rois(rois, x).tolist() == rois.tolist()
