@@ -40,12 +40,13 @@ def test_adaptive_avg_and_half_precision_maps():
     rois = _random_rois(20, 2, torch.float32, 3)
     adaptive = roi_align_by_torchvision(x, rois, (7, 7), 1 / 32, 0, True, "avg", "centered")
     torch.testing.assert_close(adaptive, _roi_align(x, rois, (7, 7), 1 / 32, 0, True, "avg", "centered"))
-    # A bf16 map is pooled in float32 (its boxes stay float32) and comes back in bf16.
-    half = roi_align_by_torchvision(x.bfloat16(), rois, (7, 7), 1 / 32, 2, True, "max", "interior")
-    assert half.dtype == torch.bfloat16
-    full = roi_align_by_torchvision(x.bfloat16().float(), rois, (7, 7), 1 / 32, 2, True, "max", "interior")
-    assert torch.equal(half, full.bfloat16())
-    with pytest.raises(ValueError, match="adaptive"):
+    # A bf16 map is pooled in float32 (its boxes stay float32) and comes back in bf16, in every mode.
+    for mode, layout in itertools.product(["avg", "max", "samples"], ["centered", "interior"]):
+        half = roi_align_by_torchvision(x.bfloat16(), rois, (7, 7), 1 / 32, 2, True, mode, layout)
+        assert half.dtype == torch.bfloat16, (mode, layout)
+        full = roi_align_by_torchvision(x.bfloat16().float(), rois, (7, 7), 1 / 32, 2, True, mode, layout)
+        assert torch.equal(half, full.bfloat16()), (mode, layout)
+    with pytest.raises(ValueError, match="^only avg with centered samples has an adaptive sampling ratio on this path$"):
         roi_align_by_torchvision(x, rois, (7, 7), 1 / 32, 0, True, "max", "centered")
 
 
