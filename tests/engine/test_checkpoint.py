@@ -1,3 +1,5 @@
+import pathlib
+
 import pytest
 import torch
 
@@ -51,6 +53,23 @@ def test_bad_files_are_one_clear_error(tmp_path):
     torch.save({"weights": 1}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="not a detector checkpoint"):
         load_checkpoint(tmp_path / "other.pth")
+    # What torch's weights-only unpickler refused, in its own words up to " was not ...".
+    torch.save({"w": torch.zeros(1), "p": pathlib.PurePosixPath("a")}, tmp_path / "object.pth")
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "object.pth")
+    assert str(e.value) == (
+        f"{tmp_path / 'object.pth'}: refused: it holds Python objects other than tensors and plain types, which could "
+        "run code when loaded (Unsupported global: GLOBAL pathlib.PurePosixPath); re-save it as a plain state dict "
+        "from a trusted source"
+    )
+    opcode = tmp_path / "opcode.pth"
+    opcode.write_bytes(b"\x80\x04garbage")  # a pickle whose next opcode the unpickler does not take
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(opcode)
+    assert str(e.value) == (
+        f"cannot read checkpoint {opcode}: not a torch file of tensors and plain types "
+        "(torch.load(weights_only=True): Unsupported operand 103); files that hold pickled objects are refused"
+    )
 
 
 def test_resume_keeps_this_runs_hyperparameters_and_the_checkpoints_buffers():
