@@ -350,6 +350,10 @@ def test_boxes_without_samples_and_empty_batches_on_an_all_zero_map(reduction):
         x.grad = None
         out.sum().backward()
         assert not out.isnan().any() and torch.equal(x.grad, torch.zeros_like(x))
+    # The empty results' shapes: bins, or bins times the samples per side.
+    assert roi_align(x, torch.zeros(0, 5), (2, 3), 1 / 8, 2, True, reduction=reduction).shape == (0, 2, 2, 3)
+    for ratio in (1, 2):
+        assert roi_align_samples(x, torch.zeros(0, 5), (2, 3), 1 / 8, ratio, True).shape == (0, 2, 2 * ratio, 3 * ratio)
 
 
 def test_the_index_type_is_int32_exactly_while_every_index_fits():
