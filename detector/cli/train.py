@@ -68,6 +68,7 @@ from detector.engine.distributed import (
     init_distributed,
     mean_over_ranks,
     replicas_agree,
+    shutdown_distributed,
 )
 from detector.engine.step import resolve_amp
 from detector.errors import CheckpointError, ConfigError, DatasetError, DetectorError
@@ -381,7 +382,10 @@ def main(cfg: DictConfig) -> float:
         return train_alternating(cfg, run_directory(cfg)).get("AP50", float("nan"))
     if cfg.training != "joint":
         raise ConfigError(f"training must be joint or alternating, got {cfg.training!r}")
-    return train(cfg).get("AP50", float("nan"))
+    try:
+        return train(cfg).get("AP50", float("nan"))
+    finally:
+        shutdown_distributed()  # the process group lives as long as this run (torchrun: one per process)
 
 
 def run() -> None:

@@ -35,7 +35,7 @@ from detector.errors import ConfigError
 
 __all__ = [
     "Distributed", "all_gather_objects", "barrier", "broadcast_buffers", "init_distributed", "mean_over_ranks",
-    "replicas_agree",
+    "replicas_agree", "shutdown_distributed",
 ]
 
 
@@ -86,6 +86,14 @@ def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
             extra.update(store=dist.PrefixStore(f"detector/attempt_{attempt}", agent), rank=rank, world_size=world_size)
         dist.init_process_group(backend=backend, timeout=timeout, **extra)
     return Distributed(rank=rank, world_size=world_size, local_rank=local_rank), device
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group before the interpreter exits, as torch.distributed asks: left to
+    the interpreter's teardown, a gloo worker's threads can be destroyed while still joinable, and
+    the process then aborts ("terminate called without an active exception") after its work is done."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

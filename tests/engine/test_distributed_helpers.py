@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from detector.engine.distributed import all_gather_objects, broadcast_buffers, mean_over_ranks, replicas_agree
+from detector.engine.distributed import all_gather_objects, broadcast_buffers, mean_over_ranks, replicas_agree, shutdown_distributed
 
 
 @pytest.fixture
@@ -69,3 +69,29 @@ def test_replicas_agree_tells_swapped_and_nudged_weights_apart(monkeypatch):
     bigger = copy.deepcopy(model)
     bigger[0].bias.data[0] += 1.0
     assert not agree(model, bigger)
+
+
+def test_shutdown_destroys_the_group_once_and_is_a_no_op_without_one():
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    shutdown_distributed()
+    assert not dist.is_initialized()
+    shutdown_distributed()  # nothing left to destroy: no error
+
+
+def test_the_train_command_shuts_the_group_down_after_the_run_and_after_a_failure(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from detector.cli import train as train_cli
+
+    calls = []
+    monkeypatch.setattr(train_cli, "shutdown_distributed", lambda: calls.append("shutdown"))
+    monkeypatch.setattr(train_cli, "train", lambda cfg: {"AP50": 0.5})
+    assert train_cli.main(OmegaConf.create({"training": "joint"})) == 0.5 and calls == ["shutdown"]
+
+    def fails(cfg):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(train_cli, "train", fails)
+    with pytest.raises(RuntimeError, match="boom"):
+        train_cli.main(OmegaConf.create({"training": "joint"}))
+    assert calls == ["shutdown", "shutdown"]
