@@ -17,10 +17,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.ops import batched_nms, clip_boxes_to_image, nms
+from torchvision.ops import clip_boxes_to_image, nms
 
 from detector.modeling.box_coder import BoxCoder
 from detector.ops.dense import exporting, pad_indices
+from detector.ops.nms import nms_each
 
 
 class FastRCNNPredictor(nn.Module):
@@ -89,7 +90,7 @@ def fast_rcnn_inference(
     scores_all = F.softmax(class_logits, dim=-1).split(num_per_image)
     boxes_all = box_coder.decode(box_deltas, torch.cat(proposals)).split(num_per_image)
 
-    results = []
+    candidates = []
     for scores, boxes, image_size in zip(scores_all, boxes_all, image_sizes):
         num_classes = scores.shape[1] - 1
         boxes = clip_boxes_to_image(boxes.view(-1, num_classes + 1, 4), image_size)
@@ -99,14 +100,15 @@ def fast_rcnn_inference(
         num_rois = boxes.shape[0] // max(num_classes, 1)
         labels = torch.arange(1, num_classes + 1, device=scores.device).expand(num_rois, -1).reshape(-1)
         keep = (scores > score_thresh) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        if exporting():
-            results.append(_fixed_shape_detections(boxes, scores, labels, keep, nms_thresh, detections_per_img))
-            continue
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        # Per-class NMS (each class suppresses only its own boxes), then the best detections overall.
-        keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_img]
-        results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
-    return results
+        candidates.append((boxes, scores, labels, keep))
+    if exporting():
+        return [_fixed_shape_detections(*c, nms_thresh, detections_per_img) for c in candidates]
+    candidates = [{"boxes": b[keep], "scores": s[keep], "labels": c[keep]} for b, s, c, keep in candidates]
+    # Per-class NMS (each class suppresses only its own boxes), then the best detections overall;
+    # the images side by side (detector.ops.nms).
+    keeps = nms_each([c["boxes"] for c in candidates], [c["scores"] for c in candidates], nms_thresh,
+                     [c["labels"] for c in candidates])
+    return [{k: v[keep[:detections_per_img]] for k, v in c.items()} for c, keep in zip(candidates, keeps)]
 
 
 def _fixed_shape_detections(boxes, scores, labels, keep, nms_thresh: float, detections_per_img: int) -> dict[str, Tensor]:

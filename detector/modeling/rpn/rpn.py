@@ -13,9 +13,10 @@ the sampled anchors (equation 1 with lambda chosen so the two terms weigh alike)
 
 Proposals: decode all deltas, keep the ``pre_nms_topk`` highest-scoring anchors per image, clip to the
 image, drop boxes smaller than ``min_size``, non-maximum suppression at ``nms_thresh``
-(torchvision.ops.nms), keep the ``post_nms_topk`` best. Train and test use separate top-k values
-(12000/2000 and 6000/300 in the paper). Proposals are detached: the RoI heads do not back-propagate
-into box coordinates (the "approximate joint training" of section 3.2).
+(torchvision.ops.nms; the images side by side, :mod:`detector.ops.nms`), keep the ``post_nms_topk``
+best. Train and test use separate top-k values (12000/2000 and 6000/300 in the paper). Proposals
+are detached: the RoI heads do not back-propagate into box coordinates (the "approximate joint
+training" of section 3.2).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from detector.modeling.rpn.anchor_generator import AnchorGenerator
 from detector.modeling.rpn.rpn_head import RPNHead
 from detector.modeling.sampler import STREAM_RPN, BalancedPositiveNegativeSampler, sample_generator
 from detector.ops.dense import exporting, pad_indices
+from detector.ops.nms import nms_each
 
 
 class RPN(nn.Module):
@@ -136,7 +138,7 @@ class RPN(nn.Module):
         post_k = self.post_nms_topk[self.training]
         if exporting():
             return self._fixed_shape_proposals(anchors, logits, deltas, image_sizes, pre_k, post_k)
-        proposals, proposal_scores = [], []
+        candidates, candidate_scores = [], []
         for logits_i, deltas_i, image_size in zip(logits, deltas, image_sizes):
             # Top-k before decoding: decoding and NMS on all anchors would be wasted work.
             k = min(pre_k, logits_i.numel())
@@ -148,10 +150,12 @@ class RPN(nn.Module):
                 boxes, scores = boxes[keep], scores[keep]
             # Zero-area boxes (clipped to the image border) cannot be pooled meaningfully.
             nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-            boxes, scores = boxes[nonempty], scores[nonempty]
-            keep = nms(boxes, scores, self.nms_thresh)[:post_k]
-            proposals.append(boxes[keep])
-            proposal_scores.append(scores[keep])
+            candidates.append(boxes[nonempty])
+            candidate_scores.append(scores[nonempty])
+        # Each image's NMS on its own core (detector.ops.nms): the same kept boxes as a loop.
+        keeps = nms_each(candidates, candidate_scores, self.nms_thresh)
+        proposals = [boxes[keep[:post_k]] for boxes, keep in zip(candidates, keeps)]
+        proposal_scores = [scores[keep[:post_k]] for scores, keep in zip(candidate_scores, keeps)]
         return proposals, proposal_scores
 
     def _fixed_shape_proposals(self, anchors, logits, deltas, image_sizes, pre_k, post_k):
