@@ -5,6 +5,7 @@ gradients, against the CPU's gather kernel (itself checked against torchvision a
 test_roi_align.py); test_roi_align.py's CUDA test compares the two devices when a GPU is present.
 """
 
+import importlib
 import itertools
 
 import pytest
@@ -58,3 +59,30 @@ def test_cuda_runs_torchvision_where_it_can_and_the_cpu_never():
         # An adaptive grid differs per RoI: only torchvision's own mode takes it.
         assert uses_torchvision_kernel(cuda, 0, mode, layout) == (mode == "avg" and layout == "centered")
         assert uses_torchvision_kernel(cuda, -1, mode, layout) == (mode == "avg" and layout == "centered")
+
+
+def test_roi_align_hands_its_own_arguments_to_the_cuda_path(monkeypatch):
+    """The dispatch in roi_align, run on the CPU by deciding as CUDA would: every argument reaches the path."""
+    module = importlib.import_module("detector.ops.roi_align")  # the package's roi_align is the function
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 3, 18, 25, generator=g, dtype=torch.float64)
+    rois = _random_rois(12, 2, torch.float64, 2)
+    cases = [*itertools.product(["avg", "max", "samples"], ["centered", "interior"], [False, True], [1, 2]),
+             ("avg", "centered", True, 0), ("max", "centered", True, 0)]
+    gather = {c: _roi_align(x, rois, (7, 5), 1 / 16, c[3], c[2], c[0], c[1]) for c in cases}
+    taken = []
+    real = module.uses_torchvision_kernel
+
+    def as_on_cuda(device, sampling_ratio, mode, sample_layout):
+        assert device == x.device
+        decision = real(torch.device("cuda"), sampling_ratio, mode, sample_layout)
+        taken.append(decision)
+        return decision
+
+    monkeypatch.setattr(module, "uses_torchvision_kernel", as_on_cuda)
+    for mode, layout, aligned, ratio in cases:
+        out = _roi_align(x, rois, (7, 5), 1 / 16, ratio, aligned, mode, layout)
+        torch.testing.assert_close(out, gather[mode, layout, aligned, ratio], rtol=1e-10, atol=1e-10)
+    # Every fixed grid and torchvision's own adaptive mode took the torchvision path; adaptive max did not.
+    assert taken == [True] * (len(cases) - 1) + [False]
