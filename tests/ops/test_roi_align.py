@@ -371,6 +371,8 @@ def test_the_index_type_is_int32_exactly_while_every_index_fits():
     assert dtype(**two_chunks, num_cells=2**30 - 1) == torch.int32 and dtype(**two_chunks, num_cells=2**30) == torch.int64
     assert dtype(num_rois=2**15, a=2**8, b=2**8, taps=1, channels=2**20) == torch.int64  # 2**31 taps
     assert dtype(num_rois=2**15 - 1, a=2**8, b=2**8, taps=1, channels=2**20) == torch.int32
+    assert dtype(num_rois=2**13, a=2**8, b=2**8, taps=4, channels=2**20) == torch.int64  # 4 taps per sample
+    assert dtype(num_rois=2**13 - 1, a=2**8, b=2**8, taps=4, channels=2**20) == torch.int32
 
 
 def test_the_functions_defaults_are_torchvisions():
