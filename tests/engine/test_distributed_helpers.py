@@ -95,3 +95,88 @@ def test_the_train_command_shuts_the_group_down_after_the_run_and_after_a_failur
     with pytest.raises(RuntimeError, match="boom"):
         train_cli.main(OmegaConf.create({"training": "joint"}))
     assert calls == ["shutdown", "shutdown"]
+
+
+def _torchrun_env(monkeypatch, **env):
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_RESTART_COUNT",
+                "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
+def recorded_init(monkeypatch):
+    """init_process_group and the stores recorded instead of joined (two ranks cannot live in one
+    process; the real two-rank joins run under torchrun in tests/engine/test_distributed.py)."""
+    import detector.engine.distributed as d
+
+    calls = []
+    monkeypatch.setattr(d.dist, "init_process_group", lambda **kw: calls.append(("init", kw)))
+    monkeypatch.setattr(d.dist, "TCPStore", lambda *a, **kw: calls.append(("tcp", a, kw)) or "agent-store")
+    monkeypatch.setattr(d.dist, "PrefixStore", lambda prefix, store: ("prefix", prefix, store))
+    return calls
+
+
+def test_init_distributed_in_one_process_joins_nothing(monkeypatch, recorded_init):
+    from detector.engine.distributed import Distributed, init_distributed
+
+    cpu = torch.device("cpu")
+    for env in ({}, {"WORLD_SIZE": "1", "RANK": "0"}):
+        _torchrun_env(monkeypatch, **env)
+        ranks, device = init_distributed(cpu)
+        assert ranks == Distributed() and not ranks.enabled and ranks.is_main and device is cpu
+    assert recorded_init == []
+
+
+def test_init_distributed_under_torchrun_on_the_cpu(monkeypatch, recorded_init):
+    from datetime import timedelta
+
+    from detector.engine.distributed import Distributed, init_distributed
+
+    _torchrun_env(monkeypatch, WORLD_SIZE="2", RANK="1")
+    ranks, device = init_distributed(torch.device("cpu"))
+    assert ranks == Distributed(rank=1, world_size=2, local_rank=0) and ranks.enabled and not ranks.is_main
+    assert device == torch.device("cpu")
+    assert recorded_init == [("init", {"backend": "gloo", "timeout": timedelta(minutes=30)})]
+    # torchrun's agent store: the process group's keys live under this attempt's number
+    recorded_init.clear()
+    _torchrun_env(monkeypatch, WORLD_SIZE="4", RANK="2", LOCAL_RANK="0", TORCHELASTIC_USE_AGENT_STORE="True",
+                  TORCHELASTIC_RESTART_COUNT="3", MASTER_ADDR="10.0.0.7", MASTER_PORT="29511")
+    ranks, _ = init_distributed(torch.device("cpu"))
+    assert ranks == Distributed(rank=2, world_size=4, local_rank=0)
+    assert recorded_init == [
+        ("tcp", ("10.0.0.7", 29511), {"is_master": False, "timeout": timedelta(minutes=30)}),
+        ("init", {"backend": "gloo", "timeout": timedelta(minutes=30), "store": ("prefix", "detector/attempt_3", "agent-store"),
+                  "rank": 2, "world_size": 4}),
+    ]
+    recorded_init.clear()
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
+    init_distributed(torch.device("cpu"))
+    assert recorded_init[1][1]["store"][1] == "detector/attempt_0"  # the first attempt
+    # a process group already joined (a caller's own) is kept
+    recorded_init.clear()
+    import detector.engine.distributed as d
+
+    monkeypatch.setattr(d.dist, "is_initialized", lambda: True)
+    assert init_distributed(torch.device("cpu"))[0] == Distributed(rank=2, world_size=4, local_rank=0)
+    assert recorded_init == []
+
+
+def test_init_distributed_under_torchrun_on_cuda_takes_the_local_gpu(monkeypatch, recorded_init):
+    from datetime import timedelta
+
+    from detector.engine.distributed import Distributed, init_distributed
+    from detector.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    _torchrun_env(monkeypatch, WORLD_SIZE="2", RANK="1", LOCAL_RANK="2")
+    with pytest.raises(ConfigError, match=r"^LOCAL_RANK=2 but this machine has 2 GPUs$"):
+        init_distributed(torch.device("cuda"))
+    _torchrun_env(monkeypatch, WORLD_SIZE="2", RANK="1", LOCAL_RANK="1")
+    ranks, device = init_distributed(torch.device("cuda"))
+    assert ranks == Distributed(rank=1, world_size=2, local_rank=1)
+    assert device == torch.device("cuda", 1) and chosen == [torch.device("cuda", 1)]
+    assert recorded_init == [("init", {"backend": "nccl", "timeout": timedelta(minutes=30), "device_id": torch.device("cuda", 1)})]
