@@ -40,12 +40,18 @@ def test_equals_torchvision_image_by_image(threads):
     assert not torch.equal(per_class[0], nms(boxes[0], scores[0], 0.5))  # classes mattered
 
 
-def test_under_autocast_the_threads_see_float32_boxes():
-    boxes, scores, _ = _images([800, 900], seed=1)
+def test_under_autocast_and_inference_mode_the_threads_give_the_same():
+    # Both modes are thread-local: the threads run outside them, on the same float32 boxes.
+    boxes, scores, labels = _images([800, 900], seed=1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = nms_each(boxes, scores, 0.7, threads=2)
     for b, s, k in zip(boxes, scores, got):
         assert torch.equal(k, nms(b, s, 0.7))
+    with torch.inference_mode():
+        frozen = [(b.clone(), s.clone(), c.clone()) for b, s, c in zip(boxes, scores, labels)]
+        got = nms_each(*map(list, zip(*frozen)), 0.5, threads=2)
+    for (b, s, c), k in zip(frozen, got):
+        assert torch.equal(k, batched_nms(b, s, c, 0.5))
 
 
 def test_spreads_images_over_threads_up_to_the_limit(monkeypatch):
