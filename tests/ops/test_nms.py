@@ -49,7 +49,8 @@ def test_under_autocast_and_inference_mode_the_threads_give_the_same():
         assert torch.equal(k, nms(b, s, 0.7))
     with torch.inference_mode():
         frozen = [(b.clone(), s.clone(), c.clone()) for b, s, c in zip(boxes, scores, labels)]
-        got = nms_each(*map(list, zip(*frozen)), 0.5, threads=2)
+        b, s, c = map(list, zip(*frozen))
+        got = nms_each(b, s, 0.5, c, threads=2)
     for (b, s, c), k in zip(frozen, got):
         assert torch.equal(k, batched_nms(b, s, c, 0.5))
 
