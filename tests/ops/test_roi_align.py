@@ -404,3 +404,5 @@ def test_the_module_passes_every_setting_on():
         assert not torch.equal(by[flipped], by[base]), flipped
     with pytest.raises(ValueError, match=r"^sample_layout must be one of \('centered', 'interior'\), got 'grid'$"):
         RoIAlign(output_size=2, spatial_scale=1.0, sampling_ratio=2, aligned=True, sample_layout="grid")
+    with pytest.raises(ValueError, match=r"^reduction must be one of \('avg', 'max'\), got 'sum'$"):
+        roi_align(torch.zeros(1, 1, 4, 4), torch.zeros(1, 5), 2, reduction="sum")
