@@ -179,6 +179,14 @@ def test_seed_groups_draw_the_mean_and_sample_std(tmp_path: Path, figures):
     assert ax.get_ylim() == (0, 1)
     _same([h for _, h, _ in _bars(ax)], [0.2, 0.2, None, 0.0, 0.1, 0.9])
     assert [x for x, _, _ in _bars(ax)] == pytest.approx([-0.2, 0.8, 1.8, 0.2, 1.2, 2.2])
+    assert [w for _, _, w in _bars(ax)] == pytest.approx([0.4] * 6)  # two groups side by side, not overlapping
+    # each bar's error bar: mean +/- the sample std over the seeds (0.1, 0.3 -> 0.1414 for small; 0 for one seed)
+    from matplotlib.container import BarContainer
+
+    align_bars, pool_bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    small = align_bars.errorbar.lines[2][0].get_segments()[0]
+    assert small[:, 0] == pytest.approx([-0.2, -0.2]) and small[:, 1] == pytest.approx([0.2 - math.sqrt(0.02), 0.2 + math.sqrt(0.02)])
+    assert pool_bars.errorbar.lines[2][0].get_segments()[2][:, 1] == pytest.approx([0.9, 0.9])
 
 
 def test_mean_std_ignores_missing_values_and_one_run_has_zero_spread():
