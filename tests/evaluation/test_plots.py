@@ -187,6 +187,13 @@ def test_seed_groups_draw_the_mean_and_sample_std(tmp_path: Path, figures):
     small = align_bars.errorbar.lines[2][0].get_segments()[0]
     assert small[:, 0] == pytest.approx([-0.2, -0.2]) and small[:, 1] == pytest.approx([0.2 - math.sqrt(0.02), 0.2 + math.sqrt(0.02)])
     assert pool_bars.errorbar.lines[2][0].get_segments()[2][:, 1] == pytest.approx([0.9, 0.9])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["roi_align (n=2)", "roi_pool (n=1)"]
+
+
+def test_one_seed_group_draws_full_width_bars_on_their_ticks(tmp_path: Path, figures):
+    plots.plot_seed_groups({"roi_align": SEEDS["roi_align"]}, tmp_path / "seeds")
+    ax = figures[1].axes[0]
+    assert [(x, w) for x, _, w in _bars(ax)] == pytest.approx([(0, 0.8), (1, 0.8), (2, 0.8)])
 
 
 def test_mean_std_ignores_missing_values_and_one_run_has_zero_spread():
