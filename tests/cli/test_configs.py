@@ -154,6 +154,10 @@ def test_base_lr_follows_batch_and_width_through_the_config():
     assert lr("solver.width_exponent=1.0", "model.backbone.width=0.25") == pytest.approx(
         ref * s.reference_width / 0.25)
     assert lr("solver.base_lr=0.5") == 0.5  # an explicit lr wins
+    # A narrower backbone than the reference keeps the reference's lr (the cap); the cap is a knob.
+    assert s.max_width_factor == 1.0
+    assert lr("model.backbone.width=0.0625") == pytest.approx(ref)
+    assert lr("model.backbone.width=0.0625", "solver.max_width_factor=4") == pytest.approx(2 * ref)
 
 
 def test_bad_lr_rule_input_is_one_line_naming_the_key():
@@ -162,6 +166,8 @@ def test_bad_lr_rule_input_is_one_line_naming_the_key():
 
     with pytest.raises(ConfigError, match=r"solver.reference_batch must be >= 1, got 0"):
         validate_train_config(compose_config("train", ["solver.reference_batch=0"]))
+    with pytest.raises(ConfigError, match=r"solver.max_width_factor must be > 0, got -1"):
+        validate_train_config(compose_config("train", ["solver.max_width_factor=-1"]))
 
 
 def test_step_milestones_follow_max_iter():
