@@ -110,6 +110,8 @@ def sample_points(
     """
     if sampling_ratio <= 0:
         raise ValueError("sample_points needs a fixed sampling_ratio >= 1")
+    if sample_layout not in LAYOUTS:  # a typo would otherwise draw the centred points
+        raise ValueError(f"sample_layout must be one of {LAYOUTS}, got {sample_layout!r}")
     rois = torch.tensor([[0.0, *box]], dtype=torch.float64)
     g = roi_geometry(rois, pair(output_size), spatial_scale, sampling_ratio, aligned)
     kh, kw = pair(output_size)

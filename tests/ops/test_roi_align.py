@@ -318,10 +318,16 @@ def test_sample_points_are_where_the_op_samples(aligned, layout, n):
 def test_sample_points_needs_a_fixed_grid():
     from detector.ops import sample_points
 
-    with pytest.raises(ValueError, match="needs a fixed sampling_ratio >= 1"):
+    with pytest.raises(ValueError, match="^sample_points needs a fixed sampling_ratio >= 1$"):
         sample_points((0.0, 0.0, 64.0, 64.0), 2, 1 / 32, 0, True)
     xs, ys = sample_points((0.0, 0.0, 64.0, 64.0), 2, 1 / 32, 1, True)  # one point per bin: its centre
     torch.testing.assert_close(xs, torch.tensor([0.5, 1.5], dtype=torch.float64))
+    # the default layout is the centred one (torchvision's), as for roi_align
+    box = (300.0, 210.0, 530.0, 390.0)
+    for got, want in zip(sample_points(box, 3, 1 / 32, 2, True), sample_points(box, 3, 1 / 32, 2, True, sample_layout="centered")):
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match=r"^sample_layout must be one of \('centered', 'interior'\), got 'grid'$"):
+        sample_points(box, 3, 1 / 32, 2, True, sample_layout="grid")
 
 
 def test_roi_align_samples_needs_a_fixed_grid_and_keeps_its_shape_without_boxes():
