@@ -11,7 +11,7 @@ greedy loop on one core, and it releases Python's GIL while it runs, so the imag
 independent calls that can run side by side. On the default model's training step (4 images of
 about 1,300 proposals each on a 2-core CPU) the four calls are a tenth of the step with one core
 busy and the other idle; one thread per image up to ``torch.get_num_threads()`` spreads them over
-the cores (docs/speed.md measures it). The result is the same call on the same tensors, so it is
+the cores (docs/precision.md measures it). The result is the same call on the same tensors, so it is
 identical to the loop, index for index. On CUDA the kernels are asynchronous already, and with one
 thread or one image there is nothing to spread: both take the plain loop.
 
