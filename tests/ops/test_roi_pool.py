@@ -114,6 +114,18 @@ def test_floor_quantizes_in_float64_for_half_precision_maps():
     torch.testing.assert_close(roi_pool(x, rois, 2, 1 / 32, quantization="floor").float(), out)
 
 
+def test_floor_quantizes_float64_boxes_in_float64_on_a_float32_map():
+    # A float64 corner a hair left of a cell border: floor(319.999999999 / 32) = 9 in float64, but
+    # the corner rounds to 320.0 in float32 (-> 10). The floor rule's geometry is float64 whatever
+    # the map's dtype, so a float32 map pools the same cells as its float64 copy.
+    x = torch.zeros(1, 1, 20, 20)
+    x[0, 0, :, 9] = torch.arange(20.0) + 100  # column 9 holds the maxima: in the window only from 9
+    rois = torch.tensor([[0, 320 - 1e-9, 0.0, 640.0, 640.0]], dtype=torch.float64)
+    want = roi_pool(x.double(), rois, 2, 1 / 32, quantization="floor")
+    assert want[0, 0, :, 0].min() >= 100  # the float64 window starts at column 9
+    torch.testing.assert_close(roi_pool(x, rois, 2, 1 / 32, quantization="floor"), want.float())
+
+
 def _grad(fn, x, rois, k, scale, grad):
     x = x.clone().requires_grad_(True)
     fn(x, rois, k, scale).backward(grad)
