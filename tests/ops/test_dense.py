@@ -90,3 +90,15 @@ def test_dense_equals_eager_on_tall_and_wide_maps_and_boxes_outside(kind, mode, 
             dense = pooler(features, rois)
         assert dense.dtype == eager.dtype == torch.float64
         torch.testing.assert_close(dense, eager, rtol=1e-10, atol=1e-10)
+
+
+def test_pad_indices_cuts_or_pads_with_minus_one_to_the_length():
+    from detector.ops.dense import pad_indices
+
+    keep = torch.tensor([7, 2, 5])
+    assert pad_indices(keep, 5).tolist() == [7, 2, 5, -1, -1]  # fewer kept than the length
+    assert pad_indices(keep, 2).tolist() == [7, 2]  # more: the first ones, in order
+    assert pad_indices(keep, 3).tolist() == [7, 2, 5]
+    assert pad_indices(keep[:0], 3).tolist() == [-1, -1, -1]  # nothing kept
+    assert pad_indices(keep, 0).tolist() == []
+    assert pad_indices(keep.int(), 4).dtype == torch.int32  # the indices' own dtype
