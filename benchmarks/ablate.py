@@ -125,6 +125,17 @@ def run_variant(out: Path, spec: dict, variant: str, datasets: list[str], thread
         _run_seed(out, spec, variant, overrides, datasets, threads, log, seed)
 
 
+def job_env(threads: int | None) -> dict[str, str]:
+    """The environment of a job: this process's, with the thread count, and the package of the tree this
+    harness lives in first on the path. A job then runs this tree's code and configs even where another
+    checkout is installed in editable mode, so edits there cannot change a grid that is running."""
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def _run_seed(out, spec, variant, overrides, datasets, threads, log, seed: int) -> None:
     # A run that finished after its harness was killed counts: its directory holds the results.
     collect(out, variant, overrides, datasets, seed)
@@ -138,9 +149,7 @@ def _run_seed(out, spec, variant, overrides, datasets, threads, log, seed: int) 
         *spec["budget"], *(spec["base"] or []), *overrides, f"seed={seed}",
         f"output_dir={out / 'runs' / variant}", f"hydra.sweep.subdir={subdir}",
     ]  # fmt: skip
-    env = dict(os.environ)
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
+    env = job_env(threads)
     log(f"[{time.strftime('%H:%M:%S')}] start {variant} seed {seed} on {', '.join(map(dataset_name, todo))}")
     new = []
     with open(out / "logs" / f"{variant}.log", "a", encoding="utf-8") as f:

@@ -226,3 +226,17 @@ def test_the_round3_spec_sets_the_lr_its_variant_names_say():
         expected = 0.04 * (int(batch[1:]) / 4) * (0.125 / float(width[1:])) if rule == "rule" else 0.04
         assert cfg.solver.base_lr == pytest.approx(expected), name
         assert cfg.solver.max_iter == 900
+
+
+def test_jobs_import_the_tree_of_the_harness_first(monkeypatch):
+    import os
+
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    env = ablate.job_env(1)
+    assert env["OMP_NUM_THREADS"] == "1"
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(ablate.REPO_ROOT), "/elsewhere"]
+    monkeypatch.delenv("PYTHONPATH")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    env = ablate.job_env(None)
+    assert env["PYTHONPATH"] == str(ablate.REPO_ROOT)
+    assert "OMP_NUM_THREADS" not in env  # the jobs' own default

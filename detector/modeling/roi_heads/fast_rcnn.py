@@ -103,12 +103,11 @@ def fast_rcnn_inference(
         candidates.append((boxes, scores, labels, keep))
     if exporting():
         return [_fixed_shape_detections(*c, nms_thresh, detections_per_img) for c in candidates]
-    candidates = [{"boxes": b[keep], "scores": s[keep], "labels": c[keep]} for b, s, c, keep in candidates]
+    kept = [{"boxes": b[keep], "scores": s[keep], "labels": c[keep]} for b, s, c, keep in candidates]
     # Per-class NMS (each class suppresses only its own boxes), then the best detections overall;
     # the images side by side (detector.ops.nms).
-    keeps = nms_each([c["boxes"] for c in candidates], [c["scores"] for c in candidates], nms_thresh,
-                     [c["labels"] for c in candidates])
-    return [{k: v[keep[:detections_per_img]] for k, v in c.items()} for c, keep in zip(candidates, keeps)]
+    keeps = nms_each([d["boxes"] for d in kept], [d["scores"] for d in kept], nms_thresh, [d["labels"] for d in kept])
+    return [{k: v[keep[:detections_per_img]] for k, v in d.items()} for d, keep in zip(kept, keeps)]
 
 
 def _fixed_shape_detections(boxes, scores, labels, keep, nms_thresh: float, detections_per_img: int) -> dict[str, Tensor]:
