@@ -289,6 +289,34 @@ def test_inverted_boxes_read_zero(reduction):
     assert torch.isfinite(x.grad).all()
 
 
+def test_samples_exactly_one_cell_outside_or_on_the_far_border_are_read_like_torchvision():
+    # torchvision reads a sample at -1 <= c <= size (clamped into the map) and 0 beyond. Boxes whose
+    # one sample (sampling_ratio 1, one bin, aligned=False) lies exactly on -1 or on W / H.
+    x = torch.randn(1, 2, 5, 6, dtype=torch.float64)
+    rois = torch.tensor([
+        [0, -2.0, 1.0, 0.0, 3.0],  # sample at x = -1: reads column 0
+        [0, 5.0, 1.0, 7.0, 3.0],  # x = 6 = W: reads column 5
+        [0, 1.0, -2.0, 3.0, 0.0],  # y = -1: row 0
+        [0, 1.0, 4.0, 3.0, 6.0],  # y = 5 = H: row 4
+        [0, -2.1, 1.0, -0.1, 3.0],  # x = -1.1: outside, reads 0
+    ], dtype=torch.float64)  # fmt: skip
+    ours = roi_align(x, rois, 1, 1.0, 1, False)
+    torch.testing.assert_close(ours, torchvision.ops.roi_align(x, rois, 1, 1.0, 1, False), rtol=0, atol=1e-12)
+    torch.testing.assert_close(ours[:4, :, 0, 0], torch.stack([x[0, :, 2, 0], x[0, :, 2, 5], x[0, :, 0, 2], x[0, :, 4, 2]]))
+    assert torch.equal(ours[4], torch.zeros_like(ours[4]))
+
+
+@pytest.mark.parametrize("sampling_ratio", [0, -1])
+def test_boxes_flat_in_one_direction_have_no_adaptive_samples_like_torchvision(sampling_ratio):
+    # aligned: a box of zero height (or width) has an adaptive grid of 0 rows (or columns), so no
+    # sample at all however wide it is; torchvision gives 0 and so must we.
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64) + 3
+    rois = torch.tensor([[0, 8.0, 20.0, 56.0, 20.0], [0, 20.0, 8.0, 20.0, 56.0], [0, 8.0, 8.0, 56.0, 56.0]], dtype=torch.float64)
+    ours = roi_align(x, rois, 2, 1 / 8, sampling_ratio, True)
+    torch.testing.assert_close(ours, torchvision.ops.roi_align(x, rois, 2, 1 / 8, sampling_ratio, True), rtol=0, atol=1e-12)
+    assert torch.equal(ours[:2], torch.zeros_like(ours[:2])) and bool((ours[2] != 0).all())
+
+
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("layout", ["centered", "interior"])
 @pytest.mark.parametrize("n", [1, 3])
