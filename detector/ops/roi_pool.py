@@ -128,7 +128,8 @@ def roi_pool(
             f"boxes' batch indices must lie in [0, {num_images - 1}] (the input holds {num_images} "
             f"images), got {int(rois[:, 0].min())}..{int(rois[:, 0].max())}"
         )
-    if input.is_cuda and quantization == "round" and not exporting():
+    on_torchvision = uses_torchvision_kernel(input.device) and not exporting()
+    if on_torchvision and quantization == "round":
         # torchvision's own rule: its kernel on the boxes as given (in float32 at least, as its
         # autocast wrapper runs it), without the window's dozen small launches.
         dtype = torch.promote_types(input.dtype, torch.float32)
@@ -137,7 +138,7 @@ def roi_pool(
         x0, y0, w, h = _window(rois, size, spatial_scale, quantization)
         if exporting():  # fixed shapes for an exported program (detector.ops.dense)
             return roi_pool_dense(input, *_bins(x0, y0, w, h, size, quantization), rois[:, 0].long())
-    if input.is_cuda:
+    if on_torchvision:
         # The floor rule on torchvision's CUDA kernel, fed the window as a box in cell units: its
         # rounded width is then exactly w, and its bins are the ones computed below for the CPU.
         # In float32 at least: cell numbers above 256 are not integers in bfloat16 (2048 in float16),
@@ -150,6 +151,13 @@ def roi_pool(
         plan = _plan(rois[:, 0].long(), *_bins(x0, y0, w, h, size, quantization), input.shape)
     # The winners serve the backward only: none at inference, nor under torch.no_grad.
     return _RectangleMaxPool.apply(input, plan, torch.is_grad_enabled() and input.requires_grad)
+
+
+def uses_torchvision_kernel(device: torch.device) -> bool:
+    """Whether a call runs torchvision's kernel: on CUDA (one launch, where the window's rectangles
+    would take a dozen small ones), not on the CPU (its serial loop is the slower one there,
+    docs/operators.md). Both rules: the floor rule through a rewritten box."""
+    return device.type == "cuda"
 
 
 def _window(rois: Tensor, size: tuple[int, int], spatial_scale: float, quantization: str):

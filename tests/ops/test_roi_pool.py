@@ -1,5 +1,6 @@
 """detector.ops.roi_pool: "round" is torchvision's op; "floor" against a slow reference of the seed's rule."""
 
+import importlib
 import itertools
 import math
 
@@ -105,6 +106,39 @@ def test_cuda_matches_cpu():
             torch.testing.assert_close(gpu_grad, cpu_grad)
         else:
             assert (gpu_grad - cpu_grad).norm() <= 0.02 * cpu_grad.norm(), q
+
+
+@pytest.mark.parametrize("quantization", ["round", "floor"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_cuda_dispatch_run_on_the_cpu_equals_the_rectangle_pool(monkeypatch, quantization, dtype):
+    # On CUDA both rules run torchvision's kernel (the floor rule on the window rewritten as a box in
+    # cell units). Its CPU kernel takes the same inputs, so deciding as CUDA would checks that
+    # dispatch here: values exactly, gradients up to their summation order (a bf16 map's within its
+    # accumulation).
+    module = importlib.import_module("detector.ops.roi_pool")  # (the package's roi_pool is the function)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 4, 18, 25, generator=g, dtype=torch.float64).to(dtype)
+    rois = _rois(30).to(torch.float64)
+    upstream = torch.linspace(-1, 1, 30 * 4 * 7 * 7).reshape(30, 4, 7, 7).to(dtype)
+    results = []
+    for on_torchvision in (False, True):
+        monkeypatch.setattr(module, "uses_torchvision_kernel", lambda device, v=on_torchvision: v)
+        xd = x.detach().clone().requires_grad_(True)
+        out = roi_pool(xd, rois, 7, 1 / 32, quantization=quantization)
+        out.backward(upstream)
+        results.append((out, xd.grad))
+    (ours, our_grad), (tv, tv_grad) = results
+    assert tv.dtype == dtype and torch.equal(tv, ours)
+    if dtype == torch.bfloat16:
+        assert (tv_grad.float() - our_grad.float()).norm() <= 0.02 * our_grad.float().norm()
+    else:  # a cell's gradient summed over its bins in another order
+        torch.testing.assert_close(tv_grad, our_grad)
+
+
+def test_only_cuda_runs_torchvisions_kernel():
+    from detector.ops.roi_pool import uses_torchvision_kernel
+
+    assert uses_torchvision_kernel(torch.device("cuda", 0)) and not uses_torchvision_kernel(torch.device("cpu"))
 
 
 def test_floor_quantizes_in_float64_for_half_precision_maps():
