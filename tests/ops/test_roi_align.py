@@ -317,6 +317,33 @@ def test_boxes_flat_in_one_direction_have_no_adaptive_samples_like_torchvision(s
     assert torch.equal(ours[:2], torch.zeros_like(ours[:2])) and bool((ours[2] != 0).all())
 
 
+@pytest.mark.parametrize("layout", ["centered", "interior"])
+def test_adaptive_max_pools_each_roi_on_its_own_grid(layout):
+    # An adaptive max runs once per distinct (n_h, n_w) grid: RoIs of other grids in one call would
+    # read their padding samples' 0 on an all-negative map. These grids, (1, 3), (2, 1), (5, 1) and
+    # (1, 2) (one bin, a grid of ceil(size) samples), give one key each only when the key is exact
+    # (h * (max n_w + 1) + w); each RoI in the batch must equal the RoI alone.
+    x = -1 - torch.rand(1, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    rois = torch.tensor([[0, 1, 1, 3.5, 2], [0, 1, 1, 2, 2.5], [0, 1, 1, 2, 5.5], [0, 1, 1, 2.5, 2]], dtype=torch.float64)
+    together = roi_align(x, rois, 1, 1.0, -1, False, reduction="max", sample_layout=layout)
+    alone = torch.cat([roi_align(x, r[None], 1, 1.0, -1, False, reduction="max", sample_layout=layout) for r in rois])
+    assert bool((alone < -1).all())
+    torch.testing.assert_close(together, alone, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reduction", ["avg", "max"])
+def test_maps_one_cell_wide_or_high(reduction):
+    # An image narrower than one stride gives a map one cell wide: every sample reads that one column.
+    x = torch.randn(1, 2, 6, 1, dtype=torch.float64)
+    rois = torch.tensor([[0, 0.0, 0.0, 1.0, 6.0], [0, -0.5, 1.0, 0.7, 3.0]], dtype=torch.float64)
+    for inp, boxes in ((x, rois), (x.transpose(2, 3), rois[:, [0, 2, 1, 4, 3]])):
+        ours = roi_align(inp, boxes, 2, 1.0, 2, True, reduction=reduction)
+        ref = _reference_roi_align(inp, boxes, 2, 1.0, 2, True, reduction, "centered")
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+        if reduction == "avg":
+            torch.testing.assert_close(ours, torchvision.ops.roi_align(inp, boxes, 2, 1.0, 2, True), rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("layout", ["centered", "interior"])
 @pytest.mark.parametrize("n", [1, 3])
