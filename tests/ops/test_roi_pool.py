@@ -120,6 +120,9 @@ def test_the_cuda_dispatch_run_on_the_cpu_equals_the_rectangle_pool(monkeypatch,
     x = torch.randn(2, 4, 18, 25, generator=g, dtype=torch.float64).to(dtype)
     rois = _rois(30).to(torch.float64)
     upstream = torch.linspace(-1, 1, 30 * 4 * 7 * 7).reshape(30, 4, 7, 7).to(dtype)
+    calls = []
+    kernel = module._tv_roi_pool
+    monkeypatch.setattr(module, "_tv_roi_pool", lambda *args: calls.append(args[2:]) or kernel(*args))
     results = []
     for on_torchvision in (False, True):
         monkeypatch.setattr(module, "uses_torchvision_kernel", lambda device, v=on_torchvision: v)
@@ -127,6 +130,8 @@ def test_the_cuda_dispatch_run_on_the_cpu_equals_the_rectangle_pool(monkeypatch,
         out = roi_pool(xd, rois, 7, 1 / 32, quantization=quantization)
         out.backward(upstream)
         results.append((out, xd.grad))
+        # torchvision's kernel runs exactly when decided, the round rule on the boxes as given
+        assert calls == ([((7, 7), 1 / 32 if quantization == "round" else 1.0)] if on_torchvision else [])
     (ours, our_grad), (tv, tv_grad) = results
     assert tv.dtype == dtype and torch.equal(tv, ours)
     if dtype == torch.bfloat16:
