@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from detector.engine.distributed import all_gather_objects, broadcast_buffers, mean_over_ranks, replicas_agree, shutdown_distributed
+from detector.engine.distributed import (all_gather_objects, barrier, broadcast_buffers, mean_over_ranks, replicas_agree,
+                                         shutdown_distributed)
 
 
 @pytest.fixture
@@ -37,6 +38,20 @@ def test_helpers_without_a_process_group():
 def test_helpers_in_a_one_rank_group(one_rank_group):
     assert dist.get_world_size() == 1
     _check(torch.nn.BatchNorm1d(3))
+
+
+def test_barrier_waits_only_inside_a_process_group(monkeypatch):
+    calls = []
+    real = dist.barrier
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: calls.append(1) or real(*a, **k))
+    barrier()  # one process: nothing to wait for, and no group to ask
+    assert calls == []
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        barrier()
+    finally:
+        dist.destroy_process_group()
+    assert calls == [1]
 
 
 def test_replicas_agree_tells_swapped_and_nudged_weights_apart(monkeypatch):
