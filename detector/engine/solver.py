@@ -26,10 +26,12 @@ def scaled_lr(
     reference_width: float = 1.0,
     width_exponent: float = 0.0,
     max_width_factor: float = math.inf,
+    max_batch_factor: float = math.inf,
 ) -> float:
     """The learning rate of a recipe stated at a reference batch size and model width.
 
-    ``lr = reference_lr * (ims_per_batch / reference_batch) * min((reference_width / width) ** width_exponent, max_width_factor)``
+    ``lr = reference_lr * min(ims_per_batch / reference_batch, max_batch_factor)
+    * min((reference_width / width) ** width_exponent, max_width_factor)``
 
     The batch factor is the linear scaling rule (Goyal et al. 2017): k times the images per step,
     k times the step. The width factor is a hypothesis the ablation (README "Defaults",
@@ -38,14 +40,18 @@ def scaled_lr(
     held-out one, so ``configs/solver/sgd.yaml`` sets 1; 0 turns the width term off (the function's
     default). ``max_width_factor`` caps the width term: a narrower network than the reference
     would otherwise get a larger lr, which lost at width 0.0625 (the config sets 1: never above
-    the reference's lr). Raises ValueError on non-positive inputs.
+    the reference's lr). ``max_batch_factor`` caps the batch term the same way: a batch larger
+    than the reference's would get a proportionally larger lr, which lost at batch 8 (the config
+    sets 1; below the reference the batch term stays linear, which won at batch 2). Raises
+    ValueError on non-positive inputs.
     """
     for name, value in (("reference_lr", reference_lr), ("ims_per_batch", ims_per_batch),
                         ("reference_batch", reference_batch), ("width", width),
-                        ("reference_width", reference_width), ("max_width_factor", max_width_factor)):  # fmt: skip
+                        ("reference_width", reference_width), ("max_width_factor", max_width_factor),
+                        ("max_batch_factor", max_batch_factor)):  # fmt: skip
         if not value > 0:
             raise ValueError(f"scaled_lr: {name} must be > 0, got {value!r}")
-    batch_factor = ims_per_batch / reference_batch
+    batch_factor = min(ims_per_batch / reference_batch, max_batch_factor)
     width_factor = min((reference_width / width) ** width_exponent, max_width_factor)
     return float(reference_lr * batch_factor * width_factor)
 

@@ -214,7 +214,7 @@ def test_the_harness_registers_the_config_resolvers_itself():
 
 def test_the_round3_spec_sets_the_lr_its_variant_names_say():
     """Every variant of the width x batch x rule grid composes, and its resolved lr is the one its name
-    promises: ``_rule`` = 0.04 * (batch / 4) * (0.125 / width), ``_flat`` = 0.04."""
+    promises: ``_rule`` = 0.04 * (batch / 4) * (0.125 / width) (uncapped), ``_flat`` = 0.04."""
     spec = ablate.load_spec(ROOT / "benchmarks" / "ablation_round3.yaml")
     assert spec["parts"] == ablate.load_spec(ROOT / "benchmarks" / "ablation.yaml")["parts"]
     grid = [v for v in spec["variants"] if v.startswith("w")]

@@ -146,10 +146,14 @@ def test_base_lr_follows_batch_and_width_through_the_config():
     s = compose_config("train").solver
     ref = lr()
     assert ref == pytest.approx(s.reference_lr)  # the defaults are the reference recipe
-    assert lr("solver.ims_per_batch=8") == pytest.approx(2 * ref)  # linear scaling
+    assert lr("solver.ims_per_batch=2") == pytest.approx(ref / 2)  # linear scaling below the reference
+    # Above it the batch term is capped (a larger batch keeps the reference's lr); the cap is a knob.
+    assert s.max_batch_factor == 1.0
+    assert lr("solver.ims_per_batch=8") == pytest.approx(ref)
+    assert lr("solver.ims_per_batch=8", "solver.max_batch_factor=4") == pytest.approx(2 * ref)
     assert lr("solver.ims_per_batch=8", "model.backbone.width=0.25") == pytest.approx(scaled_lr(
         reference_lr=s.reference_lr, ims_per_batch=8, reference_batch=s.reference_batch, width=0.25,
-        reference_width=s.reference_width, width_exponent=s.width_exponent,
+        reference_width=s.reference_width, width_exponent=s.width_exponent, max_batch_factor=1.0,
     ))  # fmt: skip
     assert lr("solver.width_exponent=1.0", "model.backbone.width=0.25") == pytest.approx(
         ref * s.reference_width / 0.25)
@@ -168,6 +172,8 @@ def test_bad_lr_rule_input_is_one_line_naming_the_key():
         validate_train_config(compose_config("train", ["solver.reference_batch=0"]))
     with pytest.raises(ConfigError, match=r"solver.max_width_factor must be > 0, got -1"):
         validate_train_config(compose_config("train", ["solver.max_width_factor=-1"]))
+    with pytest.raises(ConfigError, match=r"solver.max_batch_factor must be > 0, got 0"):
+        validate_train_config(compose_config("train", ["solver.max_batch_factor=0"]))
 
 
 def test_step_milestones_follow_max_iter():

@@ -90,6 +90,16 @@ def test_scaled_lr_linear_in_batch_and_power_of_width():
     assert scaled_lr(**ref, ims_per_batch=4, width=0.25, width_exponent=1.0, max_width_factor=1.0) == pytest.approx(0.02)
     with pytest.raises(ValueError, match=r"scaled_lr: max_width_factor must be > 0, got 0"):
         scaled_lr(**ref, ims_per_batch=4, width=0.25, max_width_factor=0)
+    # The batch cap: a larger batch than the reference keeps the reference's lr; a smaller one stays
+    # linear; the two caps compose (each caps its own term).
+    assert scaled_lr(**ref, ims_per_batch=8, width=0.125, width_exponent=1.0, max_batch_factor=1.0) == pytest.approx(0.04)
+    assert scaled_lr(**ref, ims_per_batch=2, width=0.125, width_exponent=1.0, max_batch_factor=1.0) == pytest.approx(0.02)
+    assert scaled_lr(**ref, ims_per_batch=16, width=0.125, width_exponent=1.0, max_batch_factor=2.0) == pytest.approx(0.08)
+    assert scaled_lr(**ref, ims_per_batch=8, width=0.25, width_exponent=1.0, max_batch_factor=1.0) == pytest.approx(0.02)
+    assert scaled_lr(**ref, ims_per_batch=8, width=0.0625, width_exponent=1.0, max_width_factor=1.0,
+                     max_batch_factor=1.0) == pytest.approx(0.04)
+    with pytest.raises(ValueError, match=r"scaled_lr: max_batch_factor must be > 0, got 0"):
+        scaled_lr(**ref, ims_per_batch=4, width=0.25, max_batch_factor=0)
     # The width defaults are 1.0 (the real VGG16) on both sides.
     assert scaled_lr(reference_lr=0.04, ims_per_batch=4, reference_batch=4, width=0.5, width_exponent=1.0) == pytest.approx(0.08)
     assert scaled_lr(reference_lr=0.04, ims_per_batch=4, reference_batch=4, reference_width=0.5, width_exponent=1.0) == pytest.approx(0.02)
