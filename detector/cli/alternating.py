@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from detector.cli.config import build_split, model_from_checkpoint, report
+from detector.cli.config import build_split, loader_workers, model_from_checkpoint, report
 from detector.cli.stored_config import targets_in
 from detector.data import build_detection_loader
 from detector.engine import TrainState, load_checkpoint, save_checkpoint
@@ -65,7 +65,8 @@ def _dump(checkpoint: Path, folder: Path, cfg: DictConfig) -> tuple[Path, Path]:
         out = folder / f"proposals_{split}.pt"
         dump(OmegaConf.create({
             "checkpoint": str(checkpoint), "split": split, "output": str(out), "num_proposals": 1000,
-            "device": cfg.device, "batch_size": int(cfg.solver.ims_per_batch), "num_workers": int(cfg.num_workers),
+            "device": cfg.device, "batch_size": int(cfg.solver.ims_per_batch),
+            "num_workers": loader_workers(cfg.num_workers, resolve_device(cfg.device))[0],
             "progress": bool(cfg.progress), "dataset": None,
             # The checkpoint is this run's own: the parts the user's config names are the user's choice.
             "trusted_targets": targets_in(OmegaConf.to_container(cfg, resolve=True)),
@@ -147,7 +148,7 @@ def _evaluate(checkpoint: Path, cfg: DictConfig, output_dir: Path) -> dict[str, 
                                      trusted_targets=targets_in(OmegaConf.to_container(cfg.model, resolve=True)))
     val_set = build_split(cfg.dataset.val, what="dataset.val")
     loader = build_detection_loader(val_set, batch_size=int(cfg.solver.ims_per_batch), shuffle=False,
-                                    num_workers=int(cfg.num_workers))
+                                    num_workers=loader_workers(cfg.num_workers, device)[0])
     evaluator = COCOEvaluator(coco_gt=val_set.coco, label_to_cat_id=val_set.label_to_cat_id, output_dir=output_dir)
     metrics = inference_on_dataset(model, loader, evaluator, device=device, progress=bool(cfg.progress))
     report(f"output: {output_dir}")

@@ -12,6 +12,7 @@ import copy
 import functools
 import logging
 import math
+import os
 import sys
 import tempfile
 import warnings
@@ -130,13 +131,43 @@ def validate_train_config(cfg: DictConfig) -> None:
                 raise ConfigError(f"solver.steps: {step!r} is not an iteration of the run (1..{max_iter}, "
                                   f"solver.max_iter={max_iter}); the lr would never drop there")
     _check_number(cfg, "eval_period", integer=True, minimum=0)
-    _check_number(cfg, "num_workers", integer=True, minimum=0)
+    checked_workers(_get(cfg, "num_workers"))
     _check_number(cfg, "log_period", integer=True, minimum=1)
     validate_model_config(cfg)
     for split in ("train", "val"):
         node = _get(cfg, f"dataset.{split}")
         if not isinstance(node, DictConfig) or "_target_" not in node:
             raise ConfigError(f"dataset.{split} must be a dataset node with a _target_ (see configs/dataset/)")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, as in a container)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def checked_workers(value: Any, key: str = "num_workers") -> int | str:
+    """``auto`` or an integer >= 0 (one line otherwise)."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise ConfigError(f"{key} must be auto or an integer >= 0, got {value!r}")
+
+
+def loader_workers(value: Any, device: torch.device, key: str = "num_workers") -> tuple[int, str]:
+    """Data-loading worker processes for ``key=value`` on ``device``, and one line saying why.
+
+    ``auto``: none (load in the main process) when the model runs on a CPU with at most 2 cores,
+    else 1. On such a CPU the model's threads already use every core, and a worker process takes
+    its core away from them: on a 2-core CPU the default run trained 1.08x faster per iteration
+    and evaluated 1.44x faster with loading in the main process (docs/precision.md). Elsewhere it
+    was not measured, so it stays at the one worker it was before.
+    """
+    value = checked_workers(value, key)
+    if value != "auto":
+        return int(value), f"{key}={value}"
+    cores = available_cores()
+    if device.type == "cpu" and cores <= 2:
+        return 0, f"{key}=auto: 0, loading in the main process (the model's threads use all {cores} CPU cores)"
+    return 1, f"{key}=auto: 1 worker process ({device.type}, {cores} CPU cores)"
 
 
 def checked_amp_mode(value: Any, key: str = "solver.amp") -> str:

@@ -16,6 +16,7 @@ as ``train.log`` does for a training run.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from pathlib import Path
@@ -27,9 +28,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from detector.cli.config import (
     CONFIG_DIR,
     checked_amp_mode,
+    checked_workers,
     checkpoint_amp_dtype,
     build_split,
     console_logging_for,
+    loader_workers,
     model_from_checkpoint,
     report,
     run_cli,
@@ -147,13 +150,15 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     voc_ious = _voc_ious(cfg.get("voc_iou", [0.5]))
     if cfg.get("amp") is not None:
         checked_amp_mode(cfg.amp, "amp")  # a bad value stops before any checkpoint is evaluated
-    for key, minimum in (("batch_size", 1), ("num_workers", 0)):
-        value = cfg.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    value = cfg.get("batch_size")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {value!r}")
+    checked_workers(cfg.get("num_workers"))
     console_logging_for(bool(cfg.progress))
     output_dir = run_directory(cfg)
     device = resolve_device(cfg.device)
+    workers, why = loader_workers(cfg.num_workers, device)
+    logging.getLogger("detector").info(why)
     trusted = [str(t) for t in _as_list(cfg.get("trusted_targets"), "trusted_targets")]
 
     # Read every checkpoint first: a mistake in the last one should not cost the first one's eval.
@@ -208,7 +213,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             label = ("Fast R-CNN " if stored["model"].get("rpn") is None else "") + describe_pooler(stored["model"])
             name = f"{i}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', path.parent.name + '_' + path.stem)}"
             loader = build_detection_loader(
-                dataset, batch_size=int(cfg.batch_size), shuffle=False, num_workers=int(cfg.num_workers)
+                dataset, batch_size=int(cfg.batch_size), shuffle=False, num_workers=workers
             )
             evaluator = COCOEvaluator(
                 coco_gt=dataset.coco, label_to_cat_id=dataset.label_to_cat_id, output_dir=output_dir / name

@@ -31,6 +31,7 @@ from detector.cli.config import (
     check_split,
     console_logging_for,
     instantiate_or_explain,
+    loader_workers,
     report,
     run_cli,
     run_directory,
@@ -199,9 +200,11 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
 
     # 4. The training stream: a function of (seed, sample position), so a resumed run sees exactly
     # the uninterrupted run's batches; rank r of N takes every N-th sample (detector/data/sampler.py).
+    workers, why = loader_workers(cfg.num_workers, device)
+    log.info(why)
     loader = build_training_loader(
         train_set, batch_size=int(cfg.solver.ims_per_batch) // ddp.world_size, seed=int(cfg.seed),
-        start=state.iteration * int(cfg.solver.ims_per_batch), num_workers=int(cfg.num_workers), rank=ddp.rank,
+        start=state.iteration * int(cfg.solver.ims_per_batch), num_workers=workers, rank=ddp.rank,
         world_size=ddp.world_size,
     )
     train_model = state.model
@@ -352,7 +355,8 @@ class RunEvaluation:
         self.output_dir, self.device, self.writer = output_dir, device, writer
         shard = val_set if not ddp.enabled else torch.utils.data.Subset(val_set, range(ddp.rank, len(val_set), ddp.world_size))
         self.loader = build_detection_loader(
-            shard, batch_size=int(cfg.solver.ims_per_batch), shuffle=False, num_workers=int(cfg.num_workers)
+            shard, batch_size=int(cfg.solver.ims_per_batch), shuffle=False,
+            num_workers=loader_workers(cfg.num_workers, device)[0],
         )
 
     def __call__(self, it: int) -> dict[str, float]:

@@ -207,3 +207,25 @@ def test_the_pooler_alone_experiment_sweeps_poolers_and_seeds_on_fast_rcnn():
     assert cfg.model.get("rpn") is None  # Fast R-CNN: the proposals come from the files, the same for all
     params = cfg.hydra.sweeper.params
     assert params["model/pooler"] == "roi_pool,roi_warp,roi_align" and params["seed"] == "0,1,2"
+
+
+def test_num_workers_auto_loads_in_the_main_process_on_a_small_cpu(monkeypatch):
+    import detector.cli.config as config
+    from detector.cli.config import loader_workers, validate_train_config
+    from detector.errors import ConfigError
+
+    assert compose_config("train").num_workers == "auto" and compose_config("eval").num_workers == "auto"
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    for cores, on_cpu in ((1, 0), (2, 0), (3, 1), (16, 1)):
+        monkeypatch.setattr(config, "available_cores", lambda cores=cores: cores)
+        workers, why = loader_workers("auto", cpu)
+        assert workers == on_cpu and f"{cores} CPU cores" in why
+        assert loader_workers("auto", cuda)[0] == 1  # a GPU's host work is not the model's
+    assert loader_workers(3, cpu) == (3, "num_workers=3")  # a number is taken as given
+    assert loader_workers(0, cuda)[0] == 0
+    for bad in (-1, "many", True, 1.5):
+        with pytest.raises(ConfigError, match=rf"num_workers must be auto or an integer >= 0, got {bad!r}"):
+            loader_workers(bad, cpu)
+    with pytest.raises(ConfigError, match=r"num_workers must be auto or an integer >= 0, got -1"):
+        validate_train_config(compose_config("train", ["num_workers=-1"]))
+    assert config.available_cores() >= 1
