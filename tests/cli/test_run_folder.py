@@ -245,7 +245,7 @@ def test_a_results_file_with_bad_values_is_one_line(tmp_path, detection, pattern
     for key, value in (("batch_size", 0), ("num_workers", -1)):
         from detector.errors import ConfigError
 
-        with pytest.raises(ConfigError, match=rf"^{key} must be an integer >= "):
+        with pytest.raises(ConfigError, match=rf"^{key} must be (auto or )?an integer >= "):
             eval_tool.evaluate(OmegaConf.merge(cfg, {key: value}))
 
 
