@@ -158,8 +158,8 @@ def loader_workers(value: Any, device: torch.device, key: str = "num_workers") -
     ``auto``: none (load in the main process) when the model runs on a CPU with at most 2 cores,
     else 1. On such a CPU the model's threads already use every core, and a worker process takes
     its core away from them: on a 2-core CPU the default run trained 1.08x faster per iteration
-    and evaluated 1.44x faster with loading in the main process (docs/precision.md). Elsewhere it
-    was not measured, so it stays at the one worker it was before.
+    and evaluated 1.44x faster with loading in the main process (docs/precision.md). Elsewhere
+    (more cores, a GPU) one worker, not measured against in-process loading there.
     """
     value = checked_workers(value, key)
     if value != "auto":
