@@ -50,6 +50,23 @@ def test_channels_last_computes_the_same_map_in_the_usual_layout(train):
     assert "channels_last=True" in repr(fast)
 
 
+@pytest.mark.parametrize("width, train, nchw_convs", [
+    (0.125, True, 2),    # conv1_1, conv1_2: 8 channels, NHWC BatchNorm backward is slow there
+    (0.0625, True, 4),   # stages 1 and 2: 4 and 8 channels
+    (0.25, True, 0),     # 16 channels from the first stage on
+    (0.125, False, 0),   # evaluation: every stage NHWC
+])
+def test_channels_last_keeps_narrow_leading_stages_nchw_in_training(width, train, nchw_convs):
+    b = VGG16Backbone(width=width, batch_norm=True, channels_last=True).train(train)
+    layouts = []
+    for m in b.features:
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_pre_hook(
+                lambda _, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    b(torch.randn(2, 3, 64, 64))
+    assert layouts == [False] * nchw_convs + [True] * (13 - nchw_convs)
+
+
 def test_freeze_at_freezes_whole_stages():
     b = VGG16Backbone(width=0.0625, batch_norm=True, freeze_at=2)
     convs = [m for m in b.features if isinstance(m, torch.nn.Conv2d)]
