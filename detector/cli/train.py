@@ -202,11 +202,24 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
     # the uninterrupted run's batches; rank r of N takes every N-th sample (detector/data/sampler.py).
     workers, why = loader_workers(cfg.num_workers, device)
     log.info(why)
+    grouping = bool(cfg.get("aspect_ratio_grouping", False))
+    if checkpoint is not None:  # the run's batches are the run's: keep the stored setting
+        stored = bool((checkpoint.get("config") or {}).get("aspect_ratio_grouping", False))
+        if stored != grouping:
+            log.warning("aspect_ratio_grouping=%s ignored: the resumed run was trained with %s", grouping, stored)
+        grouping = stored
     loader = build_training_loader(
         train_set, batch_size=int(cfg.solver.ims_per_batch) // ddp.world_size, seed=int(cfg.seed),
         start=state.iteration * int(cfg.solver.ims_per_batch), num_workers=workers, rank=ddp.rank,
-        world_size=ddp.world_size,
+        world_size=ddp.world_size, aspect_ratio_grouping=grouping,
     )
+    if grouping:
+        groups = getattr(loader.dataset, "groups", None)
+        log.info(
+            "aspect-ratio grouping: off (the dataset does not report its image sizes)" if groups is None else
+            f"aspect-ratio grouping: batches of landscape ({int((groups == 0).sum())} images) or portrait "
+            f"({int((groups == 1).sum())}) images"
+        )
     train_model = state.model
     if ddp.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(

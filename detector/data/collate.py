@@ -87,6 +87,7 @@ def build_training_loader(
     num_workers: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    aspect_ratio_grouping: bool = False,
 ) -> DataLoader:
     """The training stream: an endless loader whose batches are a pure function of (seed, position).
 
@@ -103,11 +104,15 @@ def build_training_loader(
         start: Position of the first sample of the whole run this loader yields.
         num_workers: Worker processes for loading; 0 loads in the main process.
         rank, world_size: This process among the data-parallel ones.
+        aspect_ratio_grouping: Batch landscape images with landscape ones and portrait with portrait
+            (less padding), where the dataset knows its images' sizes (``aspect_ratios()``); the
+            grouping is part of each epoch's order, so resume stays exact.
     """
-    from detector.data.sampler import PositionedDataset, TrainingSampler
+    from detector.data.sampler import PositionedDataset, TrainingSampler, orientation_groups
 
+    groups = orientation_groups(dataset) if aspect_ratio_grouping else None
     return DataLoader(
-        PositionedDataset(dataset, seed=seed),
+        PositionedDataset(dataset, seed=seed, groups=groups, group_size=batch_size * world_size),
         batch_size=batch_size,
         sampler=TrainingSampler(start=start, rank=rank, world_size=world_size),
         num_workers=num_workers,

@@ -144,6 +144,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         """image id -> proposals [P, 4] as loaded (before augmentation), or None without a file."""
         return self._proposals
 
+    def aspect_ratios(self) -> list[float]:
+        """Width / height of each image, by index, from the annotations (no image is read)."""
+        return [self.coco.imgs[i]["width"] / self.coco.imgs[i]["height"] for i in self.ids]
+
     def image_path(self, image_id: int) -> Path:
         return self.images_dir / self.coco.imgs[image_id]["file_name"]
 

@@ -77,6 +77,18 @@ def test_targets_drop_crowd_ignore_and_degenerate_and_clip(simple):
     assert ds.coco.anns[4]["bbox"] == [30, 20, 10, 10] and ds.coco.anns[4]["area"] == 100
 
 
+def test_aspect_ratios_come_from_the_annotations_in_index_order(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    images = [{"id": 4, "file_name": "x.png", "width": 60, "height": 30},
+              {"id": 2, "file_name": "x.png", "width": 20, "height": 50},
+              {"id": 3, "file_name": "x.png", "width": 10, "height": 10}]  # fmt: skip
+    annotations = [_ann(1, 2, 1, [0, 0, 4, 4])]
+    ann_file = _write_coco(tmp_path, images, annotations, [{"id": 1, "name": "thing"}])
+    ds = CocoDetection(images=tmp_path, annotations=ann_file, check_files=False)
+    assert ds.ids == [4, 2, 3] and ds.aspect_ratios() == [2.0, 0.4, 1.0]
+    assert CocoDetection(images=tmp_path, annotations=ann_file, skip_empty=True, check_files=False).aspect_ratios() == [0.4]
+
+
 def test_loading_prints_nothing(simple, capsys):
     CocoDetection(images=simple[0], annotations=simple[1])
     assert capsys.readouterr().out == ""
