@@ -229,3 +229,13 @@ def test_num_workers_auto_loads_in_the_main_process_on_a_small_cpu(monkeypatch):
     with pytest.raises(ConfigError, match=r"num_workers must be auto or an integer >= 0, got -1"):
         validate_train_config(compose_config("train", ["num_workers=-1"]))
     assert config.available_cores() >= 1
+
+
+def test_aspect_ratio_grouping_is_on_by_default_and_a_boolean():
+    from detector.cli.config import validate_train_config
+    from detector.errors import ConfigError
+
+    assert compose_config("train").aspect_ratio_grouping is True
+    validate_train_config(compose_config("train", ["aspect_ratio_grouping=false"]))
+    with pytest.raises(ConfigError, match="aspect_ratio_grouping must be true or false, got 'sometimes'"):
+        validate_train_config(compose_config("train", ["aspect_ratio_grouping=sometimes"]))

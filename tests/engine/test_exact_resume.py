@@ -79,6 +79,19 @@ def test_resume_from_a_checkpoint_is_bit_identical(tmp_path, workers):
     assert_same_state(full, resumed)
 
 
+def test_resume_keeps_the_aspect_ratio_grouping_the_run_was_trained_with(tmp_path):
+    full = _train(tmp_path, tmp_path / "full", ["solver.max_iter=6", "checkpoint_period=3", "aspect_ratio_grouping=false"])
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copy(tmp_path / "full" / "model_0000003.pth", part / "model_0000003.pth")
+    (part / "last_checkpoint").write_text("model_0000003.pth\n")
+    resumed = _train(tmp_path, part, ["solver.max_iter=6", "checkpoint_period=3", "resume=true"])  # default: grouped
+    assert_same_state(full, resumed)
+    # The setting matters on this data (landscape and portrait images): a grouped run ends elsewhere.
+    grouped = _train(tmp_path, tmp_path / "grouped", ["solver.max_iter=6", "checkpoint_period=3"])
+    assert any(not torch.equal(v, grouped["model"][k]) for k, v in full["model"].items())
+
+
 def assert_same_state(full: dict, resumed: dict) -> None:
     """Every tensor of the two checkpoints' model, optimizer and scaler state, and the RNG streams."""
     assert full["model"].keys() == resumed["model"].keys()

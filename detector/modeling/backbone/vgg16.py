@@ -85,12 +85,12 @@ class VGG16Backbone(nn.Module):
         # Same module indices as torchvision's VGG16 `features`, so its state dict loads as is.
         self.features = make_layers(layer_cfg, batch_norm=self.batch_norm)
         # Modules of the leading stages narrower than NHWC_MIN_TRAIN_CHANNELS: NCHW in training.
-        self._nchw_train_modules = 0
+        self.nchw_train_modules = 0
         for stage in self._stages():
             convs = [m for m in stage if isinstance(m, nn.Conv2d)]
             if not convs or max(c.out_channels for c in convs) >= NHWC_MIN_TRAIN_CHANNELS:
                 break
-            self._nchw_train_modules += len(stage)
+            self.nchw_train_modules += len(stage)
 
         if weights is not None:
             self.load_pretrained(weights)
@@ -167,7 +167,7 @@ class VGG16Backbone(nn.Module):
         if not self.channels_last:
             return self.features(images)
         x = images
-        split = self._nchw_train_modules if self.training else 0
+        split = self.nchw_train_modules if self.training else 0
         for m in self.features[:split]:
             x = m(x)
         x = x.contiguous(memory_format=torch.channels_last)

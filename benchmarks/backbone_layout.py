@@ -1,0 +1,108 @@
+"""Which layout each VGG16 stage should train in on the CPU: BatchNorm's backward, then whole backbones.
+
+    python -m benchmarks.backbone_layout [--rounds 8] [--width 0.125] [--size 288 320]   # checkout root
+
+Part 1, BatchNorm2d's backward alone (train mode, the same number of elements at every channel
+count: 4 x C x 288 x (320 * 8 / C)), NCHW against NHWC, float32 and bf16: PyTorch's NHWC kernel
+runs several times slower below 16 channels on the CPUs measured, which is why
+:class:`detector.modeling.backbone.VGG16Backbone` keeps such stages NCHW in training.
+
+Part 2, the backbone's forward + backward on 4 images, four layouts interleaved in each round on
+the same weights: every stage NCHW; every stage NHWC; NHWC from the first stage of at least 16
+channels on (what ``channels_last=True`` does in training); NHWC from stage 3 on. Medians and the
+ratio to "all NHWC" paired per round; ``--eval`` times the forward in eval mode under ``no_grad``
+instead. Run it with no other torch process on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from detector.modeling.backbone import VGG16Backbone
+
+
+def batchnorm_backward(rounds: int) -> None:
+    print("BatchNorm2d backward, 4 x C x 288 x (320 * 8 / C) elements, median ms")
+    print(f"{'C':>3} {'dtype':>9} {'NCHW':>7} {'NHWC':>7} {'NHWC / NCHW':>12}")
+    for channels in (4, 8, 12, 16, 32, 64):
+        for dtype in (torch.float32, torch.bfloat16):
+            times = {}
+            for layout in (torch.contiguous_format, torch.channels_last):
+                x = torch.randn(4, channels, 288, 320 * 8 // channels).to(dtype).contiguous(memory_format=layout)
+                x.requires_grad_()
+                bn = nn.BatchNorm2d(channels).train()
+                runs = []
+                for i in range(rounds + 1):
+                    y = bn(x)
+                    grad = torch.ones_like(y)
+                    start = time.perf_counter()
+                    y.backward(grad)
+                    if i:  # the first is a warm-up
+                        runs.append(time.perf_counter() - start)
+                times[layout] = statistics.median(runs) * 1e3
+            cf, cl = times[torch.contiguous_format], times[torch.channels_last]
+            print(f"{channels:>3} {str(dtype)[6:]:>9} {cf:7.2f} {cl:7.2f} {cl / cf:11.2f}x")
+
+
+def backbone_layouts(rounds: int, width: float, size: tuple[int, int], train: bool) -> None:
+    torch.manual_seed(0)
+    backbone = VGG16Backbone(width=width, batch_norm=True).train(train)
+    layers = list(backbone.features)
+    starts = [0] + [i + 1 for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]  # each stage's first module
+    variants = {
+        "all NCHW": len(layers),
+        "all NHWC": 0,
+        "NHWC from the first >= 16-channel stage": VGG16Backbone(
+            width=width, batch_norm=True, channels_last=True).nchw_train_modules,
+        "NHWC from stage 3": starts[2],
+    }
+    images = torch.randn(4, 3, *size)
+
+    def forward(split: int) -> torch.Tensor:
+        x = images
+        for i, m in enumerate(layers):
+            if i == split:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x = m(x)
+        return x.contiguous()
+
+    print(f"\nbackbone width {width}, 4 images of {size[0]} x {size[1]}, "
+          f"{'forward + backward (train)' if train else 'forward (eval, no_grad)'}, median ms")
+    for amp in (False, True):
+        runs = {name: [] for name in variants}
+        for r in range(rounds + 2):
+            for name, split in variants.items():
+                start = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp), torch.set_grad_enabled(train):
+                    y = forward(split)
+                if train:
+                    y.float().sum().backward()
+                    backbone.zero_grad(set_to_none=True)
+                if r >= 2:  # two warm-up rounds
+                    runs[name].append(time.perf_counter() - start)
+        base = runs["all NHWC"]
+        for name in variants:
+            paired = statistics.median(b / t for b, t in zip(base, runs[name]))
+            print(f"  {'bf16' if amp else 'f32 '} {name:42s} {statistics.median(runs[name]) * 1e3:7.1f}"
+                  f"   {paired:.2f}x vs all NHWC")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--width", type=float, default=0.125)
+    parser.add_argument("--size", type=int, nargs=2, default=[288, 320], metavar=("H", "W"))
+    parser.add_argument("--eval", action="store_true", help="part 2 in eval mode (forward only)")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    batchnorm_backward(args.rounds)
+    backbone_layouts(args.rounds, args.width, tuple(args.size), train=not args.eval)
+
+
+if __name__ == "__main__":
+    main()
