@@ -135,8 +135,10 @@ def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(tmp_path):
     # into place) a moment before last_checkpoint is updated, and a kill in between rightly resumes
     # from the previous one.
     deadline, last = time.time() + 300, killed / "last_checkpoint"
-    while time.time() < deadline and not (last.exists() and last.read_text().strip() >= "model_0000008.pth"):
+    while time.time() < deadline and proc.poll() is None and not (
+            last.exists() and last.read_text().strip() >= "model_0000008.pth"):
         time.sleep(0.01)
+    assert proc.poll() is None, f"the run exited with {proc.returncode} before its iteration-8 checkpoint"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "model_final.pth").exists(), "the run finished before it was killed"

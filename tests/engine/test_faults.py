@@ -202,10 +202,12 @@ def test_a_signal_finishes_the_step_writes_a_checkpoint_and_exits_128_plus_its_n
             "progress=false", "device=cpu", "solver.max_iter=400", "checkpoint_period=0", "log_period=2", f"output_dir={out}"]
     proc = _cli(args)
     deadline = time.time() + 300
-    while time.time() < deadline and not (out / "train.log").exists():
+    # Stop waiting as soon as the child exits (a broken install fails in seconds, with its stderr).
+    while time.time() < deadline and proc.poll() is None and not (out / "train.log").exists():
         time.sleep(0.1)
-    while time.time() < deadline and "iter 4/400" not in (out / "train.log").read_text():
+    while time.time() < deadline and proc.poll() is None and "iter 4/400" not in (out / "train.log").read_text():
         time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == code, stderr[-2000:]
