@@ -9,6 +9,7 @@ all datasets the same way (``hydra.utils.instantiate``), with no special case fo
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -64,10 +65,13 @@ def generated_split(
 
 
 def _check_drawn_as_named(annotations: Path, generator: Callable[..., Any], **named: Any) -> None:
-    """Refuse a split on disk whose ``info["generator"]`` contradicts the parameters the config names.
+    """Refuse a split on disk whose ``info["generator"]`` is not the record this call would write.
 
     The generators record their parameters there (:mod:`detector.data.synthetic`,
-    :mod:`detector.data.scenes`); a file without that record is left to the COCO reader.
+    :mod:`detector.data.scenes`) and expose the function that makes the record as
+    ``recorded_params``: the record the generator's own staleness test compares is then rebuilt here,
+    defaults the config does not name included. A generator without one (a user's) is checked on the
+    parameters the config names; a file without a record is left to the COCO reader.
     """
     try:
         with open(annotations, encoding="utf-8") as f:
@@ -76,13 +80,36 @@ def _check_drawn_as_named(annotations: Path, generator: Callable[..., Any], **na
         return
     if not isinstance(drawn, dict):
         return
-    wanted = {**getattr(generator, "keywords", {}), **named}
-    differ = {k: (drawn[k], v) for k, v in wanted.items() if k in drawn and drawn[k] != v}
+    keywords = {**getattr(generator, "keywords", {}), **named}
+    wanted = _recorded_params(generator, keywords)
+    if wanted is None:  # only what the config names, where the record has it
+        wanted = {k: v for k, v in keywords.items() if k in drawn}
+        drawn = {k: drawn[k] for k in wanted}
+    missing = object()
+    differ = {
+        k: (drawn.get(k, missing), wanted.get(k, missing))
+        for k in dict.fromkeys([*wanted, *drawn])
+        if drawn.get(k, missing) != wanted.get(k, missing)
+    }
     if differ:
-        on_disk = ", ".join(f"{k}={a!r}" for k, (a, _) in differ.items())
-        named_here = ", ".join(f"{k}={b!r}" for k, (_, b) in differ.items())
+        def show(pairs: dict[str, Any]) -> str:
+            return ", ".join(f"{k}={v!r}" if v is not missing else f"no {k}" for k, v in pairs.items())
+
         raise DatasetError(
-            f"{annotations}: this generated split was drawn with {on_disk}, not the {named_here} the "
-            f"config names, so its numbers would not be comparable; redraw it by training on it "
-            f"(tools/train.py) or pass dataset=... to name the data"
+            f"{annotations}: this generated split was drawn with {show({k: a for k, (a, _) in differ.items()})}, "
+            f"not the {show({k: b for k, (_, b) in differ.items()})} the config names, so its numbers "
+            f"would not be comparable; redraw it by training on it (tools/train.py) or pass dataset=... "
+            f"to name the data"
         )
+
+
+def _recorded_params(generator: Callable[..., Any], keywords: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``info["generator"]`` record ``generator(root, **keywords)`` would write, or None if it
+    does not say (no ``recorded_params`` on the function)."""
+    func = getattr(generator, "func", generator)
+    record = getattr(func, "recorded_params", None)
+    if record is None:
+        return None
+    call = inspect.signature(func).bind_partial(**keywords)
+    call.apply_defaults()
+    return record(**{k: v for k, v in call.arguments.items() if k != "root"})

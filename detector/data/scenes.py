@@ -369,3 +369,8 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
     xx = c * (1 - abs(hp % 2 - 1))
     r, g, b = [(c, xx, 0), (xx, c, 0), (0, c, xx), (0, xx, c), (xx, 0, c), (c, 0, xx)][int(hp) % 6]
     return np.array([r + v - c, g + v - c, b + v - c], dtype=np.float32) * 255.0
+
+
+# The record a call writes as info["generator"], for readers that check a split on disk without
+# drawing it (detector.data.generated) and so compare exactly what the staleness test compares.
+ensure_scenes_split.recorded_params = _params  # type: ignore[attr-defined]
