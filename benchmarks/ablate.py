@@ -54,6 +54,9 @@ def load_spec(path: Path) -> dict:
     for key in ("budget", "base", "parts", "variants"):
         if key not in spec:
             raise SystemExit(f"error: {path}: missing key {key!r}")
+    for name in spec.get("speed_variants") or []:
+        if name not in spec["variants"]:
+            raise SystemExit(f"error: {path}: speed_variants: {name!r} is not one of the variants")
     return spec
 
 
@@ -188,14 +191,21 @@ def aggregate(rows: list[dict]) -> dict[tuple[str, str], dict]:
 
 
 def decide(rows: list[dict], *, variant: str, tuning: list[str], heldout: list[str], base: str = "base",
-           metric: str = "AP") -> dict:
+           metric: str = "AP", purpose: str = "accuracy") -> dict:
     """The decision rule, fixed before the runs: does ``variant`` replace the default (``base``)?
 
     Per dataset, over its seeds: the gain ``mean(variant) - mean(base)`` and the pooled standard
-    deviation ``sqrt((s_variant^2 + s_base^2) / 2)`` (sample deviations; at least 2 seeds each). The
-    variant is adopted only when its mean gain over the tuning datasets exceeds their mean pooled
-    deviation, and on no held-out dataset it loses more than that dataset's pooled deviation.
+    deviation ``sqrt((s_variant^2 + s_base^2) / 2)`` (sample deviations; at least 2 seeds each).
+
+    ``purpose="accuracy"`` (a knob meant to raise AP): adopted only when its mean gain over the tuning
+    datasets exceeds their mean pooled deviation, and on no held-out dataset it loses more than that
+    dataset's pooled deviation. ``purpose="speed"`` (a knob meant to cost less at the same AP, listed
+    under ``speed_variants`` in the spec; its speed is measured elsewhere): adopted only when on no
+    dataset of either part it loses more than that dataset's pooled deviation.
     """
+    if purpose not in ("accuracy", "speed"):
+        raise ValueError(f"purpose must be 'accuracy' or 'speed', got {purpose!r}")
+
     def values(v: str, d: str) -> list[float]:
         return [r[metric] for r in rows if r["variant"] == v and r["dataset"] == d and r.get(metric) is not None]
 
@@ -207,6 +217,11 @@ def decide(rows: list[dict], *, variant: str, tuning: list[str], heldout: list[s
                     "reason": f"{dataset_name(d)}: needs at least 2 seeds of {variant} and {base}"}
         gain = statistics.mean(a) - statistics.mean(b)
         per[d] = {"gain": gain, "pooled_std": math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)}
+    if purpose == "speed":
+        losing = [d for d in [*tuning, *heldout] if per[d]["gain"] < -per[d]["pooled_std"]]
+        reason = (f"speed knob: loses beyond its spread on {', '.join(dataset_name(d) for d in losing)}" if losing
+                  else "speed knob: no dataset of either part loses beyond its spread")
+        return {"adopt": not losing, "decided": True, "reason": reason, "per_dataset": per}
     gain = statistics.mean(per[d]["gain"] for d in tuning)
     noise = statistics.mean(per[d]["pooled_std"] for d in tuning)
     losing = [d for d in heldout if per[d]["gain"] < -per[d]["pooled_std"]]
@@ -317,7 +332,8 @@ def decision_table(rows: list[dict], spec: dict) -> str:
     for variant in spec["variants"]:
         if variant == "base":
             continue
-        r = decide(rows, variant=variant, tuning=list(parts["tuning"]), heldout=list(parts["heldout"]))
+        purpose = "speed" if variant in spec.get("speed_variants", []) else "accuracy"
+        r = decide(rows, variant=variant, tuning=list(parts["tuning"]), heldout=list(parts["heldout"]), purpose=purpose)
         if not r["decided"]:
             continue
         gains = ", ".join(f"{dataset_name(d)} {100 * g['gain']:+.1f} (±{100 * g['pooled_std']:.1f})"

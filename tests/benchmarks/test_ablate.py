@@ -171,6 +171,16 @@ def test_the_decision_rule_on_a_tiny_grid():
     noisy = {**good, ("v", "family/a"): [0.26, 0.33, 0.40], ("v", "family/b"): [0.05, 0.10, 0.15]}
     r = ablate.decide(_result_rows({**base, **noisy}), variant="v", tuning=tuning, heldout=heldout)
     assert not r["adopt"] and "does not exceed" in r["reason"]
+    # A speed knob needs no gain, only no loss beyond the spread on any dataset of either part.
+    same = {("v", "family/a"): [0.29, 0.32, 0.35], ("v", "family/b"): [0.09, 0.10, 0.11],
+            ("v", "family/c"): [0.50, 0.52, 0.54]}
+    assert not ablate.decide(_result_rows({**base, **same}), variant="v", tuning=tuning, heldout=heldout)["adopt"]
+    r = ablate.decide(_result_rows({**base, **same}), variant="v", tuning=tuning, heldout=heldout, purpose="speed")
+    assert r["adopt"], r["reason"]
+    # ... and a loss beyond the spread on a tuning dataset refuses it (0.05 against a pooled std of 0).
+    slower = {**same, ("v", "family/b"): [0.05, 0.05, 0.05]}
+    r = ablate.decide(_result_rows({**base, **slower}), variant="v", tuning=tuning, heldout=heldout, purpose="speed")
+    assert not r["adopt"] and "b" in r["reason"]
     # One seed cannot decide.
     r = ablate.decide(_result_rows({("base", "family/a"): [0.3], ("v", "family/a"): [0.5]}), variant="v",
                       tuning=["family/a"], heldout=[])
