@@ -85,21 +85,14 @@ def _check_drawn_as_named(annotations: Path, generator: Callable[..., Any], **na
     if wanted is None:  # only what the config names, where the record has it
         wanted = {k: v for k, v in keywords.items() if k in drawn}
         drawn = {k: drawn[k] for k in wanted}
-    missing = object()
-    differ = {
-        k: (drawn.get(k, missing), wanted.get(k, missing))
-        for k in dict.fromkeys([*wanted, *drawn])
-        if drawn.get(k, missing) != wanted.get(k, missing)
-    }
+    differ = [k for k in dict.fromkeys([*wanted, *drawn]) if drawn.get(k) != wanted.get(k)]
     if differ:
-        def show(pairs: dict[str, Any]) -> str:
-            return ", ".join(f"{k}={v!r}" if v is not missing else f"no {k}" for k, v in pairs.items())
-
+        on_disk = ", ".join(f"{k}={drawn.get(k)!r}" for k in differ)
+        named_here = ", ".join(f"{k}={wanted.get(k)!r}" for k in differ)
         raise DatasetError(
-            f"{annotations}: this generated split was drawn with {show({k: a for k, (a, _) in differ.items()})}, "
-            f"not the {show({k: b for k, (_, b) in differ.items()})} the config names, so its numbers "
-            f"would not be comparable; redraw it by training on it (tools/train.py) or pass dataset=... "
-            f"to name the data"
+            f"{annotations}: this generated split was drawn with {on_disk}, not the {named_here} the "
+            f"config names, so its numbers would not be comparable; redraw it by training on it "
+            f"(tools/train.py) or pass dataset=... to name the data"
         )
 
 
