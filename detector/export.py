@@ -103,7 +103,7 @@ def export_detector(
                     "labels": "int64 [D], 1..K; 0 = padding row"},
         "detections_per_img": heads.detections_per_img,
         "class_names": list(class_names),
-        "resize": {"min_size": transform.min_size[0], "max_size": transform.max_size,
+        "resize": {"min_size": transform.test_min_size, "max_size": transform.test_max_size,
                    "size_divisibility": transform.size_divisibility},
         "pixel_mean": transform.pixel_mean.flatten().tolist(), "pixel_std": transform.pixel_std.flatten().tolist(),
         "score_thresh": heads.score_thresh,

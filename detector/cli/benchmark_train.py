@@ -60,6 +60,7 @@ def benchmark_config(*, width: float, size: int, rois: int, rpn_topk: tuple[int,
     overrides = [
         f"model/pooler={pooler}", f"model.backbone.width={width}", f"model.transform.min_size={size}",
         f"model.transform.max_size={size}", f"model.roi_heads.sampler.batch_size_per_image={rois}",
+        "model.transform.test_scale=1.0",  # torchvision tests at its training size: the same pixels for both
         f"model.rpn.pre_nms_topk_train={rpn_topk[0]}", f"model.rpn.post_nms_topk_train={rpn_topk[1]}", *extra,
     ]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

@@ -205,6 +205,8 @@ def evaluate(cfg: DictConfig) -> list[dict]:
                     stored["dataset"]["val"], what="config.dataset.val", from_file=path, trusted_targets=trusted
                 )
             model, class_names = model_from_checkpoint(path, state, device, trusted_targets=trusted)
+            if cfg.get("test_scale") is not None:  # null: the checkpoint's own (1 where it stores none)
+                model.transform.set_test_scale(cfg.test_scale)
             if class_names != list(dataset.class_names):
                 raise CheckpointError(
                     f"{path} was trained on classes {class_names} but {dataset.source} has "
@@ -229,7 +231,8 @@ def evaluate(cfg: DictConfig) -> list[dict]:
                 quantized[i] = (str(dataset.source), by_size(
                     boxes, buckets, stride=int(stored["model"]["backbone"]["stride"]),
                     output_size=int(pooler_cfg["output_size"]), rule=str(pooler_cfg.get("quantization", "round"))))
-            extra = {"checkpoint": str(path), "pooler": label, "iteration": int(state.get("iteration", -1))}
+            extra = {"checkpoint": str(path), "pooler": label, "iteration": int(state.get("iteration", -1)),
+                     "test_scale": model.transform.test_scale}
             if dataset.proposals is not None:
                 recall = proposal_recall(dataset.proposals, counted_ground_truth(dataset))
                 extra["proposals"] = {"file": dataset.proposals_file, **recall}

@@ -105,6 +105,9 @@ def infer(cfg: DictConfig) -> list[dict]:
         if cfg.get("amp") not in (None, "off", False):
             raise ConfigError(f"amp={cfg.amp} applies to checkpoints; {cfg.checkpoint} runs in the precision it was "
                               f"exported in (leave amp unset)")
+        if cfg.get("test_scale") is not None:
+            raise ConfigError(f"test_scale applies to checkpoints; {cfg.checkpoint} resizes as it was exported "
+                              f"(leave test_scale unset, or export again from a checkpoint)")
         exported, device = ExportedPredictor(str(cfg.checkpoint)), torch.device("cpu")
         class_names = exported.class_names
 
@@ -116,6 +119,8 @@ def infer(cfg: DictConfig) -> list[dict]:
         trusted = [str(t) for t in (cfg.get("trusted_targets") or [])]
         state = load_checkpoint(path)
         net, class_names = model_from_checkpoint(path, state, device, trusted_targets=trusted)
+        if cfg.get("test_scale") is not None:  # null: the checkpoint's own (1 where it stores none)
+            net.transform.set_test_scale(cfg.test_scale)
         amp = checkpoint_amp_dtype(cfg.get("amp"), state.get("config") or {}, device)
 
         def model(tensors):  # in the precision of training's rule (amp=auto: bf16 where it is fast)

@@ -10,6 +10,12 @@ are zero-padded at the bottom/right into one tensor; the padding is a multiple o
 that feature cells line up with image pixels exactly as the seed assumes (800 x 576 -> 25 x 18).
 Doing this in the model (as torchvision's GeneralizedRCNNTransform does) means users pass raw images
 and get boxes back in their original pixel coordinates.
+
+At test time both sizes may be multiplied by ``test_scale`` (detectron2's separate MIN_SIZE_TEST /
+MAX_SIZE_TEST, as a factor of the training sizes so that one number follows any ``min_size``). At stride
+32 an object of 12-32 px covers less than one feature cell; testing a model trained at 256 px at 320 px
+moves such objects towards the sizes the RPN and the 7 x 7 pooler resolve, and it was measured to pay on
+data it was not chosen on (docs/defaults.md, "The test size").
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class DetectionTransform(nn.Module):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         size_divisibility: int = 32,
+        test_scale: float = 1.0,
     ) -> None:
         super().__init__()
         # Several min sizes = multi-scale training (one drawn per image); the first is used at test.
@@ -56,20 +63,34 @@ class DetectionTransform(nn.Module):
         if self.max_size < max(self.min_size):
             raise ConfigError(f"max_size={self.max_size} is below min_size={max(self.min_size)}; it caps the longer side")
         self.size_divisibility = int(size_divisibility)
+        self.set_test_scale(test_scale)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
 
+    def set_test_scale(self, test_scale: float) -> None:
+        """Test at ``test_scale`` x the training sizes from now on (also for a model already built)."""
+        if isinstance(test_scale, bool) or not isinstance(test_scale, (int, float)) or not 0 < test_scale <= 8:
+            raise ConfigError(f"test_scale must be a number in (0, 8], got {test_scale!r} (1 = test at the training size)")
+        self.test_scale = float(test_scale)
+        # The sizes in eval mode, rounded half up as the resize itself is.
+        self.test_min_size = max(1, math.trunc(self.min_size[0] * self.test_scale + 0.5))
+        self.test_max_size = max(self.test_min_size, math.trunc(self.max_size * self.test_scale + 0.5))
+
     def target_size(self, h: int, w: int, *, generator: torch.Generator | None = None) -> tuple[int, int]:
         """(height, width) an h x w image is resized to (in training, one of the min_size values at random,
-        drawn from ``generator`` when given: the sample's own, see :mod:`detector.modeling.sampler`)."""
-        if self.training and len(self.min_size) > 1:
+        drawn from ``generator`` when given: the sample's own, see :mod:`detector.modeling.sampler`; in eval
+        mode the test sizes, ``test_scale`` times the first)."""
+        max_size = self.max_size
+        if not self.training:
+            min_size, max_size = self.test_min_size, self.test_max_size
+        elif len(self.min_size) > 1:
             min_size = self.min_size[int(torch.randint(len(self.min_size), (), generator=generator).item())]
         else:
             min_size = self.min_size[0]
         # min_size on the shorter side unless that puts the longer one past max_size, rounded half up.
         # Written with operations a traced size keeps (no branch, no round()), so that an exported
         # program applies the same rule to any image size (detector.export).
-        scale = torch.sym_min(min_size / torch.sym_min(h, w), self.max_size / torch.sym_max(h, w))
+        scale = torch.sym_min(min_size / torch.sym_min(h, w), max_size / torch.sym_max(h, w))
         # (trunc of a positive number is its floor; torch.export serialises trunc, not floor.)
         return torch.sym_max(1, math.trunc(h * scale + 0.5)), torch.sym_max(1, math.trunc(w * scale + 0.5))
 
@@ -125,6 +146,6 @@ class DetectionTransform(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"min_size={self.min_size}, max_size={self.max_size}, "
-            f"size_divisibility={self.size_divisibility}"
+            f"min_size={self.min_size}, max_size={self.max_size}, test_scale={self.test_scale:g} "
+            f"(test: {self.test_min_size}, {self.test_max_size}), size_divisibility={self.size_divisibility}"
         )

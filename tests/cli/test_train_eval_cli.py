@@ -136,6 +136,27 @@ def test_the_same_config_with_other_weights_does_not_reproduce_the_metrics(train
     assert rows[0]["AP50"] < trained_metrics["AP50"] - 0.05
 
 
+def test_eval_test_scale_overrides_the_checkpoints_own(trained, tmp_path):
+    """test_scale=null evaluates at the checkpoint's own test size (its training eval's metrics); a number
+    re-evaluates the same weights at another size (other metrics), recorded in the row."""
+    from detector.cli import eval as eval_tool
+    from omegaconf import OmegaConf
+
+    tmp, runs = trained
+    ckpt = runs["roi_align"] / "model_final.pth"
+    base = {"checkpoints": [str(ckpt)], "results": [], "dataset": None, "voc_protocol": "devkit", "voc_results": False,
+            "device": "cpu", "batch_size": 4, "num_workers": 0, "progress": False}
+    own = eval_tool.evaluate(OmegaConf.create({**base, "test_scale": None, "output_dir": str(tmp_path / "own")}))
+    one = eval_tool.evaluate(OmegaConf.create({**base, "test_scale": 1.0, "output_dir": str(tmp_path / "one")}))
+    import torch
+
+    stored = torch.load(ckpt, weights_only=False)["config"]["model"]["transform"]["test_scale"]
+    assert own[0]["test_scale"] == stored and one[0]["test_scale"] == 1.0
+    assert stored != 1.0 and own[0]["AP50"] != one[0]["AP50"]
+    trained_metrics = json.loads((runs["roi_align"] / "metrics.json").read_text())
+    assert own[0]["AP50"] == pytest.approx(trained_metrics["AP50"], abs=1e-9)
+
+
 def test_multirun_sweeps_poolers(tmp_path):
     out = tmp_path / "sweep"
     args = train_args(tmp_path, out, ["solver.max_iter=1"])

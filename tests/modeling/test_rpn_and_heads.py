@@ -115,7 +115,8 @@ def test_integer_external_proposals_are_scaled_not_truncated():
         seen["boxes"] = [b.clone() for b in args[1]]
 
     model.roi_heads.pooler.register_forward_pre_hook(spy)
-    image = torch.rand(3, 256, 256)  # resized to 128 by the tiny model's transform
+    model.transform.test_min_size = model.transform.test_max_size = 128  # 256 px in, 128 px to the backbone
+    image = torch.rand(3, 256, 256)
     with torch.no_grad():
         model([image], proposals=[torch.tensor([[20, 40, 100, 200]])])
     torch.testing.assert_close(seen["boxes"][0], torch.tensor([[10.0, 20.0, 50.0, 100.0]]))
