@@ -27,6 +27,13 @@ def test_export_and_infer_command_lines(tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "m.pt2").is_file() and (tmp_path / "m.json").is_file()
     assert not (tmp_path / "export.log").exists()  # nothing but the program and its description
+    # The description's resize is the exported program's: the test sizes (test_scale x the training sizes).
+    import torch
+
+    stored = torch.load(run / "model_final.pth", weights_only=False)["config"]["model"]["transform"]
+    resize = json.loads((tmp_path / "m.json").read_text())["resize"]
+    assert resize["min_size"] == round(stored["min_size"] * stored["test_scale"]) != stored["min_size"]
+    assert resize["max_size"] == round(stored["max_size"] * stored["test_scale"])
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
     outputs = {}
     for source in (f"checkpoint={run / 'model_final.pth'}", f"checkpoint={tmp_path / 'm.pt2'}"):
@@ -45,6 +52,12 @@ def test_export_and_infer_command_lines(tmp_path, capsys):
     r = run_in_process("infer", [f"checkpoint={tmp_path / 'm.pt2'}", f"input={tmp_path / 'photo.png'}", "amp=bf16",
                                  f"output_dir={tmp_path / 'bf16'}"], tmp_path, capsys)
     assert r.returncode == 1 and "amp=bf16 applies to checkpoints" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_in_process("infer", [f"checkpoint={tmp_path / 'm.pt2'}", f"input={tmp_path / 'photo.png'}", "test_scale=1.0",
+                                 f"output_dir={tmp_path / 'scaled'}"], tmp_path, capsys)
+    assert r.returncode == 1 and "test_scale applies to checkpoints" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_in_process("infer", [f"checkpoint={run / 'model_final.pth'}", f"input={tmp_path / 'photo.png'}", "test_scale=1.0",
+                                 f"output_dir={tmp_path / 'scaled'}", "progress=false", "device=cpu"], tmp_path, capsys)
+    assert r.returncode == 0, r.stderr
     r = run_in_process("infer", [f"checkpoint={tmp_path / 'nope.onnx'}", f"input={tmp_path / 'photo.png'}"], tmp_path, capsys)
     assert r.returncode == 1 and "nope.onnx: no such file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
