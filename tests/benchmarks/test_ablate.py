@@ -99,9 +99,12 @@ def test_unknown_variant_is_one_line(grid):
         ablate.main(["--spec", str(tmp / "spec.yaml"), "--out", str(out), "--part", "tiny", "--variants", "nope"])
 
 
-@pytest.mark.parametrize("name", ["ablation.yaml", "ablation_round3.yaml"])
+@pytest.mark.parametrize("name", ["ablation.yaml", "ablation_round3.yaml", "ablation_round4.yaml"])
 def test_the_committed_specs_split_the_family_and_name_real_configs(name):
     spec = ablate.load_spec(ROOT / "benchmarks" / name)
+    # Rounds before the test size became a factor of the training size keep testing at the training
+    # size, so that their commands reproduce their rows.
+    assert ("model.transform.test_scale=1.0" in spec["budget"]) == (name != "ablation_round4.yaml")
     tuning, heldout = set(spec["parts"]["tuning"]), set(spec["parts"]["heldout"])
     assert tuning and heldout and not tuning & heldout
     family = {f"family/{p.stem}" for p in (ROOT / "configs" / "dataset" / "family").glob("[!_]*.yaml")}
