@@ -75,6 +75,21 @@ def test_load_and_predict_on_every_kind_of_image(run, tmp_path):
     assert len(high["boxes"]) == int((expected["scores"] >= expected["scores"].max()).sum())
 
 
+def test_load_at_another_test_size(run):
+    _, out, _ = run
+    own, one = detector.load(out / "model_final.pth", device="cpu"), detector.load(out / "model_final.pth", device="cpu", test_scale=1.0)
+    t = own.model.transform
+    assert t.test_scale != 1.0 and one.model.transform.test_scale == 1.0
+    image = torch.rand(3, 100, 140)
+    assert t.target_size(100, 140) != one.model.transform.target_size(100, 140)
+    tested = one.model.transform.target_size(100, 140)
+    assert tested == one.model.transform.train().target_size(100, 140)  # 1.0: the training size
+    one.model.transform.eval()
+    with pytest.raises(ConfigError, match="test_scale must be a number"):
+        detector.load(out / "model_final.pth", device="cpu", test_scale=0)
+    assert len(one.predict(image)) == 1
+
+
 def test_bad_images_are_one_clear_error(run):
     _, out, _ = run
     model = detector.load(out / "model_final.pth", device="cpu")

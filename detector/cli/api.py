@@ -37,7 +37,8 @@ from detector.utils.env import resolve_device
 __all__ = ["compose_command", "evaluate", "load", "train"]
 
 
-def load(checkpoint: str | Path, *, device: str = "auto", trusted_targets: Sequence[str] = ()) -> Predictor:
+def load(checkpoint: str | Path, *, device: str = "auto", trusted_targets: Sequence[str] = (),
+         test_scale: float | None = None) -> Predictor:
     """A :class:`~detector.predictor.Predictor` for a checkpoint written by ``roilens train``.
 
     Args:
@@ -45,12 +46,16 @@ def load(checkpoint: str | Path, *, device: str = "auto", trusted_targets: Seque
         device: ``auto`` (CUDA when there is one), ``cpu``, ``cuda``, ``cuda:1``, ...
         trusted_targets: classes of your own (e.g. a custom backbone) the checkpoint may name; by
             default it may name only this framework's parts.
+        test_scale: predict at this factor of the training size instead of the checkpoint's own
+            ``model.transform.test_scale`` (as ``roilens eval/infer test_scale=...``).
     """
     path = Path(checkpoint)
     torch_device = resolve_device(device)
     model, class_names = model_from_checkpoint(
         path, load_checkpoint(path), torch_device, trusted_targets=[str(t) for t in trusted_targets]
     )
+    if test_scale is not None:
+        model.transform.set_test_scale(test_scale)
     return Predictor(model=model, class_names=class_names, device=torch_device)
 
 
