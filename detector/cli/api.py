@@ -52,10 +52,9 @@ def load(checkpoint: str | Path, *, device: str = "auto", trusted_targets: Seque
     path = Path(checkpoint)
     torch_device = resolve_device(device)
     model, class_names = model_from_checkpoint(
-        path, load_checkpoint(path), torch_device, trusted_targets=[str(t) for t in trusted_targets]
+        path, load_checkpoint(path), torch_device, trusted_targets=[str(t) for t in trusted_targets],
+        test_scale=test_scale,
     )
-    if test_scale is not None:
-        model.transform.set_test_scale(test_scale)
     return Predictor(model=model, class_names=class_names, device=torch_device)
 
 

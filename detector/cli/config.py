@@ -340,9 +340,10 @@ def build_split(
 
 
 def model_from_checkpoint(
-    path: Path, state: dict, device, *, trusted_targets: Sequence[str] = ()
+    path: Path, state: dict, device, *, trusted_targets: Sequence[str] = (), test_scale: float | None = None
 ) -> tuple[Any, list[str]]:
-    """Rebuild a trained model from the config and class names stored in its checkpoint.
+    """Rebuild a trained model from the config and class names stored in its checkpoint (tested at
+    ``test_scale`` x its training size when given; None: its own ``model.transform.test_scale``).
 
     Needs no dataset: the classes come from the checkpoint (``extra.dataset.class_names``). The
     stored config is data from a file: it is checked by :func:`stored_model_config` before
@@ -369,6 +370,8 @@ def model_from_checkpoint(
         model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit its stored config: {str(e).splitlines()[0]}") from None
+    if test_scale is not None:
+        model.transform.set_test_scale(test_scale)
     return model.to(device).eval(), class_names
 
 

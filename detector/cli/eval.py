@@ -204,9 +204,8 @@ def evaluate(cfg: DictConfig) -> list[dict]:
                 dataset = shared or build_split(
                     stored["dataset"]["val"], what="config.dataset.val", from_file=path, trusted_targets=trusted
                 )
-            model, class_names = model_from_checkpoint(path, state, device, trusted_targets=trusted)
-            if cfg.get("test_scale") is not None:  # null: the checkpoint's own (1 where it stores none)
-                model.transform.set_test_scale(cfg.test_scale)
+            model, class_names = model_from_checkpoint(  # test_scale null: the checkpoint's own
+                path, state, device, trusted_targets=trusted, test_scale=cfg.get("test_scale"))
             if class_names != list(dataset.class_names):
                 raise CheckpointError(
                     f"{path} was trained on classes {class_names} but {dataset.source} has "

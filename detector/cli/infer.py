@@ -118,9 +118,8 @@ def infer(cfg: DictConfig) -> list[dict]:
         path = Path(str(cfg.checkpoint))
         trusted = [str(t) for t in (cfg.get("trusted_targets") or [])]
         state = load_checkpoint(path)
-        net, class_names = model_from_checkpoint(path, state, device, trusted_targets=trusted)
-        if cfg.get("test_scale") is not None:  # null: the checkpoint's own (1 where it stores none)
-            net.transform.set_test_scale(cfg.test_scale)
+        net, class_names = model_from_checkpoint(  # test_scale null: the checkpoint's own
+            path, state, device, trusted_targets=trusted, test_scale=cfg.get("test_scale"))
         amp = checkpoint_amp_dtype(cfg.get("amp"), state.get("config") or {}, device)
 
         def model(tensors):  # in the precision of training's rule (amp=auto: bf16 where it is fast)
