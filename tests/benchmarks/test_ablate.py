@@ -233,16 +233,18 @@ def test_the_harness_registers_the_config_resolvers_itself():
 
 def test_the_round3_spec_sets_the_lr_its_variant_names_say():
     """Every variant of the width x batch x rule grid composes, and its resolved lr is the one its name
-    promises: ``_rule`` = 0.04 * (batch / 4) * (0.125 / width) (uncapped), ``_flat`` = 0.04."""
+    promises: ``_rule`` = 0.04 * (batch / 4) * (0.125 / width) (uncapped), ``_flat`` = 0.04, ``_sqrt`` =
+    0.04 * (batch / 4) * (0.125 / width) ** 0.5."""
     spec = ablate.load_spec(ROOT / "benchmarks" / "ablation_round3.yaml")
     assert spec["parts"]["heldout"] == ablate.load_spec(ROOT / "benchmarks" / "ablation.yaml")["parts"]["heldout"]
     grid = [v for v in spec["variants"] if v.startswith("w")]
-    assert len(grid) == 4 * 3 * 2 - 2  # widths x batches x rule on/off, less the two defaults (= base)
+    assert len([v for v in grid if not v.endswith("_sqrt")]) == 4 * 3 * 2 - 2  # less the two defaults (= base)
     for name in grid:
         width, batch, rule = name.split("_")
         cfg = compose_config("train", [*spec["budget"], *spec["variants"][name]])
         assert cfg.model.backbone.width == float(width[1:]) and cfg.solver.ims_per_batch == int(batch[1:])
-        expected = 0.04 * (int(batch[1:]) / 4) * (0.125 / float(width[1:])) if rule == "rule" else 0.04
+        exponent = {"rule": 1.0, "sqrt": 0.5, "flat": 0.0}[rule]
+        expected = 0.04 * (int(batch[1:]) / 4) * (0.125 / float(width[1:])) ** exponent if rule != "flat" else 0.04
         assert cfg.solver.base_lr == pytest.approx(expected), name
         assert cfg.solver.max_iter == 900
 
