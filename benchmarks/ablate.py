@@ -18,9 +18,10 @@ the harness can be killed and restarted (a half-finished training run is redone 
 ``OUT/results.md`` gets the table: per variant, the mean over the part's datasets and the
 per-dataset AP, AP50, AP75, APs, and the wall time.
 
-``--jobs 2`` runs two variants side by side, each with ``OMP_NUM_THREADS=1``: on a 2-core machine
-that is as fast as one job with two threads and hides each process's start-up; the wall times in the
-table are then those of one thread.
+``--jobs 2`` runs two (variant, seed) jobs side by side, each with ``OMP_NUM_THREADS=1``: on a 2-core
+machine that is as fast as one job with two threads and hides each process's start-up; the wall times
+in the table are then those of one thread. Jobs go variant by variant, so one variant's seeds also
+fill both cores.
 
 The spec (``benchmarks/ablation.yaml``) names the budget, the base recipe, the parts and the
 variants; see its comments. Written by hand: Hydra's basic sweeper takes cartesian products only, and
@@ -123,9 +124,13 @@ def prepare_datasets(datasets: list[str], overrides: list[str]) -> None:
 
 def run_variant(out: Path, spec: dict, variant: str, datasets: list[str], threads: int | None, log,
                 seeds: tuple[int, ...] = (0,)) -> None:
-    overrides = list(spec["variants"][variant] or [])
     for seed in seeds:
-        _run_seed(out, spec, variant, overrides, datasets, threads, log, seed)
+        run_point(out, spec, variant, datasets, threads, log, seed)
+
+
+def run_point(out: Path, spec: dict, variant: str, datasets: list[str], threads: int | None, log, seed: int) -> None:
+    """One job: ``variant`` with ``seed`` on each of ``datasets`` not yet in the results."""
+    _run_seed(out, spec, variant, list(spec["variants"][variant] or []), datasets, threads, log, seed)
 
 
 def job_env(threads: int | None) -> dict[str, str]:
@@ -155,7 +160,8 @@ def _run_seed(out, spec, variant, overrides, datasets, threads, log, seed: int) 
     env = job_env(threads)
     log(f"[{time.strftime('%H:%M:%S')}] start {variant} seed {seed} on {', '.join(map(dataset_name, todo))}")
     new = []
-    with open(out / "logs" / f"{variant}.log", "a", encoding="utf-8") as f:
+    log_name = f"{variant}.log" if not seed else f"{variant}_seed{seed}.log"  # one file per job
+    with open(out / "logs" / log_name, "a", encoding="utf-8") as f:
         proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
         while True:  # append each dataset's point as soon as its run has finished
             try:
@@ -164,7 +170,7 @@ def _run_seed(out, spec, variant, overrides, datasets, threads, log, seed: int) 
             except subprocess.TimeoutExpired:
                 new += collect(out, variant, overrides, todo, seed)
     new += collect(out, variant, overrides, todo, seed)
-    status = "done" if proc.returncode == 0 else f"exit {proc.returncode} (see logs/{variant}.log)"
+    status = "done" if proc.returncode == 0 else f"exit {proc.returncode} (see logs/{log_name})"
     summary = ", ".join(f"{dataset_name(r['dataset'])} AP {r['AP']:.3f}" for r in new)
     log(f"[{time.strftime('%H:%M:%S')}] {status} {variant} seed {seed}: {summary}")
 
@@ -365,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default="", help="comma-separated variant names (default: all)")
     parser.add_argument("--datasets", default="", help="comma-separated subset of the part's datasets")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; each point runs once per seed")
-    parser.add_argument("--jobs", type=int, default=1, help="variants run side by side (1 thread each if > 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="(variant, seed) jobs run side by side (1 thread each if > 1)")
     parser.add_argument("--table", action="store_true", help="only rewrite results.md from results.jsonl")
     args = parser.parse_args(argv)
 
@@ -396,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
 
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             seeds = tuple(int(x) for x in args.seeds.split(",") if x)
-            futures = [pool.submit(run_variant, args.out, spec, v, datasets, threads, log, seeds) for v in variants]
+            jobs = [(v, seed) for v in variants for seed in seeds]
+            futures = [pool.submit(run_point, args.out, spec, v, datasets, threads, log, seed) for v, seed in jobs]
             for future in futures:
                 future.result()
     print(write_tables(args.out, spec), end="")

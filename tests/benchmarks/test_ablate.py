@@ -93,6 +93,30 @@ def test_rerun_skips_done_points_and_redoes_a_missing_one(grid):
     assert sorted(r["variant"] for r in _rows(out)) == ["lr_a", "lr_b", "rois_a", "rois_b"]
 
 
+def test_jobs_are_variant_seed_pairs_so_one_variants_seeds_share_the_cores(tmp_path, monkeypatch):
+    """``--jobs 2`` with one variant and two seeds runs both seeds at once (a barrier of two parties
+    passes only if they are side by side), each on one thread, variant by variant."""
+    import threading
+
+    spec = {"budget": [], "base": [], "parts": {"p": ["family/synth_large"]},
+            "variants": {"a": ["solver.base_lr=0.01"], "b": []}}  # fmt: skip
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    barrier, calls = threading.Barrier(2, timeout=20), []
+
+    def fake_run_seed(out, spec, variant, overrides, datasets, threads, log, seed):
+        calls.append((variant, seed, threads, tuple(overrides)))
+        if variant == "a":
+            barrier.wait()  # raises BrokenBarrierError when a's seeds run one after the other
+
+    monkeypatch.setattr(ablate, "_run_seed", fake_run_seed)
+    monkeypatch.setattr(ablate, "prepare_datasets", lambda datasets, overrides: None)
+    argv = ["--spec", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "out"), "--part", "p", "--jobs", "2"]
+    assert ablate.main([*argv, "--variants", "a,b", "--seeds", "0,1"]) == 0
+    assert sorted(calls) == [("a", 0, 1, ("solver.base_lr=0.01",)), ("a", 1, 1, ("solver.base_lr=0.01",)),
+                             ("b", 0, 1, ()), ("b", 1, 1, ())]  # fmt: skip
+    assert [c[0] for c in calls[:2]] == ["a", "a"]
+
+
 def test_unknown_variant_is_one_line(grid):
     tmp, out = grid
     with pytest.raises(SystemExit, match="'nope' is not in"):
