@@ -122,12 +122,6 @@ def prepare_datasets(datasets: list[str], overrides: list[str]) -> None:
             build_datasets(compose("train", overrides=[f"dataset={dataset}", *overrides]))
 
 
-def run_variant(out: Path, spec: dict, variant: str, datasets: list[str], threads: int | None, log,
-                seeds: tuple[int, ...] = (0,)) -> None:
-    for seed in seeds:
-        run_point(out, spec, variant, datasets, threads, log, seed)
-
-
 def run_point(out: Path, spec: dict, variant: str, datasets: list[str], threads: int | None, log, seed: int) -> None:
     """One job: ``variant`` with ``seed`` on each of ``datasets`` not yet in the results."""
     _run_seed(out, spec, variant, list(spec["variants"][variant] or []), datasets, threads, log, seed)
