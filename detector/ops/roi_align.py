@@ -118,7 +118,8 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
     if sample_layout not in _LAYOUTS:
         raise ValueError(f"sample_layout must be one of {_LAYOUTS}, got {sample_layout!r}")
     # Geometry in at least float32: a half-precision map must not round box corners (bf16 keeps
-    # 8 bits, a few pixels at 800) before they are scaled; the weights are cast to the map's dtype.
+    # 8 bits, a few pixels at 800) before they are scaled; the gather rounds the weights to the
+    # map's dtype, the backward sums in float32 (detector.ops.sparse_map).
     rois = boxes_to_rois(boxes, input, dtype=torch.promote_types(input.dtype, torch.float32))
     check_roi_inputs(input, rois)
     kh, kw = output_size = pair(output_size)
@@ -191,7 +192,7 @@ def _align(input: Tensor, g: RoIGeometry, output_size: tuple[int, int], layout: 
         )
         row_cells = (g.batch_idx[:, None, None] * (height * width) + row_cells * width).to(index_dtype)
         cells = tap_products(row_cells, col_cells.to(index_dtype), torch.add)  # [K*A*B, T]
-        weights = tap_products(row_w, col_w, torch.mul).to(input.dtype)
+        weights = tap_products(row_w, col_w, torch.mul)  # the geometry's dtype; see sparse_map
     return SparseRoIAlign.apply(input, cells, weights, plan)
 
 

@@ -27,6 +27,13 @@ kept for the backward, the taps ([K*A*B, T] indices and weights) and max's winne
 output when A*B <= 256); the backward briefly holds the taps sorted by cell (3-4x the saved taps).
 Gradients flow to ``input`` only (boxes are treated as constants, as in torchvision).
 
+Half-precision maps (bf16 under autocast) are pooled as they are, with no float32 copy of the map or
+of the output: the taps' weights stay float32 (the geometry's dtype) and are rounded to the map's
+dtype chunk by chunk for the gather, and the backward accumulates in float32 and rounds the map's
+gradient once at the end (a cell sums the taps of many RoIs; bf16 sums would lose digits at each).
+The output then differs from float32 pooling rounded to bf16 by about one bf16 rounding more
+(docs/operators.md gives the measured error; tests/ops/test_roi_align.py bounds it).
+
 Why hand-written: no library offers the max reduction or the seed's interior layout, on CPU or GPU;
 this formulation is also several times faster than torchvision's CPU kernel (``tools/benchmark.py ops``).
 """
@@ -64,7 +71,7 @@ class SparseMapPlan:
 class SparseRoIAlign(torch.autograd.Function):
     """RoIAlign as a sparse linear map of the channels-last map, with its own backward.
 
-    forward(input [N, C, H, W], cells [K*A*B, T], weights [K*A*B, T], plan)
+    forward(input [N, C, H, W], cells [K*A*B, T], weights [K*A*B, T] (float32 or float64), plan)
         -> [K, C, A / n_h, B / n_w] for max, [K, C, A, B] otherwise (avg: kh x kw; every sample)
 
     Row r of the output (or of the samples) is ``sum_t weights[r, t] * map[cells[r, t], :]`` with
@@ -101,7 +108,7 @@ class SparseRoIAlign(torch.autograd.Function):
             idx_buf = channels_last_empty(*size, dtype=torch.int64, device=input.device)
         for s, e in chunks(num_rois, plan.rois_per_chunk):
             rows = slice(s * a * b, e * a * b)
-            samples = F.embedding_bag(cells[rows], table, per_sample_weights=weights[rows], mode="sum")
+            samples = F.embedding_bag(cells[rows], table, per_sample_weights=weights[rows].to(table.dtype), mode="sum")
             samples = samples.view(e - s, a, b, channels).permute(0, 3, 1, 2)  # [ck, C, A, B], channels-last
             if plan.kernel is None:
                 output[s:e] = samples
@@ -111,7 +118,7 @@ class SparseRoIAlign(torch.autograd.Function):
             output[s:e] = pooled
             winner[s:e] = idx
         ctx.save_for_backward(cells, weights, winner)
-        ctx.plan, ctx.input_shape = plan, input.shape
+        ctx.plan, ctx.input_shape, ctx.input_dtype = plan, input.shape, input.dtype
         return output
 
     @staticmethod
@@ -122,14 +129,15 @@ class SparseRoIAlign(torch.autograd.Function):
         num_images, channels, height, width = ctx.input_shape
         a, b, taps = plan.a, plan.b, cells.shape[1]
         rows_per_chunk = plan.rois_per_chunk * a * b
+        acc = weights.dtype  # at least float32: the sums run in it, whatever the map's dtype
         # Buffers reused by every chunk (fresh ones per chunk cost more in page faults than the rest
         # of the backward pass), channels-last like the samples.
-        grad_buf = channels_last_empty(plan.rois_per_chunk, *grad_output.shape[1:], dtype=grad_output.dtype, device=grad_output.device)
+        grad_buf = channels_last_empty(plan.rois_per_chunk, *grad_output.shape[1:], dtype=acc, device=grad_output.device)
         if plan.kernel:
             idx_buf = channels_last_empty(plan.rois_per_chunk, *grad_output.shape[1:], dtype=torch.int64, device=grad_output.device)
-            samples_buf = channels_last_empty(plan.rois_per_chunk, channels, a, b, dtype=grad_output.dtype, device=grad_output.device)
+            samples_buf = channels_last_empty(plan.rois_per_chunk, channels, a, b, dtype=acc, device=grad_output.device)
         bags = taps_by_cell(cells, weights, rows_per_chunk, plan.num_chunks, num_images * height * width)
-        grad_map = grad_output.new_zeros(num_images * height * width, channels)
+        grad_map = grad_output.new_zeros(num_images * height * width, channels, dtype=acc)
         for i, (s, e) in enumerate(chunks(grad_output.shape[0], plan.rois_per_chunk)):
             # Channels-last, the samples' layout (and max_pool2d's fast path: 14x faster than NCHW here).
             g = grad_buf[: e - s].copy_(grad_output[s:e])
@@ -150,8 +158,8 @@ class SparseRoIAlign(torch.autograd.Function):
                 bags.rows[taps_i], grad_rows, bags.offsets[bags_i], per_sample_weights=bags.weights[taps_i], mode="sum"
             )
             grad_map.index_add_(0, bags.cells[bags_i], per_cell)
-        grad_input = grad_map.view(num_images, height, width, channels).permute(0, 3, 1, 2).contiguous()
-        return grad_input, None, None, None
+        grad_input = grad_map.view(num_images, height, width, channels).permute(0, 3, 1, 2)
+        return grad_input.to(ctx.input_dtype, memory_format=torch.contiguous_format), None, None, None
 
 
 @dataclass(frozen=True)

@@ -275,6 +275,35 @@ def test_half_precision_maps(dtype, reduction):
     assert low.grad.dtype == dtype and torch.isfinite(low.grad.float()).all()
 
 
+def test_bf16_map_pooled_directly_is_within_two_bf16_roundings_and_matches_torchvision_under_autocast():
+    """A bf16 map is pooled without a float32 copy: the weights are rounded to bf16 for the gather
+    and the gradient is summed in float32. The stated tolerance, against float64 pooling of the
+    same bf16 values: at most two bf16 roundings (2 * 2**-8) of the largest output, and a mean error
+    at most 1.5x that of pooling in float32 and rounding the result to bf16 (what torchvision's
+    autocast wrapper returns)."""
+    x = torch.randn(4, 64, 8, 10).relu().bfloat16()
+    rois = _inside_rois(512, 4, 5, extent=(320.0, 256.0)).float()
+    ref = roi_align(x.double(), rois.double(), 7, 1 / 32, 2, True)
+    direct = roi_align(x, rois, 7, 1 / 32, 2, True)
+    assert direct.dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        tv = torchvision.ops.roi_align(x, rois, 7, 1 / 32, 2, True)
+    rounded = tv.to(torch.bfloat16).double()
+    ours_rounded = roi_align(x.float(), rois, 7, 1 / 32, 2, True).bfloat16().double()
+    torch.testing.assert_close(rounded, ours_rounded, rtol=2**-7, atol=1e-6)  # one bf16 ulp: float32 sums differ in order
+    err, err_rounded = (direct.double() - ref).abs(), (rounded - ref).abs()
+    assert err.max() <= 2 * 2**-8 * ref.abs().max()
+    assert err.mean() <= 1.5 * err_rounded.mean()
+    # The backward: float32 sums of the bf16 gradient rows, rounded once.
+    grad_out = torch.randn(direct.shape, generator=torch.Generator().manual_seed(1)).bfloat16()
+    low = x.clone().requires_grad_(True)
+    roi_align(low, rois, 7, 1 / 32, 2, True).backward(grad_out)
+    full = x.float().requires_grad_(True)
+    roi_align(full, rois, 7, 1 / 32, 2, True).backward(grad_out.float())
+    assert low.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(low.grad.float(), full.grad.bfloat16().float(), rtol=0, atol=2**-8 * float(full.grad.abs().max()))
+
+
 @pytest.mark.parametrize("reduction", ["avg", "max"])
 def test_inverted_boxes_read_zero(reduction):
     # x2 < x1 (or y2 < y1) with ``aligned``: an adaptive grid of ceil(negative) samples, i.e. none.

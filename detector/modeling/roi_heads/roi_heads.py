@@ -104,15 +104,17 @@ class RoIHeads(nn.Module):
         """The pooler on ``features`` [N, C, Hf, Wf] and proposals (N [P, 4]) -> [R, C, k, k], in features' dtype.
 
         Under autocast the map arrives in bfloat16 or float16 while the proposals are float32. The
-        pooler runs in float32 with autocast off, as torchvision's autocast wrappers of its RoI ops
-        do: RoIAlign's weighted sums would lose digits in 16 bits (RoIPool's max would not), and
-        every pooler then sees one dtype. The map at stride 32 is small, so the copy is cheap; the
-        result goes back to the map's dtype for the box head.
+        pooler runs with autocast off and is given the map as it is: each operator keeps its
+        geometry in float32 and decides where its sums need float32 (the CPU gather kernels pool a
+        bf16 map directly and sum its gradient in float32; torchvision's kernels on CUDA get a float32
+        copy, as torchvision's own autocast wrappers give them). Pooling the bf16 map directly saves
+        the float32 copy of the output and its cast back, which at inference (1000 RoIs per image)
+        cost more than the pooling itself (docs/precision.md).
         """
         if features.dtype not in (torch.bfloat16, torch.float16):
             return self.pooler(features, proposals)
         with torch.autocast(device_type=features.device.type, enabled=False):
-            return self.pooler(features.float(), proposals).to(features.dtype)
+            return self.pooler(features, proposals).to(features.dtype)
 
     def forward(
         self,
