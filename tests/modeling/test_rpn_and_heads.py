@@ -191,3 +191,20 @@ def test_a_batch_split_over_two_processes_has_the_loss_of_the_whole_batch():
     assert halves == pytest.approx(whole, rel=1e-5)
     whole, halves = _split_batch_losses(with_seeds=False)  # the draws then differ: the test can tell
     assert halves != pytest.approx(whole, rel=1e-3)
+
+
+@pytest.mark.parametrize("pooler", ["roi_align", "roi_pool", "roi_warp"])
+def test_under_bf16_autocast_the_cpu_pooler_reads_the_bf16_map_itself(pooler):
+    """No float32 copy of the map on the CPU: the pooler gets the bf16 map, returns bf16, and the
+    backward reaches the backbone (detector.ops sums the map's gradient in float32)."""
+    torch.manual_seed(0)
+    model = tiny_model(overrides=[f"model/pooler={pooler}"]).train()
+    seen = []
+    model.roi_heads.pooler.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    images, targets = _batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(images, targets)
+    assert seen == [torch.bfloat16]
+    sum(v.float() for v in losses.values()).backward()
+    grads = [p.grad for p in model.backbone.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
