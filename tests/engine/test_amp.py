@@ -216,15 +216,21 @@ def test_roi_align_under_bf16_autocast_keeps_float32_geometry():
     RoIPool(output_size=7, spatial_scale=0.25, quantization="floor"),
     RoIAlign(output_size=7, spatial_scale=0.25, sampling_ratio=2, aligned=True),
 ], ids=["roi_pool", "roi_pool_floor", "roi_align"])
-def test_the_heads_pool_a_bf16_map_in_float32(pooler):
+def test_the_heads_pool_a_bf16_map_as_float32_would_up_to_bf16_rounding(pooler):
     heads = tiny_model().roi_heads
     heads.pooler = pooler
     x = _map(torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         pooled = heads.pool(x, BOXES)
     assert pooled.dtype == torch.bfloat16
-    # Pooled in float32 from the bf16 values, rounded once at the end.
-    torch.testing.assert_close(pooled, pooler(x.float(), BOXES).bfloat16(), atol=0, rtol=0)
+    # The bf16 map is pooled directly (no float32 copy): RoIPool's max is exact in bf16; RoIAlign's
+    # weighted sums round their weights to bf16, within two bf16 roundings of the largest output of
+    # float32 pooling rounded once (the tolerance of detector.ops.sparse_map).
+    reference = pooler(x.float(), BOXES)
+    if isinstance(pooler, RoIPool):
+        torch.testing.assert_close(pooled, reference.bfloat16(), atol=0, rtol=0)
+    else:
+        assert (pooled.float() - reference).abs().max() <= 2 * 2**-8 * reference.abs().max()
 
 
 def test_fast_rcnn_proposals_reach_the_pooler_unrounded(monkeypatch):
