@@ -32,7 +32,7 @@ of the output: the taps' weights stay float32 (the geometry's dtype) and are rou
 dtype chunk by chunk for the gather, and the backward accumulates in float32 and rounds the map's
 gradient once at the end (a cell sums the taps of many RoIs; bf16 sums would lose digits at each).
 The output then differs from float32 pooling rounded to bf16 by about one bf16 rounding more
-(docs/operators.md gives the measured error; tests/ops/test_roi_align.py bounds it).
+(docs/precision.md gives the measured error; tests/ops/test_roi_align.py bounds it).
 
 Why hand-written: no library offers the max reduction or the seed's interior layout, on CPU or GPU;
 this formulation is also several times faster than torchvision's CPU kernel (``tools/benchmark.py ops``).
