@@ -299,13 +299,18 @@ def build_state(cfg: DictConfig, ddp, device: torch.device, train_set: Detection
             raise ConfigError("model.sync_bn=true needs CUDA (torch's SyncBatchNorm has no CPU kernel); on CPU leave it false")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
-    optimizer = build_optimizer(model, base_lr=solver.base_lr, momentum=solver.momentum, weight_decay=solver.weight_decay)
+    optimizer = build_optimizer(model, base_lr=solver.base_lr, momentum=solver.momentum,
+                                weight_decay=solver.weight_decay,
+                                backbone_lr_factor=float(solver.get("backbone_lr_factor", 1.0)))
     # solver.amp: bf16 / fp16 autocast in the forward; fp16 also scales the loss (detector/engine/step.py).
     amp = amp_dtype(cfg, device) if ddp.is_main else resolve_amp(amp_mode(cfg), device).dtype
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     state = TrainState(model=model, optimizer=optimizer, scaler=scaler)
     if checkpoint is not None:
-        state.load_state_dict(checkpoint)
+        try:
+            state.load_state_dict(checkpoint)
+        except ValueError as err:  # the optimizer's groups differ from the checkpoint's (detector.engine.state)
+            raise ConfigError(f"{cfg.output_dir}: resuming: {err}") from None
     # The RPN's and RoI sampler's draws not tied to a sample: rank r > 0 from seed + r (rank 0, and one
     # process, continue the stream the model's initialisation drew from; DDP gives every rank rank 0's
     # initial weights).

@@ -48,6 +48,13 @@ class TrainState:
         self.model.load_state_dict(state["model"])
         if self.optimizer is not None and state.get("optimizer"):
             fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+            saved_groups = len(state["optimizer"].get("param_groups", ()))
+            if saved_groups != len(fresh):
+                raise ValueError(
+                    f"the checkpoint's optimizer has {saved_groups} parameter groups and this run's {len(fresh)}: "
+                    "resume with the solver.backbone_lr_factor it was trained with (1 gives 2 groups, "
+                    "any other value 4), or start from its weights with model.weights=<checkpoint>"
+                )
             self.optimizer.load_state_dict(state["optimizer"])  # momentum buffers
             for group, hyperparameters in zip(self.optimizer.param_groups, fresh):
                 group.update(hyperparameters)  # lr, momentum, weight decay: from this run's config

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from detector.engine.state import TrainState
-from detector.engine import find_last_checkpoint, load_checkpoint, save_checkpoint
+from detector.engine import build_optimizer, find_last_checkpoint, load_checkpoint, save_checkpoint
 from detector.errors import CheckpointError
 
 
@@ -99,6 +99,21 @@ def test_resume_keeps_this_runs_hyperparameters_and_the_checkpoints_buffers():
     resumed_scaler = torch.amp.GradScaler("cpu", init_scale=2.0)
     TrainState(model=torch.nn.Linear(3, 2), scaler=resumed_scaler).load_state_dict(saved)
     assert resumed_scaler.get_scale() == 256.0
+
+
+def test_resume_with_other_optimizer_groups_is_one_clear_error():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = torch.nn.Linear(3, 3)
+            self.head = torch.nn.Linear(3, 2)
+
+    net = Net()
+    saved = TrainState(model=net, optimizer=build_optimizer(net, base_lr=0.1, momentum=0.9, weight_decay=0.0),
+                       iteration=3).state_dict()
+    split = build_optimizer(net, base_lr=0.1, momentum=0.9, weight_decay=0.0, backbone_lr_factor=2.0)
+    with pytest.raises(ValueError, match="2 parameter groups and this run's 4: resume with the solver.backbone_lr_factor"):
+        TrainState(model=net, optimizer=split).load_state_dict(saved)
 
 
 def test_the_format_number_is_written_and_a_newer_one_refused(tmp_path):

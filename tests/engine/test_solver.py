@@ -47,6 +47,32 @@ def test_no_weight_decay_on_norm_and_bias():
     assert decay["params"] == [] and any(p is model[0].bias for p in no_decay["params"])
 
 
+def test_backbone_lr_factor_gives_the_backbone_its_own_groups():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+            self.head = torch.nn.Linear(2, 3)
+
+    net = Net()
+    # Factor 1: the two groups of every earlier checkpoint, the backbone inside them.
+    assert len(build_optimizer(net, base_lr=0.1, momentum=0.9, weight_decay=1e-4).param_groups) == 2
+    opt = build_optimizer(net, base_lr=0.01, momentum=0.9, weight_decay=1e-4, backbone_lr_factor=4.0)
+    head_decay, head_no_decay, bb_decay, bb_no_decay = opt.param_groups
+    assert head_decay["params"] == [net.head.weight] and head_no_decay["params"] == [net.head.bias]
+    assert bb_decay["params"] == [net.backbone[0].weight]
+    assert {id(p) for p in bb_no_decay["params"]} == {id(net.backbone[0].bias), id(net.backbone[1].weight),
+                                                       id(net.backbone[1].bias)}
+    assert head_decay["lr"] == head_no_decay["lr"] == pytest.approx(0.01)
+    assert bb_decay["lr"] == bb_no_decay["lr"] == pytest.approx(0.04)
+    assert bb_decay["weight_decay"] == 1e-4 and bb_no_decay["weight_decay"] == 0.0
+    # The schedule scales each group from its own lr (warmup factor 0.5 at iteration 0).
+    build_lr_scheduler(opt, max_iter=10, warmup_iters=2, warmup_factor=0.5, schedule="step", steps=[5])
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.005, 0.005, 0.02, 0.02])
+    with pytest.raises(ValueError, match="backbone_lr_factor"):
+        build_optimizer(net, base_lr=0.1, momentum=0.9, weight_decay=0.0, backbone_lr_factor=0.0)
+
+
 def test_start_iter_fast_forwards_a_fresh_schedule():
     model = torch.nn.Linear(2, 2)
     opt = build_optimizer(model, base_lr=0.1, momentum=0.9, weight_decay=0.0)
