@@ -57,16 +57,18 @@ REPO_ROOT = project_root()
 
 def register_resolvers() -> None:
     """The interpolations the YAML files use; every command calls this before it reads a config."""
-    # ${scaled_lr:lr,batch,ref_batch,width,ref_width,exponent[,max_width_factor[,max_batch_factor]]}: the
+    # ${scaled_lr:lr,batch,ref_batch,width,ref_width,exponent[,max_width_factor[,max_batch_factor[,min_width_factor]]]}: the
     # solver's lr from a reference recipe (detector.engine.scaled_lr: capped linear in the batch, a capped
-    # power of the width; see configs/solver/sgd.yaml). Configs stored before a cap existed pass fewer
-    # values: no cap.
+    # power of the width; see configs/solver/sgd.yaml). Configs stored before a cap or the floor existed
+    # pass fewer values: no cap, no floor.
     OmegaConf.register_new_resolver(
         "scaled_lr",
-        lambda lr, batch, ref_batch, width, ref_width, exponent, cap=math.inf, batch_cap=math.inf: scaled_lr(
-            reference_lr=float(lr), ims_per_batch=int(batch), reference_batch=int(ref_batch),
-            width=float(width), reference_width=float(ref_width), width_exponent=float(exponent),
-            max_width_factor=float(cap), max_batch_factor=float(batch_cap),
+        lambda lr, batch, ref_batch, width, ref_width, exponent, cap=math.inf, batch_cap=math.inf, floor=0.0: (
+            scaled_lr(
+                reference_lr=float(lr), ims_per_batch=int(batch), reference_batch=int(ref_batch),
+                width=float(width), reference_width=float(ref_width), width_exponent=float(exponent),
+                max_width_factor=float(cap), max_batch_factor=float(batch_cap), min_width_factor=float(floor),
+            )
         ),
         replace=True,
     )
@@ -108,8 +110,12 @@ def validate_train_config(cfg: DictConfig) -> None:
         for cap in ("solver.max_width_factor", "solver.max_batch_factor"):
             if OmegaConf.select(cfg, cap) is not None:
                 _check_number(cfg, cap, minimum=0, exclusive=True)
+        if OmegaConf.select(cfg, "solver.min_width_factor") is not None:
+            _check_number(cfg, "solver.min_width_factor", minimum=0)
         _check_number(cfg, "model.backbone.width", minimum=0, exclusive=True)
     _check_number(cfg, "solver.base_lr", minimum=0, exclusive=True)
+    if OmegaConf.select(cfg, "solver.backbone_lr_factor") is not None:
+        _check_number(cfg, "solver.backbone_lr_factor", minimum=0, exclusive=True)
     _check_number(cfg, "solver.momentum", minimum=0)
     if _get(cfg, "solver.momentum") >= 1:
         raise ConfigError(f"solver.momentum must be below 1 (0.9 is usual), got {_get(cfg, 'solver.momentum')!r}")

@@ -27,11 +27,12 @@ def scaled_lr(
     width_exponent: float = 0.0,
     max_width_factor: float = math.inf,
     max_batch_factor: float = math.inf,
+    min_width_factor: float = 0.0,
 ) -> float:
     """The learning rate of a recipe stated at a reference batch size and model width.
 
     ``lr = reference_lr * min(ims_per_batch / reference_batch, max_batch_factor)
-    * min((reference_width / width) ** width_exponent, max_width_factor)``
+    * clamp((reference_width / width) ** width_exponent, min_width_factor, max_width_factor)``
 
     The batch factor is the linear scaling rule (Goyal et al. 2017): k times the images per step,
     k times the step. The width factor is a hypothesis the ablation (README "Defaults",
@@ -43,8 +44,9 @@ def scaled_lr(
     would otherwise get a larger lr, which lost at width 0.0625 (the config sets 1: never above
     the reference's lr). ``max_batch_factor`` caps the batch term the same way: a batch larger
     than the reference's would get a proportionally larger lr, which lost at batch 8 (the config
-    sets 1; below the reference the batch term stays linear, which won at batch 2). Raises
-    ValueError on non-positive inputs.
+    sets 1; below the reference the batch term stays linear, which won at batch 2).
+    ``min_width_factor`` is the width term's floor (0, the default: none). Raises ValueError on
+    non-positive inputs and on a floor above the cap.
     """
     for name, value in (("reference_lr", reference_lr), ("ims_per_batch", ims_per_batch),
                         ("reference_batch", reference_batch), ("width", width),
@@ -52,8 +54,11 @@ def scaled_lr(
                         ("max_batch_factor", max_batch_factor)):  # fmt: skip
         if not value > 0:
             raise ValueError(f"scaled_lr: {name} must be > 0, got {value!r}")
+    if not 0 <= min_width_factor <= max_width_factor:
+        raise ValueError(f"scaled_lr: min_width_factor must be >= 0 and <= max_width_factor ({max_width_factor!r}), "
+                         f"got {min_width_factor!r}")
     batch_factor = min(ims_per_batch / reference_batch, max_batch_factor)
-    width_factor = min((reference_width / width) ** width_exponent, max_width_factor)
+    width_factor = min(max((reference_width / width) ** width_exponent, min_width_factor), max_width_factor)
     return float(reference_lr * batch_factor * width_factor)
 
 

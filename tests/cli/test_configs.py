@@ -177,6 +177,10 @@ def test_bad_lr_rule_input_is_one_line_naming_the_key():
         validate_train_config(compose_config("train", ["solver.max_width_factor=-1"]))
     with pytest.raises(ConfigError, match=r"solver.max_batch_factor must be > 0, got 0"):
         validate_train_config(compose_config("train", ["solver.max_batch_factor=0"]))
+    with pytest.raises(ConfigError, match=r"solver.min_width_factor must be >= 0, got -0.5"):
+        validate_train_config(compose_config("train", ["solver.min_width_factor=-0.5"]))
+    with pytest.raises(ConfigError, match=r"solver.backbone_lr_factor must be > 0, got 0"):
+        validate_train_config(compose_config("train", ["solver.backbone_lr_factor=0"]))
 
 
 def test_step_milestones_follow_max_iter():

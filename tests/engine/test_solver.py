@@ -126,6 +126,12 @@ def test_scaled_lr_linear_in_batch_and_power_of_width():
                      max_batch_factor=1.0) == pytest.approx(0.04)
     with pytest.raises(ValueError, match=r"scaled_lr: max_batch_factor must be > 0, got 0"):
         scaled_lr(**ref, ims_per_batch=4, width=0.25, max_batch_factor=0)
+    # The floor: a wider network's lr falls no lower than min_width_factor times the reference's.
+    assert scaled_lr(**ref, ims_per_batch=4, width=0.5, width_exponent=1.0, min_width_factor=0.5) == pytest.approx(0.02)
+    assert scaled_lr(**ref, ims_per_batch=4, width=0.25, width_exponent=1.0, min_width_factor=0.25) == pytest.approx(0.02)
+    assert scaled_lr(**ref, ims_per_batch=2, width=1.0, width_exponent=1.0, min_width_factor=0.5) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match=r"scaled_lr: min_width_factor must be >= 0 and <= max_width_factor \(1.0\), got 2"):
+        scaled_lr(**ref, ims_per_batch=4, width=0.25, max_width_factor=1.0, min_width_factor=2)
     # The width defaults are 1.0 (the real VGG16) on both sides.
     assert scaled_lr(reference_lr=0.04, ims_per_batch=4, reference_batch=4, width=0.5, width_exponent=1.0) == pytest.approx(0.08)
     assert scaled_lr(reference_lr=0.04, ims_per_batch=4, reference_batch=4, reference_width=0.5, width_exponent=1.0) == pytest.approx(0.02)
