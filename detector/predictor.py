@@ -98,7 +98,8 @@ class Predictor:
             tensors = [to_image_tensor(image).to(self.device) for image in items[start : start + int(batch_size)]]
             for out in self.model(tensors):
                 keep = out["scores"] >= float(score_thresh)
-                order = torch.argsort(out["scores"][keep], descending=True)
+                # stable: equal scores keep the model's order, whatever the threshold kept
+                order = torch.argsort(out["scores"][keep], descending=True, stable=True)
                 boxes, scores, labels = (out[k][keep][order].cpu() for k in ("boxes", "scores", "labels"))
                 results.append({
                     "boxes": boxes, "scores": scores, "labels": labels,

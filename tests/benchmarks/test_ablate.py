@@ -262,14 +262,20 @@ def test_the_round3_spec_sets_the_lr_its_variant_names_say():
     spec = ablate.load_spec(ROOT / "benchmarks" / "ablation_round3.yaml")
     assert spec["parts"]["heldout"] == ablate.load_spec(ROOT / "benchmarks" / "ablation.yaml")["parts"]["heldout"]
     grid = [v for v in spec["variants"] if v.startswith("w")]
-    assert len([v for v in grid if not v.endswith("_sqrt")]) == 4 * 3 * 2 - 2  # less the two defaults (= base)
+    assert len([v for v in grid if v.endswith(("_rule", "_flat"))]) == 4 * 3 * 2 - 2  # less the two defaults (= base)
     for name in grid:
         width, batch, rule = name.split("_")
         cfg = compose_config("train", [*spec["budget"], *spec["variants"][name]])
         assert cfg.model.backbone.width == float(width[1:]) and cfg.solver.ims_per_batch == int(batch[1:])
-        exponent = {"rule": 1.0, "sqrt": 0.5, "flat": 0.0}[rule]
-        expected = 0.04 * (int(batch[1:]) / 4) * (0.125 / float(width[1:])) ** exponent if rule != "flat" else 0.04
+        exponent = {"rule": 1.0, "split": 1.0, "floor": 1.0, "sqrt": 0.5, "flat": 0.0}[rule]
+        factor = (0.125 / float(width[1:])) ** exponent
+        if rule == "floor":  # 1 / width down to half the reference's lr
+            factor = max(factor, 0.5)
+        expected = 0.04 * (int(batch[1:]) / 4) * factor if rule != "flat" else 0.04
         assert cfg.solver.base_lr == pytest.approx(expected), name
+        # split: the heads at 1 / width, the backbone at the reference's 0.04
+        backbone_lr = 0.04 * (int(batch[1:]) / 4) if rule == "split" else expected
+        assert cfg.solver.base_lr * cfg.solver.backbone_lr_factor == pytest.approx(backbone_lr), name
         assert cfg.solver.max_iter == 900
 
 
