@@ -310,7 +310,10 @@ def build_state(cfg: DictConfig, ddp, device: torch.device, train_set: Detection
         try:
             state.load_state_dict(checkpoint)
         except ValueError as err:  # the optimizer's groups differ from the checkpoint's (detector.engine.state)
-            raise ConfigError(f"{cfg.output_dir}: resuming: {err}") from None
+            raise ConfigError(
+                f"{cfg.output_dir}: resuming: {err}: resume with the solver.backbone_lr_factor it was trained "
+                "with (1 gives 2 groups, any other value 4), or start from its weights with "
+                "model.weights=<checkpoint>") from None
     # The RPN's and RoI sampler's draws not tied to a sample: rank r > 0 from seed + r (rank 0, and one
     # process, continue the stream the model's initialisation drew from; DDP gives every rank rank 0's
     # initial weights).

@@ -51,9 +51,7 @@ class TrainState:
             saved_groups = len(state["optimizer"].get("param_groups", ()))
             if saved_groups != len(fresh):
                 raise ValueError(
-                    f"the checkpoint's optimizer has {saved_groups} parameter groups and this run's {len(fresh)}: "
-                    "resume with the solver.backbone_lr_factor it was trained with (1 gives 2 groups, "
-                    "any other value 4), or start from its weights with model.weights=<checkpoint>"
+                    f"the checkpoint's optimizer has {saved_groups} parameter groups and this run's {len(fresh)}"
                 )
             self.optimizer.load_state_dict(state["optimizer"])  # momentum buffers
             for group, hyperparameters in zip(self.optimizer.param_groups, fresh):

@@ -89,7 +89,8 @@ def test_sigint_during_the_final_evaluation_is_one_line_exit_130_and_resume_fini
     assert signal.getsignal(signal.SIGINT) is before  # the handler is given back
 
     # Resuming with other optimizer groups (the backbone's own lr) is one line, and the run is kept.
-    with pytest.raises(ConfigError, match="resuming: the checkpoint's optimizer has 2 parameter groups and this run's 4"):
+    with pytest.raises(ConfigError, match="resuming: the checkpoint's optimizer has 2 parameter groups and this run's 4: "
+                       "resume with the solver.backbone_lr_factor"):
         train.train(compose_config("train", [*overrides, "resume=true", "solver.backbone_lr_factor=2"]))
     monkeypatch.setattr(train, "inference_on_dataset", real)
     metrics = train.train(compose_config("train", [*overrides, "resume=true"]))

@@ -112,7 +112,7 @@ def test_resume_with_other_optimizer_groups_is_one_clear_error():
     saved = TrainState(model=net, optimizer=build_optimizer(net, base_lr=0.1, momentum=0.9, weight_decay=0.0),
                        iteration=3).state_dict()
     split = build_optimizer(net, base_lr=0.1, momentum=0.9, weight_decay=0.0, backbone_lr_factor=2.0)
-    with pytest.raises(ValueError, match="2 parameter groups and this run's 4: resume with the solver.backbone_lr_factor"):
+    with pytest.raises(ValueError, match="2 parameter groups and this run's 4$"):
         TrainState(model=net, optimizer=split).load_state_dict(saved)
 
 
