@@ -7,9 +7,10 @@ count: 4 x C x 288 x (320 * 8 / C)), NCHW against NHWC, float32 and bf16: PyTorc
 runs several times slower below 16 channels on the CPUs measured, which is why
 :class:`detector.modeling.backbone.VGG16Backbone` keeps such stages NCHW in training.
 
-Part 2, the backbone's forward + backward on 4 images, four layouts interleaved in each round on
+Part 2, the backbone's forward + backward on 4 images, five layouts interleaved in each round on
 the same weights: every stage NCHW; every stage NHWC; NHWC from the first stage of at least 16
-channels on (what ``channels_last=True`` does in training); NHWC from stage 3 on. Medians and the
+channels on; NHWC from stage 3 on; every convolution NHWC with the narrower stages' BatchNorm, ReLU
+and max-pool NCHW (what ``channels_last=True`` does in training). Medians and the
 ratio to "all NHWC" paired per round; ``--eval`` times the forward in eval mode under ``no_grad``
 instead. Run it with no other torch process on the machine.
 """
@@ -54,21 +55,25 @@ def backbone_layouts(rounds: int, width: float, size: tuple[int, int], train: bo
     backbone = VGG16Backbone(width=width, batch_norm=True).train(train)
     layers = list(backbone.features)
     starts = [0] + [i + 1 for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]  # each stage's first module
+    narrow = VGG16Backbone(width=width, batch_norm=True, channels_last=True).nchw_train_modules
+    # name: (the first module of the NHWC part, whether the NCHW part's convolutions run NHWC)
     variants = {
-        "all NCHW": len(layers),
-        "all NHWC": 0,
-        "NHWC from the first >= 16-channel stage": VGG16Backbone(
-            width=width, batch_norm=True, channels_last=True).nchw_train_modules,
-        "NHWC from stage 3": starts[2],
+        "all NCHW": (len(layers), False),
+        "all NHWC": (0, False),
+        "NHWC from the first >= 16-channel stage": (narrow, False),
+        "NHWC from stage 3": (starts[2], False),
+        "convs NHWC, narrow stages' BN NCHW (default)": (narrow, True),
     }
     images = torch.randn(4, 3, *size)
 
-    def forward(split: int) -> torch.Tensor:
+    def forward(split: int, convs_nhwc: bool) -> torch.Tensor:
         x = images
         for i, m in enumerate(layers):
-            if i == split:
+            if i == split or (convs_nhwc and isinstance(m, nn.Conv2d)):
                 x = x.contiguous(memory_format=torch.channels_last)
             x = m(x)
+            if convs_nhwc and i < split and isinstance(m, nn.Conv2d):
+                x = x.contiguous()
         return x.contiguous()
 
     print(f"\nbackbone width {width}, 4 images of {size[0]} x {size[1]}, "
@@ -76,10 +81,10 @@ def backbone_layouts(rounds: int, width: float, size: tuple[int, int], train: bo
     for amp in (False, True):
         runs = {name: [] for name in variants}
         for r in range(rounds + 2):
-            for name, split in variants.items():
+            for name, (split, convs_nhwc) in variants.items():
                 start = time.perf_counter()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp), torch.set_grad_enabled(train):
-                    y = forward(split)
+                    y = forward(split, convs_nhwc)
                 if train:
                     y.float().sum().backward()
                     backbone.zero_grad(set_to_none=True)
@@ -88,7 +93,7 @@ def backbone_layouts(rounds: int, width: float, size: tuple[int, int], train: bo
         base = runs["all NHWC"]
         for name in variants:
             paired = statistics.median(b / t for b, t in zip(base, runs[name]))
-            print(f"  {'bf16' if amp else 'f32 '} {name:42s} {statistics.median(runs[name]) * 1e3:7.1f}"
+            print(f"  {'bf16' if amp else 'f32 '} {name:46s} {statistics.median(runs[name]) * 1e3:7.1f}"
                   f"   {paired:.2f}x vs all NHWC")
 
 

@@ -23,13 +23,17 @@ Options:
         on 4 images of 256 x 320, 2 threads, went from 190 to 149 ms in float32 and from 167 to 110 ms
         under bf16 autocast. Only the activations change layout; the weights and their state dict
         stay as they are (converting the weights too measured no better).
-        In training, the leading stages narrower than ``NHWC_MIN_TRAIN_CHANNELS`` channels stay NCHW:
-        PyTorch's CPU BatchNorm backward on NHWC runs 5-10x slower below 16 channels (8 channels,
-        4 x 288 x 320: 33 against 3.3 ms in bf16, 35 against 7.6 ms in float32; at 16 and more the two
-        layouts are within 1.4x of each other), and it is the largest cost of the default backbone's
-        first stage (8 channels at full resolution). With that stage in NCHW the width-0.125
-        backbone's forward + backward on 4 images of 288 x 320 (2-core Intel Xeon with AMX-BF16) took
-        68 against 118 ms in bf16 and 139 against 157 ms in float32. Evaluation keeps every stage
+        In training, the BatchNorm, ReLU and max-pool of the leading stages narrower than
+        ``NHWC_MIN_TRAIN_CHANNELS`` channels run NCHW, between convolutions that still run NHWC.
+        PyTorch's CPU BatchNorm backward on NHWC runs several times slower below 16 channels (8
+        channels, 4 x 288 x 320: 33 against 3.3 ms in bf16 on a 2-core Intel Xeon with AMX-BF16, 6.4
+        against 1.3 ms on a 2-core AMD EPYC with AVX512-BF16), while oneDNN's convolution backward on
+        NCHW is the slow one at that width (8 to 8 channels, same shape, AMD EPYC: 22 against 4.9 ms in
+        bf16, 37 against 7.4 ms in float32). The copies between the layouts cost less than either.
+        The width-0.125 backbone's forward + backward on 4 images of 288 x 320 on the AMD EPYC
+        (``python -m benchmarks.backbone_layout``): 60 ms in bf16 and 106 ms in float32 this way,
+        against 76 and 117 ms with the whole first stage NCHW and 60 and 86 ms all NHWC (which on the
+        Intel Xeon took 118 ms in bf16, against 68 with the first stage NCHW). Evaluation keeps every stage
         NHWC (BatchNorm's eval form has no backward, and NHWC was faster there).
 """
 
@@ -84,9 +88,10 @@ class VGG16Backbone(nn.Module):
         self.out_channels = int([v for v in layer_cfg if v != "M"][-1])
         # Same module indices as torchvision's VGG16 `features`, so its state dict loads as is.
         self.features = make_layers(layer_cfg, batch_norm=self.batch_norm)
-        # Modules of the leading stages narrower than NHWC_MIN_TRAIN_CHANNELS: NCHW in training.
+        # Modules of the leading stages narrower than NHWC_MIN_TRAIN_CHANNELS: their BatchNorm, ReLU
+        # and max-pool run NCHW in training (their convolutions NHWC).
         self.nchw_train_modules = 0
-        for stage in self._stages():
+        for stage in self._stages() if self.batch_norm else ():
             convs = [m for m in stage if isinstance(m, nn.Conv2d)]
             if not convs or max(c.out_channels for c in convs) >= NHWC_MIN_TRAIN_CHANNELS:
                 break
@@ -168,11 +173,12 @@ class VGG16Backbone(nn.Module):
             return self.features(images)
         x = images
         split = self.nchw_train_modules if self.training else 0
-        for m in self.features[:split]:
+        for i, m in enumerate(self.features):
+            if isinstance(m, nn.Conv2d) or i == split:
+                x = x.contiguous(memory_format=torch.channels_last)  # a no-op when it already is
             x = m(x)
-        x = x.contiguous(memory_format=torch.channels_last)
-        for m in self.features[split:]:
-            x = m(x)
+            if i < split and isinstance(m, nn.Conv2d):
+                x = x.contiguous()  # a narrow stage's BatchNorm, ReLU and max-pool: NCHW
         # The map goes back to NCHW (cheap: 1/32 of the side) for the heads and the RoI operators.
         return x.contiguous()
 
