@@ -1,11 +1,14 @@
-"""Which layout each VGG16 stage should train in on the CPU: BatchNorm's backward, then whole backbones.
+"""Which layout each VGG16 stage trains in on the CPU: BatchNorm and conv backward, then backbones.
 
     python -m benchmarks.backbone_layout [--rounds 8] [--width 0.125] [--size 288 320]   # checkout root
 
 Part 1, BatchNorm2d's backward alone (train mode, the same number of elements at every channel
 count: 4 x C x 288 x (320 * 8 / C)), NCHW against NHWC, float32 and bf16: PyTorch's NHWC kernel
 runs several times slower below 16 channels on the CPUs measured, which is why
-:class:`detector.modeling.backbone.VGG16Backbone` keeps such stages NCHW in training.
+:class:`detector.modeling.backbone.VGG16Backbone` runs such stages' BatchNorm NCHW in training.
+
+Then a 3 x 3 convolution's backward at the same shape, NCHW against NHWC: oneDNN's NCHW kernels
+were the slow ones on the AMD EPYC measured, which is why the narrow stages' convolutions run NHWC.
 
 Part 2, the backbone's forward + backward on 4 images, five layouts interleaved in each round on
 the same weights: every stage NCHW; every stage NHWC; NHWC from the first stage of at least 16
@@ -43,6 +46,28 @@ def batchnorm_backward(rounds: int) -> None:
                     grad = torch.ones_like(y)
                     start = time.perf_counter()
                     y.backward(grad)
+                    if i:  # the first is a warm-up
+                        runs.append(time.perf_counter() - start)
+                times[layout] = statistics.median(runs) * 1e3
+            cf, cl = times[torch.contiguous_format], times[torch.channels_last]
+            print(f"{channels:>3} {str(dtype)[6:]:>9} {cf:7.2f} {cl:7.2f} {cl / cf:11.2f}x")
+
+
+def convolution_backward(rounds: int) -> None:
+    print("\n3 x 3 convolution backward (input and weight gradients), 4 x C x 288 x 320 -> 8 channels, median ms")
+    print(f"{'C':>3} {'dtype':>9} {'NCHW':>7} {'NHWC':>7} {'NHWC / NCHW':>12}")
+    for channels in (8, 16):
+        for dtype in (torch.float32, torch.bfloat16):
+            times = {}
+            for layout in (torch.contiguous_format, torch.channels_last):
+                x = torch.randn(4, channels, 288, 320).to(dtype).contiguous(memory_format=layout)
+                grad = torch.randn(4, 8, 288, 320).to(dtype).contiguous(memory_format=layout)
+                weight = (torch.randn(8, channels, 3, 3) * 0.1).to(dtype)
+                runs = []
+                for i in range(rounds + 1):
+                    start = time.perf_counter()
+                    torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], [1, 1], [1, 1], False,
+                                                        [0, 0], 1, [True, True, False])
                     if i:  # the first is a warm-up
                         runs.append(time.perf_counter() - start)
                 times[layout] = statistics.median(runs) * 1e3
@@ -106,6 +131,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     batchnorm_backward(args.rounds)
+    convolution_backward(args.rounds)
     backbone_layouts(args.rounds, args.width, tuple(args.size), train=not args.eval)
 
 
