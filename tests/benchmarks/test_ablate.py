@@ -267,11 +267,13 @@ def test_the_round3_spec_sets_the_lr_its_variant_names_say():
         width, batch, rule = name.split("_")
         cfg = compose_config("train", [*spec["budget"], *spec["variants"][name]])
         assert cfg.model.backbone.width == float(width[1:]) and cfg.solver.ims_per_batch == int(batch[1:])
-        exponent = {"rule": 1.0, "split": 1.0, "floor": 1.0, "sqrt": 0.5, "flat": 0.0}[rule]
+        exponent = {"rule": 1.0, "split": 1.0, "floor": 1.0, "sqrt": 0.5, "flat": 0.0, "single": 1.0}[rule]
         factor = (0.125 / float(width[1:])) ** exponent
         if rule == "floor":  # 1 / width down to half the reference's lr
             factor = max(factor, 0.5)
         expected = 0.04 * (int(batch[1:]) / 4) * factor if rule != "flat" else 0.04
+        if rule == "single":  # one term, the larger: no product
+            expected = 0.04 * max(int(batch[1:]) / 4, factor)
         assert cfg.solver.base_lr == pytest.approx(expected), name
         # split: the heads at 1 / width, the backbone at the reference's 0.04
         backbone_lr = 0.04 * (int(batch[1:]) / 4) if rule == "split" else expected
