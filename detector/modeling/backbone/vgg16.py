@@ -26,14 +26,15 @@ Options:
         In training, the BatchNorm, ReLU and max-pool of the leading stages narrower than
         ``NHWC_MIN_TRAIN_CHANNELS`` channels run NCHW, between convolutions that still run NHWC.
         PyTorch's CPU BatchNorm backward on NHWC runs several times slower below 16 channels (8
-        channels, 4 x 288 x 320: 33 against 3.3 ms in bf16 on a 2-core Intel Xeon with AMX-BF16, 6.4
-        against 1.3 ms on a 2-core AMD EPYC with AVX512-BF16), while oneDNN's convolution backward on
-        NCHW is the slow one at that width (8 to 8 channels, same shape, AMD EPYC: 22 against 4.9 ms in
-        bf16, 37 against 7.4 ms in float32). The copies between the layouts cost less than either.
-        The width-0.125 backbone's forward + backward on 4 images of 288 x 320 on the AMD EPYC
-        (``python -m benchmarks.backbone_layout``): 60 ms in bf16 and 106 ms in float32 this way,
-        against 76 and 117 ms with the whole first stage NCHW and 60 and 86 ms all NHWC (which on the
-        Intel Xeon took 118 ms in bf16, against 68 with the first stage NCHW). Evaluation keeps every stage
+        channels, 4 x 288 x 320: 33 against 3.3 ms in bf16 on a 2-core Intel Xeon with AMX-BF16, 5-6
+        against about 1 ms on a 2-core AMD EPYC with AVX512-BF16), while oneDNN's convolution backward
+        on NCHW is the slow one at that width (8 to 8 channels, same shape, AMD EPYC: 14-22 against 3-5
+        ms in bf16, 13-37 against 5-7 ms in float32). The copies between the layouts cost less than
+        either. The width-0.125 backbone's forward + backward in bf16 on 4 images of 288 x 320 on the
+        AMD EPYC (``python -m benchmarks.backbone_layout``, two runs): 50 and 60 ms this way, against 64
+        and 76 ms with the whole first stage NCHW and 53 and 60 ms all NHWC (which on the Intel Xeon took
+        118 ms, against 68 with the first stage NCHW); in float32 the two runs disagreed (90 and 106 ms
+        against 78 and 117). In the training loop: docs/speed.md. Evaluation keeps every stage
         NHWC (BatchNorm's eval form has no backward, and NHWC was faster there).
 """
 
