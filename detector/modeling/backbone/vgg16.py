@@ -175,7 +175,7 @@ class VGG16Backbone(nn.Module):
         x = images
         split = self.nchw_train_modules if self.training else 0
         for i, m in enumerate(self.features):
-            if isinstance(m, nn.Conv2d) or i == split:
+            if isinstance(m, nn.Conv2d):  # every stage starts with one
                 x = x.contiguous(memory_format=torch.channels_last)  # a no-op when it already is
             x = m(x)
             if i < split and isinstance(m, nn.Conv2d):
