@@ -138,6 +138,9 @@ def validate_train_config(cfg: DictConfig) -> None:
                                   f"solver.max_iter={max_iter}); the lr would never drop there")
     _check_number(cfg, "eval_period", integer=True, minimum=0)
     checked_workers(_get(cfg, "num_workers"))
+    compiled = OmegaConf.select(cfg, "compile")
+    if compiled is not None and not isinstance(compiled, bool):
+        raise ConfigError(f"compile must be true or false, got {compiled!r}")
     grouping = OmegaConf.select(cfg, "aspect_ratio_grouping")
     if grouping is not None and not isinstance(grouping, bool):
         raise ConfigError(f"aspect_ratio_grouping must be true or false, got {grouping!r}")

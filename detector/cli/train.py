@@ -71,6 +71,7 @@ from detector.engine.distributed import (
     replicas_agree,
     shutdown_distributed,
 )
+from detector.engine.compile import compile_parts
 from detector.engine.step import resolve_amp
 from detector.errors import CheckpointError, ConfigError, DatasetError, DetectorError
 from detector.evaluation import METRIC_KEYS, COCOEvaluator, inference_on_dataset
@@ -299,6 +300,9 @@ def build_state(cfg: DictConfig, ddp, device: torch.device, train_set: Detection
             raise ConfigError("model.sync_bn=true needs CUDA (torch's SyncBatchNorm has no CPU kernel); on CPU leave it false")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
+    if cfg.get("compile"):
+        log.info("compile=true: torch.compile of %s (the first steps, a second image size and evaluation "
+                 "compile first; docs/speed.md)", ", ".join(compile_parts(model)))
     optimizer = build_optimizer(model, base_lr=solver.base_lr, momentum=solver.momentum,
                                 weight_decay=solver.weight_decay,
                                 backbone_lr_factor=float(solver.get("backbone_lr_factor", 1.0)))
