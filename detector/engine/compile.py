@@ -11,9 +11,10 @@ that compiling would split into many small graphs, so they stay eager.
 
 Each part is compiled in place (``nn.Module.compile``): its parameters, buffers and state-dict keys
 are unchanged, so checkpoints, resume, fine-tuning and DDP see the same model. The first step pays
-the compilation; a second padded image size compiles once more, with the sizes symbolic from then on
-(PyTorch's automatic dynamic shapes), and evaluation (``model.eval()``) compiles its own graphs.
-Whether that pays within a run is measured in docs/speed.md; the default is off.
+the compilation, and so does each new padded image size (on the CPU the compiled convolutions fix
+their input size, even with ``dynamic=True``) and evaluation (``model.eval()`` and no_grad are
+other graphs); Inductor's on-disk cache makes a second run's compiles cheaper. Whether that pays
+within a run is measured in docs/speed.md; the default is off.
 
 Written here rather than taken from a library because the choice of parts is this model's: the
 compiling itself is ``torch.compile``'s.
