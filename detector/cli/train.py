@@ -301,8 +301,8 @@ def build_state(cfg: DictConfig, ddp, device: torch.device, train_set: Detection
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if cfg.get("compile"):
-        log.info("compile=true: torch.compile of %s (the first steps, a second image size and evaluation "
-                 "compile first; docs/speed.md)", ", ".join(compile_parts(model)))
+        log.info("compile=true: torch.compile of %s (the first step, each new padded image size and the "
+                 "evaluation compile first; docs/speed.md)", ", ".join(compile_parts(model)))
     optimizer = build_optimizer(model, base_lr=solver.base_lr, momentum=solver.momentum,
                                 weight_decay=solver.weight_decay,
                                 backbone_lr_factor=float(solver.get("backbone_lr_factor", 1.0)))

@@ -2,9 +2,9 @@
 
 Shape shorthand:
     B: images in the batch, H x W: their padded size (a multiple of the backbone's stride)
-    R: RoIs in the batch
+    R: RoIs in the batch, D: the box head's representation size
 
-The backbone (``[B, 3, H, W] -> [B, C, H/32, W/32]``) and the box head (``[R, C, 7, 7] -> [R, 4096]``)
+The backbone (``[B, 3, H, W] -> [B, C, H/32, W/32]``) and the box head (``[R, C, 7, 7] -> [R, D]``)
 are plain stacks of layers that TorchInductor can fuse (BatchNorm, ReLU and the layout copies
 between them); the RPN and the RoI heads' sampling, matching and NMS are data-dependent box work
 that compiling would split into many small graphs, so they stay eager.
@@ -26,7 +26,7 @@ from torch import nn
 
 __all__ = ["COMPILED_PARTS", "compile_parts"]
 
-# Submodule paths of GeneralizedRCNN-style models (detector.modeling.FasterRCNN, FastRCNN).
+# Submodule paths in detector.modeling.FasterRCNN (with or without its RPN: Fast R-CNN too).
 COMPILED_PARTS = ("backbone", "roi_heads.box_head")
 
 
