@@ -258,7 +258,7 @@ def test_the_harness_registers_the_config_resolvers_itself():
 def test_the_round3_spec_sets_the_lr_its_variant_names_say():
     """Every variant of the width x batch x rule grid composes, and its resolved lr is the one its name
     promises: ``_rule`` = 0.04 * (batch / 4) * (0.125 / width) (uncapped), ``_flat`` = 0.04, ``_sqrt`` =
-    0.04 * (batch / 4) * (0.125 / width) ** 0.5."""
+    0.04 * (batch / 4) * (0.125 / width) ** 0.5, ``_capped`` the config's rule with both terms capped at 1."""
     spec = ablate.load_spec(ROOT / "benchmarks" / "ablation_round3.yaml")
     assert spec["parts"]["heldout"] == ablate.load_spec(ROOT / "benchmarks" / "ablation.yaml")["parts"]["heldout"]
     grid = [v for v in spec["variants"] if v.startswith("w")]
@@ -267,13 +267,15 @@ def test_the_round3_spec_sets_the_lr_its_variant_names_say():
         width, batch, rule = name.split("_")
         cfg = compose_config("train", [*spec["budget"], *spec["variants"][name]])
         assert cfg.model.backbone.width == float(width[1:]) and cfg.solver.ims_per_batch == int(batch[1:])
-        exponent = {"rule": 1.0, "split": 1.0, "floor": 1.0, "sqrt": 0.5, "flat": 0.0, "single": 1.0}[rule]
+        exponent = {"rule": 1.0, "split": 1.0, "floor": 1.0, "sqrt": 0.5, "flat": 0.0, "single": 1.0, "capped": 1.0}[rule]
         factor = (0.125 / float(width[1:])) ** exponent
         if rule == "floor":  # 1 / width down to half the reference's lr
             factor = max(factor, 0.5)
         expected = 0.04 * (int(batch[1:]) / 4) * factor if rule != "flat" else 0.04
         if rule == "single":  # one term, the larger: no product
             expected = 0.04 * max(int(batch[1:]) / 4, factor)
+        if rule == "capped":  # the config's own rule: each term capped at 1
+            expected = 0.04 * min(int(batch[1:]) / 4, 1) * min(factor, 1)
         assert cfg.solver.base_lr == pytest.approx(expected), name
         # split: the heads at 1 / width, the backbone at the reference's 0.04
         backbone_lr = 0.04 * (int(batch[1:]) / 4) if rule == "split" else expected
