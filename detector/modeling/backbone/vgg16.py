@@ -25,16 +25,11 @@ Options:
         stay as they are (converting the weights too measured no better).
         In training, the BatchNorm, ReLU and max-pool of the leading stages narrower than
         ``NHWC_MIN_TRAIN_CHANNELS`` channels run NCHW, between convolutions that still run NHWC.
-        PyTorch's CPU BatchNorm backward on NHWC runs several times slower below 16 channels (8
-        channels, 4 x 288 x 320: 33 against 3.3 ms in bf16 on a 2-core Intel Xeon with AMX-BF16, 5-6
-        against about 1 ms on a 2-core AMD EPYC with AVX512-BF16), while oneDNN's convolution backward
-        on NCHW is the slow one at that width (8 to 8 channels, same shape, AMD EPYC: 14-22 against 3-5
-        ms in bf16, 13-37 against 5-7 ms in float32). The copies between the layouts cost less than
-        either. The width-0.125 backbone's forward + backward in bf16 on 4 images of 288 x 320 on the
-        AMD EPYC (``python -m benchmarks.backbone_layout``, two runs): 50 and 60 ms this way, against 64
-        and 76 ms with the whole first stage NCHW and 53 and 60 ms all NHWC (which on the Intel Xeon took
-        118 ms, against 68 with the first stage NCHW); in float32 the two runs disagreed (90 and 106 ms
-        against 78 and 117). In the training loop: docs/speed.md. Evaluation keeps every stage
+        PyTorch's CPU BatchNorm backward on NHWC runs several times slower below 16 channels (its
+        kernel vectorizes over the channels), while oneDNN's convolution backward on NCHW is the slow
+        one at that width; the copies between the layouts cost less than either. The measurements,
+        on two CPUs and in the training loop (``python -m benchmarks.backbone_layout``): docs/speed.md,
+        "The narrow stages' convolutions train NHWC". Evaluation keeps every stage
         NHWC (BatchNorm's eval form has no backward, and NHWC was faster there).
 """
 
