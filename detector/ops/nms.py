@@ -15,19 +15,60 @@ the cores (docs/precision.md measures it). The result is the same call on the sa
 identical to the loop, index for index. On CUDA the kernels are asynchronous already, and with one
 thread or one image there is nothing to spread: both take the plain loop.
 
+The RPN keeps only the first ``post_nms_topk`` boxes NMS keeps (512 in training), yet greedy NMS
+costs about (boxes kept) x (candidates): on the default model's training step every image kept at
+least 512 of its ~1,200 candidates, the 512th by about the 650th candidate. :func:`nms_first` runs
+the kernel on the best ``1.5 x k`` candidates first and touches the rest only when those keep fewer
+than ``k``; greedy NMS decides each box from the higher-scoring ones alone, so the first ``k`` kept
+are the same indices (the kernel sorts the scores stably, so ties keep their order; the tests check
+it against the kernel with heavy ties). On the CPU it cuts the step's NMS by about 40 %
+(docs/speed.md).
+
 Written here rather than taken from a library because no library offers it: torchvision's
-``batched_nms`` separates classes within one image, not images on different cores.
+``batched_nms`` separates classes within one image, not images on different cores, and its NMS has
+no "first k only".
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import math
+
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, nms
 
-__all__ = ["nms_each"]
+__all__ = ["nms_each", "nms_first"]
+
+
+def nms_first(boxes: Tensor, scores: Tensor, iou_threshold: float, k: int) -> Tensor:
+    """``torchvision.ops.nms(boxes, scores, iou_threshold)[:k]``, touching only the candidates it needs.
+
+    Args:
+        boxes: ``[B, 4]`` (xyxy).
+        scores: ``[B]``.
+        iou_threshold: boxes overlapping a kept one by more than this are dropped.
+        k: how many kept boxes are wanted.
+
+    Returns:
+        int64 ``[min(k, K)]``: the first kept indices, by decreasing score (ties in input order).
+    """
+    first = max(math.ceil(1.5 * k), 1)
+    if len(scores) <= first or boxes.device.type != "cpu":
+        # On CUDA the kernel is parallel over all pairs: a second call would only add a round trip.
+        return nms(boxes, scores, iou_threshold)[:k]
+    # The order the kernel visits the boxes in (its sort is stable): by decreasing score.
+    order = scores.argsort(descending=True, stable=True)
+    boxes, scores = boxes[order], scores[order]
+    keep = nms(boxes[:first], scores[:first], iou_threshold)
+    if len(keep) < k:
+        # The rest, behind the boxes kept so far: those outrank every later candidate (ties stay
+        # ahead, the sort being stable) and never suppress each other, so the kernel suppresses the
+        # rest exactly as one call over all the candidates would.
+        rest = torch.cat([keep, torch.arange(first, len(scores), device=keep.device)])
+        keep = rest[nms(boxes[rest], scores[rest], iou_threshold)]
+    return order[keep[:k]]
 
 
 def nms_each(
@@ -37,6 +78,7 @@ def nms_each(
     idxs: list[Tensor] | None = None,
     *,
     threads: int | None = None,
+    max_kept: int | None = None,
 ) -> list[Tensor]:
     """``torchvision.ops.nms`` (or ``batched_nms`` with ``idxs``: per class) for each image.
 
@@ -47,6 +89,8 @@ def nms_each(
         idxs: N tensors ``[B_i]`` of class indices: boxes of different classes never suppress
             each other (``batched_nms``); None: one class.
         threads: at most this many images at once (default ``torch.get_num_threads()``).
+        max_kept: keep at most this many boxes per image, found by :func:`nms_first` (one class only);
+            None: all.
 
     Returns:
         N int64 tensors ``[K_i]``: the kept indices of each image, by decreasing score.
@@ -55,7 +99,12 @@ def nms_each(
         raise ValueError(f"nms_each needs one tensor per image in each list, got {len(boxes)} boxes, "
                          f"{len(scores)} scores and {len(idxs) if idxs is not None else len(boxes)} idxs")
 
+    if max_kept is not None and idxs is not None:
+        raise ValueError("nms_each: max_kept is for one class (idxs=None); cut batched_nms's result instead")
+
     def one(i: int) -> Tensor:
+        if max_kept is not None:
+            return nms_first(boxes[i], scores[i], iou_threshold, max_kept)
         if idxs is None:
             return nms(boxes[i], scores[i], iou_threshold)
         return batched_nms(boxes[i], scores[i], idxs[i], iou_threshold)

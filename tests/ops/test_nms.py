@@ -9,7 +9,7 @@ import torch
 from torchvision.ops import batched_nms, nms
 
 import detector.ops.nms as nms_module
-from detector.ops.nms import nms_each
+from detector.ops.nms import nms_each, nms_first
 
 
 def _images(counts: list[int], seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
@@ -90,3 +90,50 @@ def test_lists_of_different_lengths_are_refused():
         nms_each(boxes, scores[:1], 0.7)
     with pytest.raises(ValueError, match=r"got 2 boxes, 2 scores and 1 idxs"):
         nms_each(boxes, scores, 0.7, labels[:1])
+
+
+@pytest.mark.parametrize("k", [1, 50, 200, 400, 5000])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_first_k_equal_torchvision_cut_to_k(k, seed):
+    # Shuffled input with heavy ties: the first k kept must be the kernel's, index for index, both
+    # when the best 1.5 k candidates keep k (no second call) and when they keep fewer.
+    boxes, scores, _ = _images([900, 1300], seed=seed)
+    for b, s in zip(boxes, scores):
+        want = nms(b, s, 0.7)[:k]
+        assert torch.equal(nms_first(b, s, 0.7, k), want)
+    # Already sorted by score, as the RPN's top-k hands them over.
+    order = scores[1].argsort(descending=True, stable=True)
+    b, s = boxes[1][order], scores[1][order]
+    assert torch.equal(nms_first(b, s, 0.7, k), nms(b, s, 0.7)[:k])
+
+
+def test_first_k_takes_the_second_call_only_when_needed(monkeypatch):
+    calls: list[int] = []
+    real = nms_module.nms
+
+    def spy(b, s, t):
+        calls.append(len(b))
+        return real(b, s, t)
+
+    monkeypatch.setattr(nms_module, "nms", spy)
+    boxes, scores, _ = _images([1300], seed=3)
+    b, s = boxes[0], scores[0]
+    kept_of_first = len(real(b[s.argsort(descending=True, stable=True)[:150]], s.sort(descending=True, stable=True)[0][:150], 0.7))
+    assert kept_of_first >= 100  # the best 150 keep 100: one call on 150 boxes
+    assert torch.equal(nms_first(b, s, 0.7, 100), real(b, s, 0.7)[:100]) and calls == [150]
+    calls.clear()
+    # At IoU 0.3 the clusters suppress most boxes: the best 150 keep fewer than 100, so the rest is
+    # needed, behind the boxes kept so far.
+    want = real(b, s, 0.3)[:100]
+    assert len(real(b, s, 0.3)) > 100
+    assert torch.equal(nms_first(b, s, 0.3, 100), want)
+    assert len(calls) == 2 and calls[0] == 150 and calls[1] < 1300
+
+
+def test_nms_each_max_kept_cuts_each_image_and_refuses_classes():
+    boxes, scores, labels = _images([1300, 0, 700, 1], seed=4)
+    got = nms_each(boxes, scores, 0.7, threads=2, max_kept=128)
+    assert [torch.equal(g, nms(b, s, 0.7)[:128]) for g, b, s in zip(got, boxes, scores)] == [True] * 4
+    assert len(got[0]) == 128
+    with pytest.raises(ValueError, match="max_kept is for one class"):
+        nms_each(boxes, scores, 0.5, labels, max_kept=10)

@@ -13,8 +13,8 @@ the sampled anchors (equation 1 with lambda chosen so the two terms weigh alike)
 
 Proposals: decode all deltas, keep the ``pre_nms_topk`` highest-scoring anchors per image, clip to the
 image, drop boxes smaller than ``min_size``, non-maximum suppression at ``nms_thresh``
-(torchvision.ops.nms; the images side by side, :mod:`detector.ops.nms`), keep the ``post_nms_topk``
-best. Train and test use separate top-k values (12000/2000 and 6000/300 in the paper). Proposals
+(torchvision.ops.nms; the images side by side, stopping once ``post_nms_topk`` are kept:
+:mod:`detector.ops.nms`), keep the ``post_nms_topk`` best. Train and test use separate top-k values (12000/2000 and 6000/300 in the paper). Proposals
 are detached: the RoI heads do not back-propagate into box coordinates (the "approximate joint
 training" of section 3.2).
 """
@@ -152,10 +152,11 @@ class RPN(nn.Module):
             nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
             candidates.append(boxes[nonempty])
             candidate_scores.append(scores[nonempty])
-        # Each image's NMS on its own core (detector.ops.nms): the same kept boxes as a loop.
-        keeps = nms_each(candidates, candidate_scores, self.nms_thresh)
-        proposals = [boxes[keep[:post_k]] for boxes, keep in zip(candidates, keeps)]
-        proposal_scores = [scores[keep[:post_k]] for scores, keep in zip(candidate_scores, keeps)]
+        # Each image's NMS on its own core, stopping once post_k boxes are kept (detector.ops.nms):
+        # the same kept boxes as a loop of torchvision's NMS cut to post_k.
+        keeps = nms_each(candidates, candidate_scores, self.nms_thresh, max_kept=post_k)
+        proposals = [boxes[keep] for boxes, keep in zip(candidates, keeps)]
+        proposal_scores = [scores[keep] for scores, keep in zip(candidate_scores, keeps)]
         return proposals, proposal_scores
 
     def _fixed_shape_proposals(self, anchors, logits, deltas, image_sizes, pre_k, post_k):
