@@ -138,6 +138,8 @@ def validate_train_config(cfg: DictConfig) -> None:
                                   f"solver.max_iter={max_iter}); the lr would never drop there")
     _check_number(cfg, "eval_period", integer=True, minimum=0)
     checked_workers(_get(cfg, "num_workers"))
+    if OmegaConf.select(cfg, "image_cache_mb") is not None:
+        _check_number(cfg, "image_cache_mb", minimum=0)
     compiled = OmegaConf.select(cfg, "compile")
     if compiled is not None and not isinstance(compiled, bool):
         raise ConfigError(f"compile must be true or false, got {compiled!r}")

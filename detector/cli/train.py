@@ -203,6 +203,10 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
     # the uninterrupted run's batches; rank r of N takes every N-th sample (detector/data/sampler.py).
     workers, why = loader_workers(cfg.num_workers, device)
     log.info(why)
+    cache_mb = float(cfg.get("image_cache_mb") or 0)
+    if workers == 0 and cache_mb > 0 and hasattr(train_set, "cache_images"):
+        # Loading in the main process: decoded images stay in memory for the later epochs.
+        train_set.cache_images(int(cache_mb * 2**20))
     grouping = bool(cfg.get("aspect_ratio_grouping", False))
     if checkpoint is not None:  # the run's batches are the run's: keep the stored setting
         stored = bool((checkpoint.get("config") or {}).get("aspect_ratio_grouping", False))

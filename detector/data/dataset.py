@@ -131,6 +131,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.ids: list[int] = ids
         if check_files:
             self._check_files()
+        self._cache: dict[int, np.ndarray] = {}  # decoded images (cache_images)
+        self._cache_budget = self._cache_used = 0
         self.proposals_file = str(proposals) if proposals else None
         self._proposals = (
             load_proposals(proposals, self.coco.imgs, topk=proposal_topk, ids=self.ids) if proposals else None
@@ -138,6 +140,41 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def cache_images(self, max_bytes: int) -> None:
+        """Keep decoded images in this process's memory, up to ``max_bytes`` in all (0: none).
+
+        Reading and decoding a JPEG is most of what loading a training image costs (the
+        augmentation is the rest), and the run reads each image once an epoch. Images are kept in
+        the order first read until the budget is spent; the rest are read from disk each time. An
+        image served from memory is the same read-only array as from disk (no transform can write
+        into it), so training is unchanged. The memory belongs to the process that reads:
+        a data-loader worker starts with none (pickling leaves it out).
+        """
+        if max_bytes < 0:
+            raise ValueError(f"cache_images: max_bytes must be >= 0, got {max_bytes!r}")
+        self._cache_budget = int(max_bytes)
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of decoded images held by :meth:`cache_images` in this process."""
+        return self._cache_used
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cache"], state["_cache_used"] = {}, 0  # a worker process fills its own (see cache_images)
+        return state
+
+    def _read(self, image_id: int, path: Path) -> np.ndarray:
+        """uint8 [H, W, 3] of image ``image_id``: from the cache, or read and (budget allowing) kept."""
+        if image_id in self._cache:
+            return self._cache[image_id]
+        pixels = read_rgb(path)
+        if self._cache_used + pixels.nbytes <= self._cache_budget:
+            pixels.flags.writeable = False  # as read_rgb's arrays are: no transform can write into the cache
+            self._cache[image_id] = pixels
+            self._cache_used += pixels.nbytes
+        return pixels
 
     @property
     def proposals(self) -> dict[int, torch.Tensor] | None:
@@ -161,7 +198,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         image_id = self.ids[idx]
         info = self.coco.imgs[image_id]
         path = self.image_path(image_id)
-        pixels = read_rgb(path)  # uint8 [H, W, 3]
+        pixels = self._read(image_id, path)  # uint8 [H, W, 3]
         height, width = pixels.shape[:2]
         if (width, height) != (info["width"], info["height"]):
             # Boxes are in the annotated frame; a resized or rotated file would silently misplace them.

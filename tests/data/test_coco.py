@@ -280,3 +280,43 @@ def test_real_jpeg_photo(tmp_path):
     image, target = CocoDetection(images=tmp_path, annotations=ann_file)[0]
     assert image.shape == (3, height, width) and image.std() > 0.05  # a photo, not a blank page
     assert target["orig_size"] == (height, width)
+
+
+def _noisy(tmp_path: Path) -> Path:
+    """Three 40x30 images of different random pixels, one box each."""
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(tmp_path / name)
+    images = [{"id": i, "file_name": n, "width": 40, "height": 30} for i, n in enumerate(("a.png", "b.png", "c.png"), 1)]
+    return _write_coco(tmp_path, images, [_ann(i, i, 1, [2, 3, 20, 15]) for i in (1, 2, 3)], [{"id": 1, "name": "x"}])
+
+
+def _darken(image, bboxes, labels):
+    assert not image.flags.writeable  # from disk or memory: no transform writes into the cache
+    return {"image": image // 2, "bboxes": bboxes, "labels": labels}
+
+
+def test_cached_images_are_the_files_pixels_up_to_the_budget(tmp_path):
+    import pickle
+
+    ann_file = _noisy(tmp_path)
+    plain = CocoDetection(images=tmp_path, annotations=ann_file)
+
+    cached = CocoDetection(images=tmp_path, annotations=ann_file, transforms=_darken)
+    one = 30 * 40 * 3
+    cached.cache_images(2 * one)  # room for two of the three
+    first = [cached[i][0] for i in range(3)]
+    assert cached.cached_bytes == 2 * one
+    want = [torch.div(plain[i][0] * 255, 2, rounding_mode="floor").round() / 255 for i in range(2)]
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).unlink()  # the first two now come from memory only
+    again = [cached[i][0] for i in range(2)]
+    for i in range(2):
+        assert torch.equal(first[i], again[i]) and torch.allclose(again[i], want[i], atol=1e-6)
+    assert not torch.equal(first[0], first[1])
+    with pytest.raises(DatasetError, match="a.png"):
+        CocoDetection(images=tmp_path, annotations=ann_file, check_files=False)[0]  # without the cache: gone
+    worker_copy = pickle.loads(pickle.dumps(cached))  # a loader worker starts empty
+    assert worker_copy.cached_bytes == 0 and cached.cached_bytes == 2 * one
+    with pytest.raises(ValueError, match="max_bytes"):
+        cached.cache_images(-1)

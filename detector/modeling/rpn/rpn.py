@@ -14,9 +14,9 @@ the sampled anchors (equation 1 with lambda chosen so the two terms weigh alike)
 Proposals: decode all deltas, keep the ``pre_nms_topk`` highest-scoring anchors per image, clip to the
 image, drop boxes smaller than ``min_size``, non-maximum suppression at ``nms_thresh``
 (torchvision.ops.nms; the images side by side, stopping once ``post_nms_topk`` are kept:
-:mod:`detector.ops.nms`), keep the ``post_nms_topk`` best. Train and test use separate top-k values (12000/2000 and 6000/300 in the paper). Proposals
-are detached: the RoI heads do not back-propagate into box coordinates (the "approximate joint
-training" of section 3.2).
+:mod:`detector.ops.nms`), keep the ``post_nms_topk`` best. Train and test use separate top-k
+values (12000/2000 and 6000/300 in the paper). Proposals are detached: the RoI heads do not
+back-propagate into box coordinates (the "approximate joint training" of section 3.2).
 """
 
 from __future__ import annotations
