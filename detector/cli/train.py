@@ -207,6 +207,7 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
     if workers == 0 and cache_mb > 0 and hasattr(train_set, "cache_images"):
         # Loading in the main process: decoded images stay in memory for the later epochs.
         train_set.cache_images(int(cache_mb * 2**20))
+        log.info("image_cache_mb=%g: decoded training images are kept in memory, up to that much", cache_mb)
     grouping = bool(cfg.get("aspect_ratio_grouping", False))
     if checkpoint is not None:  # the run's batches are the run's: keep the stored setting
         stored = bool((checkpoint.get("config") or {}).get("aspect_ratio_grouping", False))
@@ -307,13 +308,12 @@ def build_state(cfg: DictConfig, ddp, device: torch.device, train_set: Detection
     if cfg.get("compile"):
         log.info("compile=true: torch.compile of %s (the first step, each new padded image size and the "
                  "evaluation compile first; docs/speed.md)", ", ".join(compile_parts(model)))
+    optimizer = build_optimizer(model, base_lr=solver.base_lr, momentum=solver.momentum,
+                                weight_decay=solver.weight_decay,
+                                backbone_lr_factor=float(solver.get("backbone_lr_factor", 1.0)))
     # solver.amp: bf16 / fp16 autocast in the forward; fp16 also scales the loss (detector/engine/step.py).
     amp = amp_dtype(cfg, device) if ddp.is_main else resolve_amp(amp_mode(cfg), device).dtype
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
-    optimizer = build_optimizer(model, base_lr=solver.base_lr, momentum=solver.momentum,
-                                weight_decay=solver.weight_decay,
-                                backbone_lr_factor=float(solver.get("backbone_lr_factor", 1.0)),
-                                fused=scaler is None)
     state = TrainState(model=model, optimizer=optimizer, scaler=scaler)
     if checkpoint is not None:
         try:

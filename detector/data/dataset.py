@@ -35,6 +35,7 @@ import contextlib
 import copy
 import io
 import math
+import os
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -132,7 +133,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         if check_files:
             self._check_files()
         self._cache: dict[int, np.ndarray] = {}  # decoded images (cache_images)
-        self._cache_budget = self._cache_used = 0
+        self._cache_budget = self._cache_used = self._cache_pid = 0
         self.proposals_file = str(proposals) if proposals else None
         self._proposals = (
             load_proposals(proposals, self.coco.imgs, topk=proposal_topk, ids=self.ids) if proposals else None
@@ -148,12 +149,14 @@ class DetectionDataset(torch.utils.data.Dataset):
         augmentation is the rest), and the run reads each image once an epoch. Images are kept in
         the order first read until the budget is spent; the rest are read from disk each time. An
         image served from memory is the same read-only array as from disk (no transform can write
-        into it), so training is unchanged. The memory belongs to the process that reads:
-        a data-loader worker starts with none (pickling leaves it out).
+        into it), so training is unchanged. Only the process that called this adds to the cache: a
+        data-loader worker reads what its parent held when it was forked (a spawned one starts with
+        none: pickling leaves it out), so workers never multiply the budget.
         """
         if max_bytes < 0:
             raise ValueError(f"cache_images: max_bytes must be >= 0, got {max_bytes!r}")
         self._cache_budget = int(max_bytes)
+        self._cache_pid = os.getpid()
 
     @property
     def cached_bytes(self) -> int:
@@ -170,7 +173,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         if image_id in self._cache:
             return self._cache[image_id]
         pixels = read_rgb(path)
-        if self._cache_used + pixels.nbytes <= self._cache_budget:
+        if self._cache_used + pixels.nbytes <= self._cache_budget and os.getpid() == self._cache_pid:
             pixels.flags.writeable = False  # as read_rgb's arrays are: no transform can write into the cache
             self._cache[image_id] = pixels
             self._cache_used += pixels.nbytes

@@ -68,7 +68,6 @@ def build_optimizer(
     momentum: float,
     weight_decay: float,
     backbone_lr_factor: float = 1.0,
-    fused: bool = False,
 ) -> torch.optim.SGD:
     """SGD over the trainable parameters; no weight decay on normalisation layers and biases.
 
@@ -83,13 +82,6 @@ def build_optimizer(
     (docs/defaults.md): the backbone at the reference's lr and the heads at 1 / width lost 3.6 AP on
     a tuning dataset at width 0.25, so the config keeps 1 -- the backbone's lr falls with the width
     too. At 1 the optimizer has the two groups of every earlier checkpoint.
-
-    ``fused=True`` updates every parameter in one kernel (PyTorch's fused SGD, where the parameters
-    are floating point on the CPU or CUDA): on the default model's 66 tensors 0.4-0.5 ms a step
-    against 1.3-1.6 ms for the per-tensor loop on a 2-core CPU (docs/speed.md). Not with a float16
-    ``GradScaler``: when the scaler skips a step, PyTorch 2.14's fused kernel still creates the
-    momentum buffers, uninitialised, and the next steps read them (the float16 resume test in
-    tests/engine/test_amp.py turned to NaN with it).
     """
     if not backbone_lr_factor > 0:
         raise ValueError(f"build_optimizer: backbone_lr_factor must be > 0, got {backbone_lr_factor!r}")
@@ -110,9 +102,7 @@ def build_optimizer(
         lr = base_lr * backbone_lr_factor
         groups += [{"params": bb_decay, "weight_decay": weight_decay, "lr": lr},
                    {"params": bb_no_decay, "weight_decay": 0.0, "lr": lr}]  # fmt: skip
-    params = [p for g in groups for p in g["params"]]
-    fused = fused and bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.SGD(groups, lr=base_lr, momentum=momentum, fused=fused or None)
+    return torch.optim.SGD(groups, lr=base_lr, momentum=momentum)
 
 
 class WarmupSchedule:

@@ -20,8 +20,8 @@ costs about (boxes kept) x (candidates): on the default model's training step ev
 least 512 of its ~1,200 candidates, the 512th by about the 650th candidate. :func:`nms_first` runs
 the kernel on the best ``1.5 x k`` candidates first and touches the rest only when those keep fewer
 than ``k``; greedy NMS decides each box from the higher-scoring ones alone, so the first ``k`` kept
-are the same indices (the kernel sorts the scores stably, so ties keep their order; the tests check
-it against the kernel with heavy ties). On the CPU it cuts the step's NMS by about 40 %
+are the same indices (the kernel of the pinned torchvision sorts the scores stably, so ties keep
+their order; the tests check it against the kernel with heavy ties). On the CPU it cuts the step's NMS by about 40 %
 (docs/speed.md).
 
 Written here rather than taken from a library because no library offers it: torchvision's
@@ -54,7 +54,11 @@ def nms_first(boxes: Tensor, scores: Tensor, iou_threshold: float, k: int) -> Te
     Returns:
         int64 ``[min(k, K)]``: the first kept indices, by decreasing score (ties in input order).
     """
-    first = max(math.ceil(1.5 * k), 1)
+    if k < 0:
+        raise ValueError(f"nms_first: k must be >= 0, got {k!r}")
+    if k == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    first = math.ceil(1.5 * k)
     if len(scores) <= first or boxes.device.type != "cpu":
         # On CUDA the kernel is parallel over all pairs: a second call would only add a round trip.
         return nms(boxes, scores, iou_threshold)[:k]

@@ -270,16 +270,18 @@ def test_infer_convert_and_visualize_smoke(trained, tmp_path, capsys):
 def test_image_cache_fills_only_when_loading_in_the_main_process(tmp_path, monkeypatch):
     from detector.data.dataset import DetectionDataset
 
-    budgets = []
+    budgets, datasets = [], []
     real = DetectionDataset.cache_images
-    monkeypatch.setattr(DetectionDataset, "cache_images", lambda self, b: budgets.append(b) or real(self, b))
+    monkeypatch.setattr(DetectionDataset, "cache_images",
+                        lambda self, b: budgets.append(b) or datasets.append(self) or real(self, b))
     for run, (mb, workers) in enumerate(((1.5, 0), (0, 0), (1.5, 1))):
         args = [a for a in train_args(tmp_path, tmp_path / f"run{run}") if a != "num_workers=0"]
         args += ["solver.max_iter=1", "eval_period=0", f"num_workers={workers}", f"image_cache_mb={mb}"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             detector.train(*args)
-    assert budgets == [int(1.5 * 2**20)]  # not at 0 MB, not with a worker process (it would fill its own)
+    assert budgets == [int(1.5 * 2**20)]  # not at 0 MB, not with a worker process
+    assert 0 < datasets[0].cached_bytes <= budgets[0]  # the run's batches came through it
     from detector.cli.config import validate_train_config
     from detector.errors import ConfigError
     from conftest import compose_config

@@ -307,7 +307,7 @@ def test_cached_images_are_the_files_pixels_up_to_the_budget(tmp_path):
     cached.cache_images(2 * one)  # room for two of the three
     first = [cached[i][0] for i in range(3)]
     assert cached.cached_bytes == 2 * one
-    want = [torch.div(plain[i][0] * 255, 2, rounding_mode="floor").round() / 255 for i in range(2)]
+    want = [(plain[i][0] * 255).round().div(2, rounding_mode="floor") / 255 for i in range(2)]  # uint8 // 2
     for name in ("a.png", "b.png"):
         (tmp_path / name).unlink()  # the first two now come from memory only
     again = [cached[i][0] for i in range(2)]
@@ -320,3 +320,18 @@ def test_cached_images_are_the_files_pixels_up_to_the_budget(tmp_path):
     assert worker_copy.cached_bytes == 0 and cached.cached_bytes == 2 * one
     with pytest.raises(ValueError, match="max_bytes"):
         cached.cache_images(-1)
+
+
+def test_a_forked_worker_reads_the_cache_but_never_adds_to_it(tmp_path, monkeypatch):
+    import os
+
+    ann_file = _noisy(tmp_path)
+    dataset = CocoDetection(images=tmp_path, annotations=ann_file)
+    dataset.cache_images(1 << 20)
+    dataset[0]
+    assert dataset.cached_bytes == 3600
+    parent = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: parent + 1)  # as in a forked data-loader worker
+    (tmp_path / "a.png").unlink()
+    dataset[0], dataset[1]  # the first from the parent's memory, the second from disk
+    assert dataset.cached_bytes == 3600

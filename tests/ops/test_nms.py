@@ -130,6 +130,18 @@ def test_first_k_takes_the_second_call_only_when_needed(monkeypatch):
     assert len(calls) == 2 and calls[0] == 150 and calls[1] < 1300
 
 
+def test_first_k_edge_cases_match_the_kernel():
+    boxes, scores, _ = _images([400], seed=5)
+    b, s = boxes[0], scores[0]
+    assert nms_first(b, s, 0.7, 0).tolist() == [] and nms_first(b[:0], s[:0], 0.7, 10).tolist() == []
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        nms_first(b, s, 0.7, -1)
+    s = s.clone()
+    s[::7] = float("nan")  # the kernel's stable sort puts NaN first: both paths must agree on it
+    for k, t in ((20, 0.7), (100, 0.3)):
+        assert torch.equal(nms_first(b, s, t, k), nms(b, s, t)[:k])
+
+
 def test_nms_each_max_kept_cuts_each_image_and_refuses_classes():
     boxes, scores, labels = _images([1300, 0, 700, 1], seed=4)
     got = nms_each(boxes, scores, 0.7, threads=2, max_kept=128)
