@@ -15,6 +15,8 @@ so every number comes from the command a user runs (the same model builder, load
 evaluation); nothing here builds a model. Results are appended to ``OUT/results.jsonl`` as each
 variant finishes, one line per (variant, dataset), and a point already there is never run again:
 the harness can be killed and restarted (a half-finished training run is redone from the start).
+Each row names the machine it ran on (``machine``); results from several machines may share a file,
+but a table or a decision takes one row per (variant, dataset, seed): ``--machine`` picks them.
 ``OUT/results.md`` gets the table: per variant, the mean over the part's datasets and the
 per-dataset AP, AP50, AP75, APs, and the wall time.
 
@@ -92,13 +94,47 @@ def _collect(out: Path, variant: str, overrides: list[str], datasets: list[str],
         new.append({
             "variant": variant, "dataset": dataset, "seed": seed, "overrides": overrides,
             **{k: metrics.get(k) for k in METRICS}, "wall_s": timing["total_seconds"],
-            "run_dir": str(run_dir),
+            "machine": machine(), "run_dir": str(run_dir),
         })  # fmt: skip
     if new:
         with open(out / "results.jsonl", "a", encoding="utf-8") as f:
             for row in new:
                 f.write(json.dumps(row) + "\n")
     return new
+
+
+def machine() -> str:
+    """The machine the jobs run on, in words: the CUDA device when there is one (training takes it),
+    else the CPU with its core count and bf16 instructions ("2-core AMD EPYC, AVX512-BF16")."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    caps = torch.cpu.get_capabilities()
+    bf16 = [name for key, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if caps.get(key)]
+    return ", ".join([f"{os.cpu_count()}-core {caps.get('cpu_name') or 'CPU'}", *bf16[:1]])
+
+
+def select_machine(rows: list[dict], name: str) -> list[dict]:
+    """The rows whose ``machine`` contains ``name`` (case-insensitive); rows that name none are kept
+    only when ``name`` is empty."""
+    return [r for r in rows if name.lower() in (r.get("machine") or "").lower()] if name else rows
+
+
+def check_points(rows: list[dict]) -> None:
+    """Refuse rows that hold one (variant, dataset, seed) more than once: averaging them would count a
+    seed twice and shrink its spread (the same point run on two machines is two experiments)."""
+    seen: dict[tuple[str, str, int], list[str]] = {}
+    for r in rows:
+        seen.setdefault(point(r), []).append(r.get("machine") or "unnamed machine")
+    repeated = [(key, where) for key, where in seen.items() if len(where) > 1]
+    if repeated:
+        (variant, dataset, seed), where = repeated[0]
+        raise ValueError(
+            f"{variant} / {dataset_name(dataset)} seed {seed} is in the results {len(where)} times (machines: "
+            f"{', '.join(where)}) and {len(repeated) - 1} more point(s) repeat; choose one machine's rows "
+            f"(--machine NAME)"
+        )
 
 
 def point(row: dict) -> tuple[str, str, int]:
@@ -146,10 +182,13 @@ def _run_seed(out, spec, variant, overrides, datasets, threads, log, seed: int) 
     if not todo:
         return
     subdir = "${dataset.name}" + (f"_seed{seed}" if seed else "")
+    # overwrite=true: a run folder already there for a point without a result is a run that never
+    # finished (a finished one was collected above), stopped after writing a checkpoint or its final
+    # model; without it train.py would refuse the folder and end the whole multirun.
     command = [
         sys.executable, str(REPO_ROOT / "tools" / "train.py"), "-m", f"dataset={','.join(todo)}",
         *spec["budget"], *(spec["base"] or []), *overrides, f"seed={seed}",
-        f"output_dir={out / 'runs' / variant}", f"hydra.sweep.subdir={subdir}",
+        f"output_dir={out / 'runs' / variant}", f"hydra.sweep.subdir={subdir}", "overwrite=true",
     ]  # fmt: skip
     env = job_env(threads)
     log(f"[{time.strftime('%H:%M:%S')}] start {variant} seed {seed} on {', '.join(map(dataset_name, todo))}")
@@ -173,7 +212,9 @@ def aggregate(rows: list[dict]) -> dict[tuple[str, str], dict]:
     """(variant, dataset) -> the mean and sample standard deviation of each metric over its seeds, with ``n``.
 
     ``<metric>_std`` is None for one seed; ``AP_by_seed`` keeps the seeds' APs for paired differences.
+    A point that appears twice is refused (:func:`check_points`).
     """
+    check_points(rows)
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["variant"], r["dataset"]), []).append(r)
@@ -205,6 +246,7 @@ def decide(rows: list[dict], *, variant: str, tuning: list[str], heldout: list[s
     """
     if purpose not in ("accuracy", "speed"):
         raise ValueError(f"purpose must be 'accuracy' or 'speed', got {purpose!r}")
+    check_points(rows)
 
     def values(v: str, d: str) -> list[float]:
         return [r[metric] for r in rows if r["variant"] == v and r["dataset"] == d and r.get(metric) is not None]
@@ -347,8 +389,12 @@ def decision_table(rows: list[dict], spec: dict) -> str:
     ]) + "\n"
 
 
-def write_tables(out: Path, spec: dict) -> str:
-    rows = read_results(out)
+def write_tables(out: Path, spec: dict, machine_name: str = "") -> str:
+    rows = select_machine(read_results(out), machine_name)
+    try:
+        check_points(rows)
+    except ValueError as e:
+        raise SystemExit(f"error: {out / 'results.jsonl'}: {e}") from None
     text = "".join(
         make_table(rows, part, datasets, list(spec["variants"])) + "\n" + goals_table(rows, part, datasets)
         for part, datasets in spec["parts"].items()
@@ -367,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; each point runs once per seed")
     parser.add_argument("--jobs", type=int, default=1, help="(variant, seed) jobs run side by side (1 thread each if > 1)")
     parser.add_argument("--table", action="store_true", help="only rewrite results.md from results.jsonl")
+    parser.add_argument("--machine", default="", help="tables from the rows of the machines whose name contains this")
     args = parser.parse_args(argv)
 
     spec = load_spec(args.spec)
@@ -375,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table:
         if args.part not in spec["parts"]:
             raise SystemExit(f"error: --part {args.part!r}: the spec's parts are {', '.join(spec['parts'])}")
-        variants = [v for v in args.variants.split(",") if v] or list(spec["variants"])
+        variants = list(dict.fromkeys(v for v in args.variants.split(",") if v)) or list(spec["variants"])
         unknown = [v for v in variants if v not in spec["variants"]]
         if unknown:
             raise SystemExit(f"error: --variants: {unknown[0]!r} is not in {args.spec}")
@@ -395,12 +442,12 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(message + "\n")
 
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            seeds = tuple(int(x) for x in args.seeds.split(",") if x)
+            seeds = tuple(dict.fromkeys(int(x) for x in args.seeds.split(",") if x))  # each seed once
             jobs = [(v, seed) for v in variants for seed in seeds]
             futures = [pool.submit(run_point, args.out, spec, v, datasets, threads, log, seed) for v, seed in jobs]
             for future in futures:
                 future.result()
-    print(write_tables(args.out, spec), end="")
+    print(write_tables(args.out, spec, args.machine), end="")
     return 0
 
 

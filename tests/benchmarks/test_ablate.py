@@ -4,7 +4,6 @@ the real tools/train.py multiruns; results appended, resumable, and the table bu
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 
 import pytest
@@ -85,12 +84,39 @@ def test_rerun_skips_done_points_and_redoes_a_missing_one(grid):
     rows = _rows(out)
     kept = [r for r in rows if r["variant"] != "rois_b"]
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
-    shutil.rmtree(out / "runs" / "rois_b")
+    # As a run stopped during its final evaluation leaves it: the final model and the checkpoint
+    # pointer written, no metrics (train.py refuses such a folder unless told to overwrite it).
+    run = out / "runs" / "rois_b" / "texture_imbalanced"
+    assert (run / "model_final.pth").is_file() and (run / "last_checkpoint").is_file()
+    (run / "metrics.json").unlink(), (run / "timing.json").unlink()
     before = (out / "ablation.log").read_text().count(" start ")
     assert ablate.main(["--spec", str(tmp / "spec.yaml"), "--out", str(out), "--part", "tiny"]) == 0
     log = (out / "ablation.log").read_text()
     assert log.count(" start ") == before + 1 and log.rstrip().splitlines()[-1].split()[2:5] == ["rois_b", "seed", "0:"]
     assert sorted(r["variant"] for r in _rows(out)) == ["lr_a", "lr_b", "rois_a", "rois_b"]
+    assert (run / "timing.json").is_file()
+
+
+def test_rows_name_their_machine_and_a_table_takes_one_row_per_seed(grid, tmp_path):
+    """Rows of one point from two machines are two experiments: averaging them would count a seed
+    twice. Tables and decisions refuse them in one line; --machine picks one machine's rows."""
+    tmp, out = grid
+    rows = _rows(out)
+    assert all(r["machine"] == ablate.machine() and r["machine"] for r in rows)
+    other = [{**r, "machine": "2-core Elsewhere CPU", "AP": 0.0} for r in rows]
+    with pytest.raises(ValueError, match=r"lr_a / texture_imbalanced seed 0 is in the results 2 times \(machines: "):
+        ablate.aggregate(rows + other)
+    with pytest.raises(ValueError, match="choose one machine's rows"):
+        ablate.decide(rows + other, variant="lr_a", base="lr_b", tuning=["family/texture_imbalanced"], heldout=[])
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + other))
+    argv = ["--spec", str(tmp / "spec.yaml"), "--out", str(mixed), "--table"]
+    with pytest.raises(SystemExit, match=r"^error: .*results.jsonl: lr_a / texture_imbalanced seed 0 .*--machine NAME\)$"):
+        ablate.main(argv)
+    assert ablate.main([*argv, "--machine", "elsewhere"]) == 0
+    assert "| lr_a | 0.0 |" in (mixed / "results.md").read_text()
+    assert ablate.select_machine(rows + other, "") == rows + other
 
 
 def test_jobs_are_variant_seed_pairs_so_one_variants_seeds_share_the_cores(tmp_path, monkeypatch):
@@ -111,7 +137,7 @@ def test_jobs_are_variant_seed_pairs_so_one_variants_seeds_share_the_cores(tmp_p
     monkeypatch.setattr(ablate, "_run_seed", fake_run_seed)
     monkeypatch.setattr(ablate, "prepare_datasets", lambda datasets, overrides: None)
     argv = ["--spec", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "out"), "--part", "p", "--jobs", "2"]
-    assert ablate.main([*argv, "--variants", "a,b", "--seeds", "0,1"]) == 0
+    assert ablate.main([*argv, "--variants", "a,b,a", "--seeds", "0,1,0"]) == 0  # each named once
     assert sorted(calls) == [("a", 0, 1, ("solver.base_lr=0.01",)), ("a", 1, 1, ("solver.base_lr=0.01",)),
                              ("b", 0, 1, ()), ("b", 1, 1, ())]  # fmt: skip
     assert [c[0] for c in calls[:2]] == ["a", "a"]
