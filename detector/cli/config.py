@@ -60,14 +60,16 @@ def register_resolvers() -> None:
     # ${scaled_lr:lr,batch,ref_batch,width,ref_width,exponent[,max_width_factor[,max_batch_factor[,min_width_factor]]]}: the
     # solver's lr from a reference recipe (detector.engine.scaled_lr: capped linear in the batch, a capped
     # power of the width; see configs/solver/sgd.yaml). Configs stored before a cap or the floor existed
-    # pass fewer values: no cap, no floor.
+    # pass fewer values: no cap, no floor; a cap or floor set to null means the same.
     OmegaConf.register_new_resolver(
         "scaled_lr",
-        lambda lr, batch, ref_batch, width, ref_width, exponent, cap=math.inf, batch_cap=math.inf, floor=0.0: (
+        lambda lr, batch, ref_batch, width, ref_width, exponent, cap=None, batch_cap=None, floor=None: (
             scaled_lr(
                 reference_lr=float(lr), ims_per_batch=int(batch), reference_batch=int(ref_batch),
                 width=float(width), reference_width=float(ref_width), width_exponent=float(exponent),
-                max_width_factor=float(cap), max_batch_factor=float(batch_cap), min_width_factor=float(floor),
+                max_width_factor=math.inf if cap is None else float(cap),
+                max_batch_factor=math.inf if batch_cap is None else float(batch_cap),
+                min_width_factor=0.0 if floor is None else float(floor),
             )
         ),
         replace=True,

@@ -56,6 +56,9 @@ def nms_first(boxes: Tensor, scores: Tensor, iou_threshold: float, k: int) -> Te
     """
     if k < 0:
         raise ValueError(f"nms_first: k must be >= 0, got {k!r}")
+    if boxes.dim() != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1]:
+        # The kernel checks this itself, but the first call below sees only the first rows.
+        raise ValueError(f"nms_first: boxes must be [B, 4] and scores [B], got {tuple(boxes.shape)} and {tuple(scores.shape)}")
     if k == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     first = math.ceil(1.5 * k)

@@ -151,6 +151,10 @@ def test_base_lr_follows_batch_and_width_through_the_config():
     assert s.max_batch_factor == 1.0
     assert lr("solver.ims_per_batch=8") == pytest.approx(ref)
     assert lr("solver.ims_per_batch=8", "solver.max_batch_factor=4") == pytest.approx(2 * ref)
+    # null: no cap (or no floor), as in configs stored before the caps existed.
+    assert lr("solver.ims_per_batch=8", "solver.max_batch_factor=null") == pytest.approx(2 * ref)
+    assert lr("model.backbone.width=0.0625", "solver.max_width_factor=null") == pytest.approx(2 * ref)
+    assert lr("model.backbone.width=0.5", "solver.min_width_factor=null") == pytest.approx(ref / 4)
     assert lr("solver.ims_per_batch=8", "model.backbone.width=0.25") == pytest.approx(scaled_lr(
         reference_lr=s.reference_lr, ims_per_batch=8, reference_batch=s.reference_batch, width=0.25,
         reference_width=s.reference_width, width_exponent=s.width_exponent, max_batch_factor=1.0,

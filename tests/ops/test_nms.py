@@ -136,6 +136,8 @@ def test_first_k_edge_cases_match_the_kernel():
     assert nms_first(b, s, 0.7, 0).tolist() == [] and nms_first(b[:0], s[:0], 0.7, 10).tolist() == []
     with pytest.raises(ValueError, match="k must be >= 0"):
         nms_first(b, s, 0.7, -1)
+    with pytest.raises(ValueError, match=r"boxes must be \[B, 4\] and scores \[B\], got \(400, 4\) and \(399,\)"):
+        nms_first(b, s[:-1], 0.7, 10)  # the kernel refuses it too; the first call alone would not see it
     s = s.clone()
     s[::7] = float("nan")  # the kernel's stable sort puts NaN first: both paths must agree on it
     for k, t in ((20, 0.7), (100, 0.3)):
