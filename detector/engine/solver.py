@@ -53,6 +53,10 @@ def scaled_lr(
                         ("max_batch_factor", max_batch_factor)):  # fmt: skip
         if not value > 0:
             raise ValueError(f"scaled_lr: {name} must be > 0, got {value!r}")
+    for name, value in (("reference_lr", reference_lr), ("width", width), ("reference_width", reference_width),
+                        ("width_exponent", width_exponent)):  # the caps may be inf (none); these may not
+        if not math.isfinite(value):
+            raise ValueError(f"scaled_lr: {name} must be finite, got {value!r}")
     if not 0 <= min_width_factor <= max_width_factor:
         raise ValueError(f"scaled_lr: min_width_factor must be >= 0 and <= max_width_factor ({max_width_factor!r}), "
                          f"got {min_width_factor!r}")

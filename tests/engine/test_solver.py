@@ -107,6 +107,10 @@ def test_scaled_lr_linear_in_batch_and_power_of_width():
     for name in good:
         with pytest.raises(ValueError, match=rf"scaled_lr: {name} must be > 0, got -1"):
             scaled_lr(**{**good, name: -1})
+    for name in ("reference_lr", "width", "reference_width", "width_exponent"):  # NaN or inf: refused, not an lr
+        for bad in (math.nan, math.inf):
+            with pytest.raises(ValueError, match=rf"scaled_lr: {name} must be (finite|> 0), got {bad!r}"):
+                scaled_lr(**{**good, name: bad})
     assert scaled_lr(reference_lr=0.04, ims_per_batch=8, reference_batch=4) == pytest.approx(0.08)
     assert scaled_lr(reference_lr=0.04, ims_per_batch=4, reference_batch=4, width=0.5) == pytest.approx(0.04)
     # The cap: a narrower network than the reference keeps the reference's lr; a wider one is unaffected.
