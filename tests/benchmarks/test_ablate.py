@@ -104,7 +104,7 @@ def test_rows_name_their_machine_and_a_table_takes_one_row_per_seed(grid, tmp_pa
     rows = _rows(out)
     assert all(r["machine"] == ablate.machine() and r["machine"] for r in rows)
     other = [{**r, "machine": "2-core Elsewhere CPU", "AP": 0.0} for r in rows]
-    with pytest.raises(ValueError, match=r"lr_a / texture_imbalanced seed 0 is in the results 2 times \(machines: "):
+    with pytest.raises(ValueError, match=r"^\w+ / texture_imbalanced seed 0 is in the results 2 times \(machines: .+\) and \d+ more "):
         ablate.aggregate(rows + other)
     with pytest.raises(ValueError, match="choose one machine's rows"):
         ablate.decide(rows + other, variant="lr_a", base="lr_b", tuning=["family/texture_imbalanced"], heldout=[])
@@ -112,7 +112,7 @@ def test_rows_name_their_machine_and_a_table_takes_one_row_per_seed(grid, tmp_pa
     mixed.mkdir()
     (mixed / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + other))
     argv = ["--spec", str(tmp / "spec.yaml"), "--out", str(mixed), "--table"]
-    with pytest.raises(SystemExit, match=r"^error: .*results.jsonl: lr_a / texture_imbalanced seed 0 .*--machine NAME\)$"):
+    with pytest.raises(SystemExit, match=r"^error: .*results.jsonl: \w+ / texture_imbalanced seed 0 .*--machine NAME\)$"):
         ablate.main(argv)
     assert ablate.main([*argv, "--machine", "elsewhere"]) == 0
     assert "| lr_a | 0.0 |" in (mixed / "results.md").read_text()
