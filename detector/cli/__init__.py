@@ -9,3 +9,8 @@ holds one module per command, each a Hydra app with a ``run()`` entry point:
 ``python tools/<name>.py ...`` runs the same commands from a checkout (the tools are thin shims).
 Nothing here is imported by ``detector`` itself: the framework never sees a config object.
 """
+
+from detector.cli.openmp import default_spin_count
+
+# Before any command imports torch: libgomp reads it once, when loaded (detector/cli/openmp.py).
+default_spin_count()

@@ -11,8 +11,9 @@ greedy loop on one core, and it releases Python's GIL while it runs, so the imag
 independent calls that can run side by side. On the default model's training step (4 images of
 about 1,300 proposals each on a 2-core CPU) the four calls are a tenth of the step with one core
 busy and the other idle; one thread per image up to ``torch.get_num_threads()`` spreads them over
-the cores (docs/precision.md measures it). The result is the same call on the same tensors, so it is
-identical to the loop, index for index. On CUDA the kernels are asynchronous already, and with one
+the cores (docs/precision.md measures it; inside the training step only once OpenMP's idle thread
+gives its core back soon after the convolutions: ``detector/cli/openmp.py``). The result is the
+same call on the same tensors, so it is identical to the loop, index for index. On CUDA the kernels are asynchronous already, and with one
 thread or one image there is nothing to spread: both take the plain loop.
 
 The RPN keeps only the first ``post_nms_topk`` boxes NMS keeps (512 in training), yet greedy NMS
