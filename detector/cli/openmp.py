@@ -9,7 +9,7 @@ OpenMP thread holds the second core, so inside the training step the four NMS ca
 two threads as on one (10.5 against 9.5 ms a step), against 6 ms when the pool sleeps sooner.
 ``GOMP_SPINCOUNT=10000`` (a fraction of a millisecond) gives that back without slowing the
 convolutions, whose operators follow each other closely enough to find the threads still awake;
-``OMP_WAIT_POLICY=PASSIVE`` (no spinning at all) made the whole step 10-40 % slower. docs/speed.md
+``OMP_WAIT_POLICY=PASSIVE`` (no spinning at all) made the whole step 12-53 % slower. docs/speed.md
 has the measurements.
 
 libgomp reads the variable once, when it is loaded, so this must run before ``import torch``: the
