@@ -16,6 +16,7 @@ import statistics
 import time
 from pathlib import Path
 
+import detector.cli  # noqa: F401 -- before torch: OpenMP's spin as the commands set it (detector/cli/openmp.py)
 import torch
 from hydra import compose, initialize_config_dir
 

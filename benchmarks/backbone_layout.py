@@ -24,6 +24,7 @@ import argparse
 import statistics
 import time
 
+import detector.cli  # noqa: F401 -- before torch: OpenMP's spin as the commands set it (detector/cli/openmp.py)
 import torch
 from torch import nn
 

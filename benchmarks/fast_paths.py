@@ -21,6 +21,7 @@ import copy
 import statistics
 import time
 
+import detector.cli  # noqa: F401 -- before torch: OpenMP's spin as the commands set it (detector/cli/openmp.py)
 import torch
 
 from benchmarks.amp_step import build_default_model

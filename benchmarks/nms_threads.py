@@ -18,6 +18,7 @@ import functools
 import statistics
 import time
 
+import detector.cli  # noqa: F401 -- before torch: OpenMP's spin as the commands set it (detector/cli/openmp.py)
 import torch
 
 import detector.modeling.roi_heads.fast_rcnn as fast_rcnn

@@ -20,6 +20,7 @@ import itertools
 import statistics
 import time
 
+import detector.cli  # noqa: F401 -- before torch: OpenMP's spin as the commands set it (detector/cli/openmp.py)
 import torch
 
 from detector.cli.api import compose_command
