@@ -20,6 +20,7 @@ import json
 import time
 from pathlib import Path
 
+import detector.cli  # noqa: F401 -- before torch: OpenMP's spin as the commands set it (detector/cli/openmp.py)
 import torch
 
 from detector.cli.config import build_split, model_from_checkpoint

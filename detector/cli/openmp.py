@@ -9,12 +9,15 @@ OpenMP thread holds the second core, so inside the training step the four NMS ca
 two threads as on one (10.5 against 9.5 ms a step), against 6 ms when the pool sleeps sooner.
 ``GOMP_SPINCOUNT=10000`` (a fraction of a millisecond) gives that back without slowing the
 convolutions, whose operators follow each other closely enough to find the threads still awake;
-``OMP_WAIT_POLICY=PASSIVE`` (no spinning at all) made the whole step 12-53 % slower. docs/speed.md
+``OMP_WAIT_POLICY=PASSIVE`` (no spinning at all) made the whole step 10-53 % slower. docs/speed.md
 has the measurements.
 
 libgomp reads the variable once, when it is loaded, so this must run before ``import torch``: the
-config layer's package does it on import, which is first for ``roilens`` and ``tools/*.py``. A value
-the user set wins, and a program that imported torch before ``detector.cli`` keeps libgomp's default.
+config layer's package does it on import, which is first for ``roilens`` and ``tools/*.py``, and for
+``detector.load/train/evaluate`` in a program that has not imported torch yet (the variable then stays
+in that process's environment and its children's). A value the user set wins, and a program that
+imported torch before ``detector.cli`` keeps libgomp's default. PyTorch's Linux wheels use libgomp;
+where torch runs on another OpenMP the variable does nothing.
 Written here because neither PyTorch nor libgomp offers a way to change the spin once loaded.
 """
 
