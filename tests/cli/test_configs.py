@@ -166,13 +166,16 @@ def test_base_lr_follows_batch_and_width_through_the_config():
     assert s.max_width_factor == 1.0
     assert lr("model.backbone.width=0.0625") == pytest.approx(ref)
     assert lr("model.backbone.width=0.0625", "solver.max_width_factor=4") == pytest.approx(ref * 2 ** s.width_exponent)
-    # The width term of the defaults: lr ~ 1 / width (measured at widths 0.25 and 0.5, sgd.yaml), no floor.
-    assert s.min_width_factor == 0.0
-    assert lr("model.backbone.width=0.5") == pytest.approx(ref / 4)
-    assert lr("model.backbone.width=1.0") == pytest.approx(ref * 0.125)
-    # The floor is a knob: 0.5 keeps the lr at half the reference's for every wider backbone.
-    assert lr("model.backbone.width=1.0", "solver.min_width_factor=0.5") == pytest.approx(ref / 2)
-    assert lr("model.backbone.width=0.25", "solver.min_width_factor=0.5") == pytest.approx(ref / 2)
+    # The width term of the defaults: lr ~ 1 / width down to a floor of half the reference's (measured at
+    # widths 0.25 and 0.5, sgd.yaml): 0.02 at width 0.25 and at every wider backbone.
+    assert s.min_width_factor == 0.5
+    assert lr("model.backbone.width=0.25") == pytest.approx(ref / 2)
+    assert lr("model.backbone.width=0.5") == pytest.approx(ref / 2)
+    assert lr("model.backbone.width=1.0") == pytest.approx(ref / 2)
+    assert lr("model.backbone.width=0.5", "solver.ims_per_batch=2") == pytest.approx(ref / 4)  # the batch term below it
+    # The floor is a knob: 0 removes it (1 / width at every width).
+    assert lr("model.backbone.width=0.5", "solver.min_width_factor=0") == pytest.approx(ref / 4)
+    assert lr("model.backbone.width=1.0", "solver.min_width_factor=0") == pytest.approx(ref * 0.125)
 
 
 def test_bad_lr_rule_input_is_one_line_naming_the_key():
