@@ -44,6 +44,7 @@ from detector.data import (
     build_training_loader,
 )
 from detector.engine import (
+    AverageWeights,
     DivergenceGuard,
     MetricLogger,
     NonFiniteError,
@@ -53,6 +54,7 @@ from detector.engine import (
     TrainState,
     build_lr_scheduler,
     build_optimizer,
+    build_weight_average,
     check_finite,
     find_last_checkpoint,
     load_finetune_weights,
@@ -235,11 +237,12 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
     # 5. The hooks, then the loop.
     writer = SummaryWriter(log_dir=str(output_dir / "tensorboard")) if ddp.is_main else None
     save = RunCheckpoints(cfg, ddp, state, output_dir, resolved=resolved, train_set=train_set)
-    evaluate = RunEvaluation(cfg, ddp, state.model, val_set, output_dir, device=device, writer=writer, amp_dtype=amp)
+    evaluate = RunEvaluation(cfg, ddp, state.eval_model, val_set, output_dir, device=device, writer=writer, amp_dtype=amp)
     hooks = [
         DivergenceGuard(factor=float(cfg.solver.get("divergence_factor", 0.0)),
                         until=max(200, 2 * int(cfg.solver.warmup_iters))),
         MetricLogger(period=int(cfg.log_period), writer=writer, progress=bool(cfg.progress) and ddp.is_main),
+        AverageWeights(),  # before the checkpointer and the evaluator: they save and score the average
         PeriodicCheckpointer(period=int(cfg.checkpoint_period), save=save),
         PeriodicEvaluator(period=int(cfg.eval_period), evaluate=evaluate, writer=writer),
     ]
@@ -315,6 +318,9 @@ def build_state(cfg: DictConfig, ddp, device: torch.device, train_set: Detection
     amp = amp_dtype(cfg, device) if ddp.is_main else resolve_amp(amp_mode(cfg), device).dtype
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     state = TrainState(model=model, optimizer=optimizer, scaler=scaler)
+    decay = float(solver.get("ema_decay", 0.0))
+    if decay > 0:  # the run evaluates and saves a moving average of its weights (detector/engine/ema.py)
+        state.average = build_weight_average(model, decay=decay)
     if checkpoint is not None:
         try:
             state.load_state_dict(checkpoint)
@@ -357,7 +363,7 @@ class RunCheckpoints:
     def __call__(self, it: int) -> Path:
         name = "model_final.pth" if it == self.cfg.solver.max_iter else f"model_{it:07d}.pth"
         broadcast_buffers(self.state.model)  # rank 0's BatchNorm statistics are the model's (DDP's rule)
-        bad = check_finite(self.state.model)
+        bad = check_finite(self.state.model) + (check_finite(self.state.eval_model) if self.state.average is not None else [])
         if bad:
             # Never let last_checkpoint name poisoned weights: a resume would fail on them again.
             raise NonFiniteError(

@@ -28,7 +28,8 @@ from detector.engine.state import TrainState
 from detector.errors import DetectorError
 
 __all__ = [
-    "DivergedError", "DivergenceGuard", "Hook", "LoopInfo", "MetricLogger", "PeriodicCheckpointer", "PeriodicEvaluator", "log_metrics",
+    "AverageWeights", "DivergedError", "DivergenceGuard", "Hook", "LoopInfo",
+    "MetricLogger", "PeriodicCheckpointer", "PeriodicEvaluator", "log_metrics",
 ]
 
 logger = logging.getLogger("detector.engine.trainer")  # one logger name for the loop's lines
@@ -121,6 +122,20 @@ class MetricLogger(Hook):
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+class AverageWeights(Hook):
+    """After every applied step, ``state.average.update_parameters(state.model)`` (:mod:`detector.engine.ema`).
+
+    Give it before the checkpointer and the evaluator: they save and score the average."""
+
+    def after_step(self, loop: LoopInfo) -> None:
+        if loop.applied and loop.state.average is not None:
+            loop.state.average.update_parameters(loop.state.model)
+
+    def on_stop(self, loop: LoopInfo) -> None:
+        self.after_step(loop)  # the stopped iteration's step was taken: average it before the checkpoint
+        return None
 
 
 class PeriodicCheckpointer(Hook):

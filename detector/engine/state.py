@@ -10,6 +10,13 @@ On resume the weights, the momentum buffers, the loss scale and the iteration co
 hyperparameters (lr, momentum, weight decay) and the schedule stay those of *this* run's config, so a
 resumed run may extend ``max_iter`` or change the lr: the schedule is rebuilt and fast-forwarded to
 the checkpoint's iteration by the caller (:func:`detector.engine.solver.build_lr_scheduler`).
+
+With a moving average of the weights (``average``, :mod:`detector.engine.ema`) the checkpoint's
+``"model"`` is the *averaged* model -- the one the run evaluates, and what evaluation, inference,
+export and fine-tuning read -- and ``"ema"`` holds what continues training: the weights SGD is at and
+the number of updates averaged. Resuming such a checkpoint without an average continues from
+those training weights; resuming one written without an average starts the average at the weights
+it holds.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 __all__ = ["TrainState"]
 
@@ -32,20 +40,33 @@ class TrainState:
     scheduler: Any = None
     scaler: torch.amp.GradScaler | None = None
     iteration: int = 0
+    average: AveragedModel | None = None  # the EMA of the weights (solver.ema_decay > 0)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model the run evaluates and saves as ``"model"``: the average when there is one."""
+        return self.average.module if self.average is not None else self.model
 
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint's training entries (tensors and plain types: ``weights_only`` loading reads them)."""
-        return {
-            "model": self.model.state_dict(),
+        entries = {
+            "model": self.eval_model.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "iteration": int(self.iteration),
         }
+        if self.average is not None:
+            entries["ema"] = {"training_model": self.model.state_dict(), "updates": int(self.average.n_averaged)}
+        return entries
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint: weights, momentum buffers, loss scale, iteration (see the module doc)."""
-        self.model.load_state_dict(state["model"])
+        ema = state.get("ema")
+        self.model.load_state_dict(ema["training_model"] if ema else state["model"])
+        if self.average is not None:
+            self.average.module.load_state_dict(state["model"])
+            self.average.n_averaged.fill_(int(ema["updates"]) if ema else 0)  # 0: the next update copies
         if self.optimizer is not None and state.get("optimizer"):
             fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
             saved_groups = len(state["optimizer"].get("param_groups", ()))
