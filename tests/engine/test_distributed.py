@@ -118,9 +118,6 @@ def test_two_processes_reproduce_the_one_process_run(single):
 def _check_default_model(tmp, out):
     """BatchNorm (the default model): the replicas end identical, buffers included, the checkpoint holds
     them, and the sharded evaluation is the evaluation of that checkpoint."""
-    from detector.cli import eval as eval_tool
-    from omegaconf import OmegaConf
-
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     final = _weights(out / "model_final.pth")
     assert any("running_mean" in k for k in final)  # the default model has BatchNorm
@@ -128,6 +125,14 @@ def _check_default_model(tmp, out):
     for k in final:
         assert torch.equal(ranks[0][k], ranks[1][k]), k
         assert torch.equal(ranks[0][k], final[k]), k
+    _check_sharded_evaluation(tmp, out)
+
+
+def _check_sharded_evaluation(tmp, out):
+    """The run's own (sharded) final evaluation is the evaluation of the checkpoint it wrote."""
+    from detector.cli import eval as eval_tool
+    from omegaconf import OmegaConf
+
     eval_tool.evaluate(OmegaConf.create({
         "checkpoints": [str(out / "model_final.pth")], "results": [], "dataset": None, "voc_protocol": "devkit",
         "voc_results": False, "device": "cpu", "batch_size": 4, "num_workers": 0, "progress": False,
@@ -265,3 +270,18 @@ def test_a_nan_on_one_rank_is_skipped_by_every_rank(single):
     log = (out / "train.log").read_text()
     assert "iteration 2: non-finite loss" in log and "step skipped (1 so far)" in log
     _check_default_model(single, out)  # torchrun --nproc-per-node=2 on the default model
+
+
+def test_two_processes_with_a_weight_average_evaluate_and_save_the_average(single):
+    """solver.ema_decay under DDP, the default (BatchNorm) model: the checkpoint's model is the average,
+    the training weights ride beside it, and the sharded final evaluation scored that average."""
+    out = single / "ema"
+    proc = _torchrun(["--nproc-per-node=2", "--master-addr=127.0.0.1", f"--master-port={_free_port()}"],
+                     _args(single, out, ["solver.ema_decay=0.5", "model.roi_heads.score_thresh=0.0"]))
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    saved = torch.load(out / "model_final.pth", weights_only=True)
+    assert saved["ema"]["updates"] == 3
+    assert any(not torch.equal(v, saved["ema"]["training_model"][k]) for k, v in saved["model"].items()
+               if v.is_floating_point())
+    _check_sharded_evaluation(single, out)
