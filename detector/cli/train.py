@@ -321,6 +321,8 @@ def build_state(cfg: DictConfig, ddp, device: torch.device, train_set: Detection
     decay = float(solver.get("ema_decay", 0.0))
     if decay > 0:  # the run evaluates and saves a moving average of its weights (detector/engine/ema.py)
         state.average = build_weight_average(model, decay=decay)
+        if cfg.get("compile"):  # a deep copy runs eagerly: compile the evaluated model's parts too
+            compile_parts(state.average.module)
     if checkpoint is not None:
         try:
             state.load_state_dict(checkpoint)

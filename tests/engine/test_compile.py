@@ -81,3 +81,8 @@ def test_train_compiles_the_parts_when_asked(monkeypatch, switch):
     ddp, device = init_distributed(torch.device("cpu"))
     state, _ = train.build_state(cfg, ddp, device, SimpleNamespace(class_names=["a", "b"]), None)
     assert calls == ([state.model] if switch else [])
+    # With a moving average the evaluated model (a deep copy, which runs eagerly) is compiled too.
+    calls.clear()
+    cfg = compose_config("train", [*TINY_MODEL, f"compile={str(switch).lower()}", "solver.ema_decay=0.9"])
+    state, _ = train.build_state(cfg, ddp, device, SimpleNamespace(class_names=["a", "b"]), None)
+    assert calls == ([state.model, state.average.module] if switch else [])
