@@ -122,6 +122,11 @@ def validate_train_config(cfg: DictConfig) -> None:
     if _get(cfg, "solver.momentum") >= 1:
         raise ConfigError(f"solver.momentum must be below 1 (0.9 is usual), got {_get(cfg, 'solver.momentum')!r}")
     _check_number(cfg, "solver.weight_decay", minimum=0)
+    if OmegaConf.select(cfg, "solver.ema_decay") is not None:
+        _check_number(cfg, "solver.ema_decay", minimum=0)
+        if _get(cfg, "solver.ema_decay") >= 1:
+            raise ConfigError(f"solver.ema_decay must be below 1 (0 turns the average off; 0.99 averages about the "
+                              f"last 100 iterations), got {_get(cfg, 'solver.ema_decay')!r}")
     _check_number(cfg, "solver.warmup_iters", integer=True, minimum=0)
     _check_number(cfg, "solver.clip_grad_norm", minimum=0)
     if OmegaConf.select(cfg, "solver.divergence_factor") is not None:

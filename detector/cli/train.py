@@ -242,7 +242,7 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
         DivergenceGuard(factor=float(cfg.solver.get("divergence_factor", 0.0)),
                         until=max(200, 2 * int(cfg.solver.warmup_iters))),
         MetricLogger(period=int(cfg.log_period), writer=writer, progress=bool(cfg.progress) and ddp.is_main),
-        AverageWeights(),  # before the checkpointer and the evaluator: they save and score the average
+        AverageWeights(scaler=state.scaler),  # before the checkpointer and the evaluator: they save and score the average
         PeriodicCheckpointer(period=int(cfg.checkpoint_period), save=save),
         PeriodicEvaluator(period=int(cfg.eval_period), evaluate=evaluate, writer=writer),
     ]
@@ -326,6 +326,11 @@ def build_state(cfg: DictConfig, ddp, device: torch.device, train_set: Detection
     if checkpoint is not None:
         try:
             state.load_state_dict(checkpoint)
+            if ("ema" in checkpoint) != (state.average is not None):
+                log.warning("resuming with solver.ema_decay=%s from a checkpoint written %s a moving average: %s",
+                            decay, "with" if "ema" in checkpoint else "without",
+                            "training continues from its training weights, no average" if "ema" in checkpoint
+                            else "the average starts now, from its weights")
         except ValueError as err:  # the optimizer's groups differ from the checkpoint's (detector.engine.state)
             raise ConfigError(
                 f"{cfg.output_dir}: resuming: {err}: resume with the solver.backbone_lr_factor it was trained "
@@ -365,7 +370,10 @@ class RunCheckpoints:
     def __call__(self, it: int) -> Path:
         name = "model_final.pth" if it == self.cfg.solver.max_iter else f"model_{it:07d}.pth"
         broadcast_buffers(self.state.model)  # rank 0's BatchNorm statistics are the model's (DDP's rule)
-        bad = check_finite(self.state.model) + (check_finite(self.state.eval_model) if self.state.average is not None else [])
+        bad = check_finite(self.state.model)
+        if self.state.average is not None:
+            broadcast_buffers(self.state.eval_model)  # every rank decides on rank 0's average, as it is saved
+            bad += [f"average.{name}" for name in check_finite(self.state.eval_model)]
         if bad:
             # Never let last_checkpoint name poisoned weights: a resume would fail on them again.
             raise NonFiniteError(

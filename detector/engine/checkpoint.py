@@ -2,6 +2,7 @@
 
     {"format": CHECKPOINT_FORMAT,
      "model", "optimizer", "scheduler", "grad_scaler", "iteration"   # TrainState.state_dict()
+     ("ema": {"training_model", "updates"} with solver.ema_decay: "model" is then the average)
      "config": the run's resolved config (plain dict),
      "extra": {"dataset": {"class_names", "label_to_cat_id", "train_source"}, "rng_per_rank": [...], ...}}
 

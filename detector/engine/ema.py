@@ -9,7 +9,8 @@ iterations is often a better model for the same compute (Polyak & Juditsky 1992;
 ``t`` counts the updates so far. The ramp ``(1 + t) / (10 + t)`` is TensorFlow's
 ``ExponentialMovingAverage(num_updates=...)``: a model trained from scratch changes fastest in its
 first steps, and a fixed decay of 0.99 would carry the random initialisation for hundreds of them.
-``decay`` sets the window, about ``1 / (1 - decay)`` iterations (0.99: the last ~100).
+Until the ramp reaches ``decay`` (0.99: after about 890 updates) the average spans about the last
+ninth of the run (``1 - d_t ~ 9 / t``); from then on about ``1 / (1 - decay)`` iterations (0.99: ~100).
 
 Buffers are averaged as well (BatchNorm's running statistics, like timm's ``ModelEmaV2``), so the
 averaged model's normalisation matches its averaged weights; integer buffers (BatchNorm's step
@@ -50,9 +51,10 @@ def build_weight_average(model: nn.Module, *, decay: float) -> AveragedModel:
             for a, c in zip(averaged, current, strict=True):
                 a.copy_(c)  # integer buffers (BatchNorm's num_batches_tracked) are counts, not weights
             return
-        weight = 1.0 - ema_decay_at(decay, int(n_averaged))
-        for a, c in zip(averaged, current, strict=True):
-            a.lerp_(c, weight)
+        # The count from AveragedModel's own buffer, on the CPU: reading the device copy it hands over
+        # (n_averaged) would wait for a GPU every step.
+        weight = 1.0 - ema_decay_at(decay, int(average.n_averaged))
+        torch._foreach_lerp_(averaged, current, weight)  # what torch's get_ema_multi_avg_fn does, one kernel per group
 
     average = AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
     average.eval()

@@ -125,12 +125,25 @@ class MetricLogger(Hook):
 
 
 class AverageWeights(Hook):
-    """After every applied step, ``state.average.update_parameters(state.model)`` (:mod:`detector.engine.ema`).
+    """After every step that moved the weights, ``state.average.update_parameters(state.model)``
+    (:mod:`detector.engine.ema`). Give it before the checkpointer and the evaluator: they save and
+    score the average.
 
-    Give it before the checkpointer and the evaluator: they save and score the average."""
+    Not averaged: a skipped non-finite step (``loop.applied``), and a float16 step whose overflowing
+    gradients the GradScaler dropped -- it lowers its scale exactly then, so ``scaler`` (the run's, if
+    any) tells.
+    """
+
+    def __init__(self, *, scaler: Any = None) -> None:
+        self.scaler = scaler
+        self._scale = scaler.get_scale() if scaler is not None else None
 
     def after_step(self, loop: LoopInfo) -> None:
-        if loop.applied and loop.state.average is not None:
+        stepped = loop.applied
+        if self.scaler is not None and loop.applied:
+            scale = self.scaler.get_scale()
+            stepped, self._scale = scale >= self._scale, scale
+        if stepped and loop.state.average is not None:
             loop.state.average.update_parameters(loop.state.model)
 
     def on_stop(self, loop: LoopInfo) -> None:

@@ -105,3 +105,32 @@ def test_a_run_with_an_average_resumes_bit_identical_and_saves_the_average(tmp_p
     # The saved model is the average, not the weights SGD ended on.
     weights = full["ema"]["training_model"]
     assert any(not torch.equal(v, weights[k]) for k, v in full["model"].items() if v.is_floating_point())
+
+
+def test_a_float16_step_the_grad_scaler_dropped_is_not_averaged():
+    class Scaler:  # GradScaler's rule: an overflow lowers the scale and skips the update; growth raises it
+        scale = 1024.0
+
+        def get_scale(self):
+            return self.scale
+
+    net = nn.Linear(2, 2)
+    state = TrainState(model=net)
+    state.average = build_weight_average(net, decay=0.9)
+    scaler = Scaler()
+    hook, loop = AverageWeights(scaler=scaler), LoopInfo(state=state, max_iter=4, start_iter=0)
+    for new_scale in (1024.0, 512.0, 1024.0, 1024.0):  # step 2 overflowed; step 3 grew the scale again
+        scaler.scale = new_scale
+        hook.after_step(loop)
+    assert int(state.average.n_averaged) == 3
+
+
+@pytest.mark.parametrize("value", ["1.0", "-0.5", "true"])
+def test_a_decay_outside_0_to_1_stops_with_one_line(value):
+    from conftest import compose_config
+    from detector.cli.config import validate_train_config
+    from detector.errors import ConfigError
+
+    validate_train_config(compose_config("train", ["solver.ema_decay=0.99"]))
+    with pytest.raises(ConfigError, match=r"^solver\.ema_decay must be"):
+        validate_train_config(compose_config("train", [f"solver.ema_decay={value}"]))
