@@ -242,7 +242,8 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
         DivergenceGuard(factor=float(cfg.solver.get("divergence_factor", 0.0)),
                         until=max(200, 2 * int(cfg.solver.warmup_iters))),
         MetricLogger(period=int(cfg.log_period), writer=writer, progress=bool(cfg.progress) and ddp.is_main),
-        AverageWeights(scaler=state.scaler),  # before the checkpointer and the evaluator: they save and score the average
+        # Before the checkpointer and the evaluator: they save and score the average.
+        *([AverageWeights(scaler=state.scaler)] if state.average is not None else []),
         PeriodicCheckpointer(period=int(cfg.checkpoint_period), save=save),
         PeriodicEvaluator(period=int(cfg.eval_period), evaluate=evaluate, writer=writer),
     ]
