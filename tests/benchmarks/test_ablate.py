@@ -168,6 +168,19 @@ def test_the_committed_specs_split_the_family_and_name_real_configs(name):
     assert set().union(*(set(p["tuning"]) | set(p["heldout"]) for p in rounds)) == family
 
 
+@pytest.mark.parametrize("name", ["ablation.yaml", "ablation_round1.yaml", "ablation_round3.yaml", "ablation_round4.yaml"])
+def test_a_committed_spec_keeps_its_base_when_the_defaults_move(name):
+    """Each committed spec's rows ran at batch 4; its budget pins it, so that ``base`` (and every variant
+    that names no batch) composes to what the rows measured whatever configs/solver/sgd.yaml says."""
+    spec = ablate.load_spec(ROOT / "benchmarks" / name)
+    cfg = compose_config("train", [*spec["budget"], *(spec["base"] or [])])
+    assert cfg.solver.ims_per_batch == 4 != compose_config("train").solver.ims_per_batch
+    assert cfg.solver.base_lr == pytest.approx(0.04)  # the reference lr at batch 4, width 0.125
+    if name == "ablation_round4.yaml":  # batch 2 at the rows' images: the rule's lr, twice the steps
+        b2 = compose_config("train", [*spec["budget"], *spec["variants"]["b2_1800"]]).solver
+        assert (b2.ims_per_batch, b2.max_iter, b2.base_lr) == (2, 1800, pytest.approx(0.02))
+
+
 def test_goals_table_compares_defaults_with_best_old_and_roipool():
     def row(variant, dataset, ap):
         return {"variant": variant, "dataset": dataset, "AP": ap, "AP50": ap, "AP75": ap, "APs": ap,

@@ -140,12 +140,17 @@ def test_every_operator_variant_through_config(overrides):
 def test_base_lr_follows_batch_and_width_through_the_config():
     from detector.engine import scaled_lr
 
-    def lr(*overrides):
+    s = compose_config("train").solver
+
+    def lr(*overrides):  # at the reference batch unless an override names one
+        if not any(o.startswith("solver.ims_per_batch=") for o in overrides):
+            overrides = (f"solver.ims_per_batch={s.reference_batch}", *overrides)
         return compose_config("train", list(overrides)).solver.base_lr
 
-    s = compose_config("train").solver
     ref = lr()
-    assert ref == pytest.approx(s.reference_lr)  # the defaults are the reference recipe
+    assert ref == pytest.approx(s.reference_lr)  # the reference recipe: batch 4 at the default width
+    # The default batch (2) is below the reference: the default lr is half the reference's.
+    assert (s.ims_per_batch, s.base_lr) == (2, pytest.approx(ref / 2))
     assert lr("solver.ims_per_batch=2") == pytest.approx(ref / 2)  # linear scaling below the reference
     # Above it the batch term is capped (a larger batch keeps the reference's lr); the cap is a knob.
     assert s.max_batch_factor == 1.0
@@ -195,7 +200,7 @@ def test_bad_lr_rule_input_is_one_line_naming_the_key():
 
 
 def test_step_milestones_follow_max_iter():
-    assert list(compose_config("train").solver.steps) == [1200]  # 80 % of the default 1500
+    assert list(compose_config("train").solver.steps) == [2400]  # 80 % of the default 3000
     assert list(compose_config("train", ["solver.max_iter=400"]).solver.steps) == [320]
     assert list(compose_config("train", ["solver.step_fractions=[0.5,0.75]", "solver.max_iter=100"]).solver.steps) == [50, 75]
     assert list(compose_config("train", ["solver.steps=[7]"]).solver.steps) == [7]
